@@ -1,0 +1,33 @@
+"""Reading params.yaml: one section per stage plus the shared ``seed``, ``knobs`` and ``model``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the stage from the repository root or pass --params")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def section(params: dict[str, Any], name: str, path: str | Path = "params.yaml") -> dict[str, Any]:
+    """A stage's own section; an absent section means all defaults."""
+    value = params.get(name) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: section {name!r} must be a mapping, got {value!r}")
+    return value
+
+
+def seed_of(params: dict[str, Any], path: str | Path = "params.yaml") -> int:
+    seed = params.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{path}: seed must be a non-negative integer, got {seed!r}")
+    return seed

@@ -1,0 +1,319 @@
+"""The knob-aware runtime: a HF Llava/OLMoE model, its tokenizer and its knob spec.
+
+Knobs change the computation itself:
+
+* ``top_k``: every OLMoE router's ``top_k`` is set, so each token is sent to (and
+  computed by) exactly ``top_k`` experts in every MoE block;
+* ``num_blocks``: the language model's ``layers`` list is swapped for the chosen blocks,
+  so the others are never called; the final norm and LM head follow the last block run;
+* ``tier``: images are resized/cropped to the tier's layout before the vision tower,
+  so both the vision tower's input and the visual tokens entering the LLM shrink.
+
+Knobs are applied inside :meth:`Runtime.knobs_applied` and restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from transformers import DynamicCache, LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast
+
+from knobctl.knobs import KnobConfig
+from knobctl.presets import BOS, EOS, IMAGE, PAD, PRESETS, SEP, ModelSpec, TierSpec, TinyDims, preset_config
+
+ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, bytes, str, Path]
+
+
+def to_image_tensor(image: ImageLike) -> torch.Tensor:
+    """Any supported image -> float tensor [3, H, W] in 0..1 (RGB)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            image = im.convert("RGB")
+    elif isinstance(image, bytes):
+        with Image.open(_io.BytesIO(image)) as im:
+            image = im.convert("RGB")
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.array(image, copy=True))
+    if image.ndim != 3:
+        raise ValueError(f"an image must be HxWx3 or 3xHxW, got shape {tuple(image.shape)}")
+    if image.shape[-1] == 3 and image.shape[0] != 3:
+        image = image.permute(2, 0, 1)  # [3, H, W]
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
+def tier_pixels(images: torch.Tensor, tier: TierSpec) -> torch.Tensor:
+    """[B, 3, H, W] in 0..1 -> [B * num_images, 3, S, S]: global image first, then crops row-major."""
+    size = tier.image_size
+    glob = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    rows, cols = tier.crop_grid
+    if rows * cols == 0:
+        return glob
+    big = F.interpolate(images, size=(rows * size, cols * size), mode="bilinear", antialias=True, align_corners=False)
+    b = images.shape[0]
+    crops = big.reshape(b, 3, rows, size, cols, size).permute(0, 2, 4, 1, 3, 5)  # [B, r, c, 3, S, S]
+    crops = crops.reshape(b, rows * cols, 3, size, size)
+    return torch.cat([glob.unsqueeze(1), crops], dim=1).reshape(-1, 3, size, size)
+
+
+@dataclass
+class Runtime:
+    """A loaded model ready to answer with any knob configuration of its grid."""
+
+    model: LlavaForConditionalGeneration
+    tokenizer: PreTrainedTokenizerFast
+    spec: ModelSpec
+    source: str
+
+    def __post_init__(self) -> None:
+        self.spec.validate(self.num_layers)
+        self._all_layers: nn.ModuleList = self.lm.layers
+        self._routers = [m for m in self.lm.modules() if isinstance(getattr(m, "top_k", None), int) and hasattr(m, "num_experts")]
+        if not self._routers:
+            raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
+        vocab = self.tokenizer.get_vocab()
+        self.ids = {tok: vocab[tok] for tok in (PAD, BOS, EOS, SEP, IMAGE)}
+        if self.ids[IMAGE] != self.config.image_token_id:
+            raise ValueError(
+                f"{self.source}: tokenizer id of {IMAGE} is {self.ids[IMAGE]} but config.image_token_id is "
+                f"{self.config.image_token_id}"
+            )
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def config(self) -> LlavaConfig:
+        return self.model.config
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.text_config.num_hidden_layers
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.text_config.num_experts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.vision_config.patch_size
+
+    def visual_tokens(self, tier: str) -> int:
+        """Visual tokens that enter the LLM at a tier."""
+        return self.tier(tier).num_tokens(self.patch_size)
+
+    def tier(self, name: str) -> TierSpec:
+        if name not in self.spec.tiers:
+            raise ValueError(f"tier {name!r} is not defined for {self.source}; it has: {', '.join(self.spec.tiers)}")
+        return self.spec.tiers[name]
+
+    def validate(self, knobs: KnobConfig) -> None:
+        knobs.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.spec.tiers)
+
+    # ------------------------------------------------------------------ knobs
+    @contextlib.contextmanager
+    def knobs_applied(self, knobs: KnobConfig) -> Iterator[None]:
+        """Within the scope, routers pick ``top_k`` experts and only the chosen blocks run."""
+        self.validate(knobs)
+        saved_k = [r.top_k for r in self._routers]
+        saved_layers = self.lm.layers
+        try:
+            for r in self._routers:
+                r.top_k = knobs.top_k
+            chosen = self.spec.blocks_for(knobs.num_blocks, self.num_layers)
+            self.lm.layers = nn.ModuleList([self._all_layers[i] for i in chosen])
+            yield
+        finally:
+            for r, k in zip(self._routers, saved_k):
+                r.top_k = k
+            self.lm.layers = saved_layers
+
+    # ------------------------------------------------------------------ vision
+    def pixel_values(self, images: Sequence[ImageLike] | torch.Tensor, tier: str) -> torch.Tensor:
+        """Normalised pixels for the vision tower: [B * num_images, 3, S, S]."""
+        spec = self.tier(tier)
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            batch = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+            if batch.shape[1] != 3:
+                batch = batch.permute(0, 3, 1, 2)  # [B, 3, H, W]
+            pix = tier_pixels(batch, spec)
+        else:
+            pix = torch.cat([tier_pixels(to_image_tensor(im).unsqueeze(0), spec) for im in images])
+        mean = torch.tensor(self.spec.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.image_std).view(1, 3, 1, 1)
+        return ((pix - mean) / std).to(self.device, self.model.dtype)
+
+    def encode_images(self, images: Sequence[ImageLike] | torch.Tensor, tier: str) -> torch.Tensor:
+        """Vision tower + optional pooling + projector: [B, T_visual, H_llm]."""
+        spec = self.tier(tier)
+        pix = self.pixel_values(images, tier)  # [B*n, 3, S, S]
+        inner = self.model.model
+        layer = self.config.vision_feature_layer
+        out = inner.vision_tower(pix, output_hidden_states=layer != -1, interpolate_pos_encoding=True)
+        feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]  # [B*n, 1+P, Dv]
+        if self.config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        if spec.pool > 1:
+            n, p, d = feats.shape
+            side = int(round(p**0.5))
+            grid = feats.transpose(1, 2).reshape(n, d, side, side)
+            feats = F.avg_pool2d(grid, spec.pool).flatten(2).transpose(1, 2)  # [B*n, P/pool^2, Dv]
+        proj = inner.multi_modal_projector(feats)  # [B*n, t, H]
+        return proj.reshape(-1, spec.num_images * proj.shape[1], proj.shape[-1])  # [B, T, H]
+
+    # ------------------------------------------------------------------ text
+    def prompt_ids(self, questions: Sequence[str], num_visual: int) -> list[list[int]]:
+        """[BOS] <image> x num_visual question-words [SEP], one list per question."""
+        words = self.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+        head = [self.ids[BOS]] + [self.ids[IMAGE]] * num_visual
+        return [head + w + [self.ids[SEP]] for w in words]
+
+    def embed(self, visual: torch.Tensor, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded embeddings with visual features scattered into the image slots."""
+        width = max(len(s) for s in sequences)
+        pad = self.ids[PAD]
+        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self.device)  # [B, L]
+        mask = (torch.arange(width, device=self.device) >= width - torch.tensor([len(s) for s in sequences], device=self.device)[:, None]).long()  # [B, L]
+        embeds = self.lm.embed_tokens(ids)  # [B, L, H]
+        slots = (ids == self.ids[IMAGE]).unsqueeze(-1)  # [B, L, 1]
+        embeds = embeds.masked_scatter(slots, visual.to(embeds.dtype))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+        return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+
+    @torch.inference_mode()
+    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding with a KV cache: [B, <= max_new_tokens] token ids (PAD after EOS)."""
+        lm, head = self.lm, self.model.lm_head
+        mask, pos = inputs["attention_mask"], inputs["position_ids"]
+        cache = DynamicCache(config=lm.config)
+        hidden = lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask, position_ids=pos,
+                    past_key_values=cache, use_cache=True).last_hidden_state
+        token = head(hidden[:, -1]).argmax(-1)  # [B]
+        done = token == self.ids[EOS]
+        out = [token]
+        for _ in range(max_new_tokens - 1):
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            pos = pos[:, -1:] + 1
+            hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
+                        past_key_values=cache, use_cache=True).last_hidden_state
+            token = head(hidden[:, -1]).argmax(-1)
+            token = torch.where(done, torch.full_like(token, self.ids[PAD]), token)
+            done = done | (token == self.ids[EOS])
+            out.append(token)
+        return torch.stack(out, dim=1)
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        texts = []
+        for row in tokens.tolist():
+            if self.ids[EOS] in row:
+                row = row[: row.index(self.ids[EOS])]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    @torch.inference_mode()
+    def answer(
+        self,
+        images: Sequence[ImageLike] | torch.Tensor,
+        questions: Sequence[str],
+        knobs: KnobConfig,
+        max_new_tokens: int | None = None,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """Greedy answers, batched; one per (image, question) pair."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions; pass one image per question")
+        steps = max_new_tokens or self.spec.max_new_tokens
+        self.model.eval()
+        answers: list[str] = []
+        with self.knobs_applied(knobs):
+            for start in range(0, len(questions), batch_size):
+                imgs = images[start : start + batch_size]
+                qs = questions[start : start + batch_size]
+                visual = self.encode_images(imgs, knobs.tier)
+                inputs = self.embed(visual, self.prompt_ids(qs, visual.shape[1]))
+                answers.extend(self.decode(self.generate(inputs, steps)))
+        return answers
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_runtime(
+    source: str | Path,
+    *,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    block_order: str | Sequence[int] | None = None,
+    vocab: Sequence[str] = (),
+    dims: TinyDims | None = None,
+) -> Runtime:
+    """Load a preset (random weights) or a local checkpoint directory; never a hub download.
+
+    ``trust_remote_code`` stays off unless the caller sets it. ``block_order`` overrides
+    the checkpoint's block policy ('first' or a ranked list of block indices).
+    """
+    from knobctl.tokenizer import build_word_tokenizer
+
+    dev = resolve_device(device)
+    path = Path(source)
+    if str(source) in PRESETS and not path.is_dir():
+        tokenizer = build_word_tokenizer(vocab)
+        config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
+        model = LlavaForConditionalGeneration(config)
+    elif path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path} has no config.json; a checkpoint directory is what save_pretrained writes")
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+        )
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        spec = ModelSpec.load(path)
+        if spec is None:
+            raise ValueError(f"{path} has no knobctl.json (tier layout); copy one from a preset and edit it")
+    else:
+        raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    if block_order is not None:
+        from knobctl.presets import parse_block_order
+
+        spec = ModelSpec(**{**spec.__dict__, "block_order": parse_block_order(block_order)})
+    model.to(dev)
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source))
+
+
+def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:
+    """save_pretrained (safetensors + config), tokenizer.json and knobctl.json, atomically."""
+    from knobctl.io import atomic_dir
+
+    with atomic_dir(directory) as tmp:
+        rt.model.save_pretrained(tmp, safe_serialization=True)
+        rt.tokenizer.save_pretrained(tmp)
+        rt.spec.save(tmp)
+        for name, obj in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny random model built from configs (never from a hub)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from knobctl.presets import TinyDims
+from knobctl.runtime import Runtime, load_runtime
+
+TEST_DIMS = TinyDims(hidden_size=32, expert_intermediate=16, vision_hidden=32, vision_layers=1, vision_intermediate=64, num_heads=2, vision_heads=2)
+VOCAB = ["what color is the shape ?", "is there a red circle in the image ?", "blue green triangle rectangle yes no"]
+
+
+def make_runtime(experts: str = "eager", seed: int = 0, **kw) -> Runtime:
+    torch.manual_seed(seed)
+    rt = load_runtime("tiny", device="cpu", vocab=VOCAB, dims=TEST_DIMS, **kw)
+    rt.model.config.text_config._experts_implementation = experts
+    return rt
+
+
+@pytest.fixture(scope="module")
+def tiny_rt() -> Runtime:
+    return make_runtime()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=g)
