@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from knobctl.base_training import ModelParams, TrainBaseParams, batch_loss, encode_split, evaluate, lr_at, train_base
+from knobctl.base_training import (
+    ModelParams,
+    TrainBaseParams,
+    batch_loss,
+    encode_split,
+    evaluate,
+    lr_at,
+    sample_rows,
+    train_base,
+    type_pools,
+)
 from knobctl.data import DataParams, prepare
 from knobctl.knobs import KnobConfig, KnobGrid
 
@@ -29,8 +39,27 @@ def test_lr_schedule_warmup_plateau_decay():
     assert lr_at(99, p) == pytest.approx(0.1, abs=0.01)
 
 
+def quick(**kw) -> TrainBaseParams:
+    return TrainBaseParams(**{"vision_warmstart_steps": 2, **kw})
+
+
+def test_type_sampling_power_sets_the_shares():
+    class Data:
+        types = np.array([0] * 64 + [1] * 16 + [2] * 4)
+
+    _, equal = type_pools(Data, 0.0)
+    _, natural = type_pools(Data, 1.0)
+    pools, sqrt = type_pools(Data, 0.5)
+    assert equal.tolist() == pytest.approx([1 / 3] * 3)
+    assert natural.tolist() == pytest.approx([64 / 84, 16 / 84, 4 / 84])
+    assert sqrt.tolist() == pytest.approx([8 / 14, 4 / 14, 2 / 14])
+    rows = sample_rows(pools, sqrt, 14000, torch.Generator().manual_seed(0))
+    counts = np.bincount(Data.types[rows], minlength=3) / 14000
+    assert counts == pytest.approx([8 / 14, 4 / 14, 2 / 14], abs=0.02)
+
+
 def test_loss_depends_only_on_answer_targets(train_df):
-    rt, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), TrainBaseParams(steps=1, batch_size=4), seed=0)
+    rt, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=1, batch_size=4), seed=0)
     data = encode_split(rt, train_df, size=64)
     rows = np.array([0, 1, 2])
     loss = batch_loss(rt, data, rows, KnobConfig("high", 8, 16))
@@ -49,11 +78,11 @@ def test_loss_depends_only_on_answer_targets(train_df):
 
 
 def test_training_lowers_the_loss(train_df):
-    params = TrainBaseParams(steps=40, batch_size=32, lr=3e-3, warmup_steps=5)
+    params = quick(steps=40, batch_size=32, lr=3e-3, warmup_steps=5)
     rt, summary = train_base(train_df, GRID, ModelParams(dims=DIMS), params, seed=0)
     data = encode_split(rt, train_df, size=64)
     rows = np.arange(64)
-    fresh, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), TrainBaseParams(steps=1, lr=1e-9), seed=0)
+    fresh, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=1, lr=1e-9, vision_warmstart_steps=0), seed=0)
     with torch.no_grad():
         trained = float(batch_loss(rt, data, rows, KnobConfig("high", 8, 16)))
         untrained = float(batch_loss(fresh, data, rows, KnobConfig("high", 8, 16)))
@@ -61,20 +90,20 @@ def test_training_lowers_the_loss(train_df):
 
 
 def test_resume_after_interruption_gives_identical_weights(train_df, tmp_path):
-    params = TrainBaseParams(steps=6, batch_size=8, checkpoint_every=3)
+    params = quick(steps=6, batch_size=8, checkpoint_every=3)
     full, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), params, seed=1, checkpoint_dir=tmp_path / "ck")
     # The checkpoint at step 3 is what an interrupted run leaves behind; a rerun resumes from it.
     resumed, summary = train_base(train_df, GRID, ModelParams(dims=DIMS), params, seed=1, checkpoint_dir=tmp_path / "ck")
     assert summary["resumed_from_step"] == 3
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
-    other, s2 = train_base(train_df, GRID, ModelParams(dims=DIMS), TrainBaseParams(steps=6, batch_size=8, lr=1e-3),
+    other, s2 = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=6, batch_size=8, lr=1e-3),
                            seed=1, checkpoint_dir=tmp_path / "ck")
     assert s2["resumed_from_step"] == 0  # different params: the old checkpoint is ignored
 
 
 def test_evaluate_reports_accuracy_per_type(train_df):
-    rt, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), TrainBaseParams(steps=1, batch_size=4), seed=0)
+    rt, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=1, batch_size=4), seed=0)
     df = train_df.head(30)
     res = evaluate(rt, df, [KnobConfig("low", 4, 12)])
     r = res["low/k4/b12"]
@@ -90,5 +119,7 @@ def test_bad_train_params():
         TrainBaseParams.from_params({"lr": 0})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainBaseParams.from_params({"epochs": 3})
+    with pytest.raises(ValueError, match="type_sampling_power"):
+        TrainBaseParams.from_params({"type_sampling_power": 2})
     with pytest.raises(ValueError, match="experts_implementation"):
         ModelParams.from_params({"experts_implementation": "fast"})

@@ -18,7 +18,8 @@ from knobctl.io import read_provenance
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
-    "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64},
+    "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
+                   "vision_warmstart_steps": 3},
     "model": {"dims": {"hidden_size": 32, "expert_intermediate": 16, "vision_hidden": 32, "vision_layers": 1,
                        "vision_intermediate": 64, "num_heads": 2, "vision_heads": 2}},
 }

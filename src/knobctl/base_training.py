@@ -59,12 +59,11 @@ class TrainBaseParams:
     checkpoint_every: int = 200
     eval_batch_size: int = 256
     eval_max_samples: int | None = None
-    balance_question_types: bool = True
-    vision_lr_scale: float = 1.0
-    full_knobs_steps: int = 0
+    type_sampling_power: float = 0.5
     vision_warmstart_steps: int = 400
     vision_warmstart_lr: float = 0.002
     vision_warmstart_types: tuple[str, ...] = ("color", "shape")
+    vision_warmstart_tier_weights: Mapping[str, float] | None = None
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> TrainBaseParams:
@@ -78,6 +77,10 @@ class TrainBaseParams:
                 raise ValueError(f"train_base.{name}={getattr(p, name)!r}; use a positive integer")
         if not p.lr > 0:
             raise ValueError(f"train_base.lr={p.lr}; use a positive learning rate such as 2e-3")
+        if not 0 <= p.type_sampling_power <= 1:
+            raise ValueError(
+                f"train_base.type_sampling_power={p.type_sampling_power}; use 0 (equal shares) .. 1 (as in the data)"
+            )
         if not 0 <= p.decay_fraction <= 1:
             raise ValueError(f"train_base.decay_fraction={p.decay_fraction}; use a fraction in [0, 1]")
         return p
@@ -145,19 +148,23 @@ def encode_split(rt: Runtime, df: pd.DataFrame, size: int) -> EncodedSplit:
     return EncodedSplit(images=images, image_index=np.asarray(codes), questions=questions, answers=answers, types=types)
 
 
-def sample_rows(data: EncodedSplit, batch_size: int, balanced: bool, gen: torch.Generator) -> np.ndarray:
-    """Row indices of one batch; ``balanced`` gives every question type an equal share.
+def type_pools(data: EncodedSplit, power: float) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Rows of each question type, and each type's share of a batch: frequency ** power.
 
-    Why balance: easy-VQA is 74% yes/no, whose answers the question text alone predicts
-    to about 0.79; without balancing the model settles on that prior and the vision
-    path stops receiving gradient before it learns colour or shape.
+    power 1 samples questions as they come; 0 gives every type an equal share. Why not 1:
+    easy-VQA is 74% yes/no, whose answers the question text alone predicts to about 0.79,
+    and a model fed mostly those settles on that prior before it learns colour or shape.
     """
-    if not balanced:
-        return torch.randint(0, len(data.questions), (batch_size,), generator=gen).numpy()
     pools = [np.flatnonzero(data.types == t) for t in np.unique(data.types)]
-    share = torch.randint(0, len(pools), (batch_size,), generator=gen).numpy()
-    picks = torch.rand(batch_size, generator=gen).numpy()
-    return np.array([pools[s][int(p * len(pools[s]))] for s, p in zip(share, picks)])
+    weights = torch.tensor([len(p) for p in pools], dtype=torch.float64) ** power
+    return pools, weights / weights.sum()
+
+
+def sample_rows(pools: list[np.ndarray], shares: torch.Tensor, batch_size: int, gen: torch.Generator) -> np.ndarray:
+    """Row indices of one batch: a type per row by ``shares``, then a row of that type."""
+    kind = torch.multinomial(shares, batch_size, replacement=True, generator=gen).numpy()
+    picks = torch.rand(batch_size, generator=gen, dtype=torch.float64).numpy()
+    return np.array([pools[k][int(p * len(pools[k]))] for k, p in zip(kind, picks)])
 
 
 def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobConfig) -> torch.Tensor:
@@ -218,20 +225,11 @@ def _load_checkpoint(path: Path, rt: Runtime, opt: torch.optim.Optimizer, gen: t
 
 
 def param_groups(rt: Runtime, params: TrainBaseParams) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on norms, biases and embeddings; vision path at ``vision_lr_scale``."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    """AdamW groups: no weight decay on norms, biases and embeddings."""
+    decay, no_decay = [], []
     for name, param in rt.model.named_parameters():
-        vision = name.startswith(("model.vision_tower.", "model.multi_modal_projector."))
-        decays = not (param.ndim < 2 or "norm" in name or "embed" in name)
-        groups.setdefault((vision, decays), []).append(param)
-    return [
-        {
-            "params": ps,
-            "weight_decay": params.weight_decay if decays else 0.0,
-            "lr_scale": params.vision_lr_scale if vision else 1.0,
-        }
-        for (vision, decays), ps in sorted(groups.items())
-    ]
+        (no_decay if param.ndim < 2 or "norm" in name or "embed" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_tiny(train: pd.DataFrame, model: ModelParams, seed: int) -> Runtime:
@@ -271,19 +269,19 @@ def train_base(
         warm = pretrain_vision(
             rt, data.images, labels, steps=params.vision_warmstart_steps, batch_size=params.batch_size,
             lr=params.vision_warmstart_lr, gen=torch.Generator().manual_seed(seed + 1),
+            tier_weights=params.vision_warmstart_tier_weights,
         )
     rt.model.train()
+    pools, shares = type_pools(data, params.type_sampling_power)
     n = len(data.questions)
     losses: list[float] = []
     t0 = time.perf_counter()
     bar = tqdm(range(start, params.steps), desc="train_base", initial=start, total=params.steps, unit="step")
     for step in bar:
-        rows = sample_rows(data, params.batch_size, params.balance_question_types, gen)
+        rows = sample_rows(pools, shares, params.batch_size, gen)
         knobs = configs[int(torch.randint(0, len(configs), (1,), generator=gen))]
-        if step < params.full_knobs_steps:
-            knobs = grid.full
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, params) * group["lr_scale"]
+            group["lr"] = lr_at(step, params)
         loss = batch_loss(rt, data, rows, knobs)
         opt.zero_grad(set_to_none=True)
         loss.backward()

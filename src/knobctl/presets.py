@@ -9,10 +9,11 @@ its own knob semantics.
 
 Tier semantics
 --------------
-``tiny`` (the embedded default, 64x64 easy-VQA images, CLIP patch 16):
-    low    = the image downsampled to 16x16 px  -> 1 patch  -> 1 visual token
-    medium = the image downsampled to 32x32 px  -> 2x2      -> 4 visual tokens
-    high   = the image at 64x64 px              -> 4x4      -> 16 visual tokens
+``tiny`` (the embedded default, 64x64 easy-VQA images, CLIP patch 8, 2x2 average pooling
+of the patch grid before the projector):
+    low    = the image downsampled to 16x16 px  -> 2x2 patches -> 1 visual token
+    medium = the image downsampled to 32x32 px  -> 4x4 patches -> 4 visual tokens
+    high   = the image at 64x64 px              -> 8x8 patches -> 16 visual tokens
   The tier changes both the vision tower's input and the tokens entering the LLM;
   shape detail is lost at low resolution, which is what makes the tier cost accuracy.
 

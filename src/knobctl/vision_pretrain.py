@@ -14,7 +14,7 @@ features are useful at every resolution.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,8 +60,13 @@ def pretrain_vision(
     batch_size: int,
     lr: float,
     gen: torch.Generator,
+    tier_weights: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """Train vision tower + projector with linear heads; returns final accuracy per type."""
+    """Train vision tower + projector with linear heads; returns final accuracy per type.
+
+    ``tier_weights`` sets how often each tier is drawn (uniform when None): shape is
+    nearly invisible at the low tier, so its gradient there is mostly noise.
+    """
     if steps <= 0 or not labels.labels:
         return {}
     hidden = rt.config.text_config.hidden_size
@@ -70,11 +75,12 @@ def pretrain_vision(
     opt = torch.optim.AdamW(params + list(heads.parameters()), lr=lr, weight_decay=0.0)
     targets = {t: torch.from_numpy(v) for t, v in labels.labels.items()}
     tiers = list(rt.spec.tiers)
+    weights = torch.tensor([float((tier_weights or {}).get(t, 1.0)) for t in tiers])
     rt.model.train()
     acc: dict[str, list[float]] = {t: [] for t in targets}
     for step in tqdm(range(steps), desc="vision warm-start", unit="step"):
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
-        tier = tiers[int(torch.randint(0, len(tiers), (1,), generator=gen))]
+        tier = tiers[int(torch.multinomial(weights, 1, generator=gen))]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 20)
         feats = rt.encode_images(images[idx], tier).mean(dim=1)  # [B, H]
@@ -88,4 +94,4 @@ def pretrain_vision(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return {t: round(float(np.mean(v[-20:])), 4) for t, v in acc.items()}
+    return {t: round(float(np.mean(v[-50:])), 4) for t, v in acc.items()}
