@@ -74,7 +74,7 @@ def test_loss_depends_only_on_answer_targets(train_df):
         logits = rt.model.lm_head(h[:, -3:-1])
         expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), inputs["input_ids"][:, -2:].reshape(-1))
     assert all(len(data.answers[r]) == 1 for r in rows)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_training_lowers_the_loss(train_df):

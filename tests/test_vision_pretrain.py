@@ -17,9 +17,10 @@ def test_mine_labels_keeps_images_whose_answers_agree():
     })
     image_index = np.array([0, 0, 0, 1, 1, 1, 2])
     labels = mine_image_labels(df, image_index, num_images=3, types=("color", "shape", "number"))
-    assert labels.names == {"color": ["blue", "red"], "shape": ["circle", "triangle"]}
+    # Image 1 has two shape answers that disagree: no shape label for it, and "triangle"
+    # (seen only there) is not a class; "number" has no questions at all.
+    assert labels.names == {"color": ["blue", "red"], "shape": ["circle"]}
     assert labels.labels["color"].tolist() == [1, 0, -1]
-    # Image 1 has two shape answers that disagree: no shape label for it.
     assert labels.labels["shape"].tolist() == [0, -1, -1]
 
 
@@ -30,6 +31,6 @@ def test_warm_start_learns_a_colour_split():
     images[:32, :, :, 0] = 255  # red images
     images[32:, :, :, 2] = 255  # blue images
     labels = ImageLabels(names={"color": ["red", "blue"]}, labels={"color": np.array([0] * 32 + [1] * 32)})
-    acc = pretrain_vision(rt, images, labels, steps=40, batch_size=32, lr=3e-3, gen=g)
-    assert acc["color"] == 1.0
+    acc = pretrain_vision(rt, images, labels, steps=120, batch_size=32, lr=3e-3, gen=g)
+    assert acc["color"] >= 0.98  # mean over the last 50 steps; chance is 0.5
     assert pretrain_vision(rt, images, labels, steps=0, batch_size=8, lr=1e-3, gen=g) == {}
