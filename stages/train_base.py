@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from knobctl.base_training import ModelParams, TrainBaseParams, evaluate, train_base
 from knobctl.io import write_json_atomic
@@ -31,7 +31,6 @@ def main() -> None:
     own = TrainBaseParams.from_params(section(params, "train_base", args.params))
     if model.preset != "tiny":
         raise ValueError(f"model.preset={model.preset!r}: train_base trains only the tiny preset")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     train = pd.read_parquet(Path(args.data) / "train.parquet")
     val = pd.read_parquet(Path(args.data) / "val.parquet")
@@ -51,8 +50,6 @@ def main() -> None:
         corners=results,
     )
     write_json_atomic(args.metrics, summary)
-    import shutil
-
     shutil.rmtree(args.checkpoint, ignore_errors=True)
     print(
         f"train_base: {own.steps} steps in {summary['stage_seconds']} s; val accuracy full {grid.full.label} "

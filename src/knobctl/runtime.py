@@ -191,7 +191,8 @@ class Runtime:
         width = max(len(s) for s in sequences)
         pad = self.ids[PAD]
         ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self.device)  # [B, L]
-        mask = (torch.arange(width, device=self.device) >= width - torch.tensor([len(s) for s in sequences], device=self.device)[:, None]).long()  # [B, L]
+        lengths = torch.tensor([len(s) for s in sequences], device=self.device)  # [B]
+        mask = (torch.arange(width, device=self.device) >= width - lengths[:, None]).long()  # [B, L]
         embeds = self.lm.embed_tokens(ids)  # [B, L, H]
         slots = (ids == self.ids[IMAGE]).unsqueeze(-1)  # [B, L, 1]
         embeds = embeds.masked_scatter(slots, visual.to(embeds.dtype))
