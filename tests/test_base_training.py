@@ -119,6 +119,11 @@ def test_bad_train_params():
         TrainBaseParams.from_params({"lr": 0})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainBaseParams.from_params({"epochs": 3})
+    with pytest.raises(ValueError, match="map tier names"):
+        TrainBaseParams.from_params({"vision_warmstart_tier_weights": {"hgh": 3}})
+    with pytest.raises(ValueError, match="not all 0"):
+        TrainBaseParams.from_params({"vision_warmstart_tier_weights": {"low": 0, "high": 0}})
+    assert TrainBaseParams.from_params({"vision_warmstart_tier_weights": {"low": 1, "high": 3}}).vision_warmstart_tier_weights == {"low": 1, "high": 3}
     with pytest.raises(ValueError, match="type_sampling_power"):
         TrainBaseParams.from_params({"type_sampling_power": 2})
     with pytest.raises(ValueError, match="experts_implementation"):

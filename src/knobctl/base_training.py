@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from knobctl.data import decode_images
 from knobctl.io import atomic_dir, params_hash
-from knobctl.knobs import KnobConfig, KnobGrid
+from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
 from knobctl.presets import EOS, TinyDims
 from knobctl.runtime import Runtime, load_runtime
 from knobctl.vision_pretrain import mine_image_labels, pretrain_vision
@@ -80,6 +80,17 @@ class TrainBaseParams:
             raise ValueError(
                 f"train_base.type_sampling_power={p.type_sampling_power}; use 0 (equal shares) .. 1 (as in the data)"
             )
+        weights = p.vision_warmstart_tier_weights
+        if weights is not None:
+            if not isinstance(weights, Mapping) or set(weights) - set(TIER_ORDER):
+                raise ValueError(
+                    f"train_base.vision_warmstart_tier_weights={weights!r}; map tier names "
+                    f"({', '.join(TIER_ORDER)}) to non-negative weights"
+                )
+            if any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+                raise ValueError(
+                    f"train_base.vision_warmstart_tier_weights={dict(weights)!r}; weights must be >= 0 and not all 0"
+                )
         if not 0 <= p.decay_fraction <= 1:
             raise ValueError(f"train_base.decay_fraction={p.decay_fraction}; use a fraction in [0, 1]")
         return p
