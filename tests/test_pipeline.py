@@ -14,9 +14,12 @@ import pytest
 import yaml
 
 from knobctl.io import read_provenance
+from knobctl.knobs import KnobConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
+    "knobs": {"top_k": [4, 8], "num_blocks": [12, 16]},
+    "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
     "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
     "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
                    "vision_warmstart_steps": 3},
@@ -68,6 +71,26 @@ def test_repro_writes_every_output(repo):
 
 
 @pytest.mark.slow
+def test_repro_profiles_latency_and_fits_the_estimator(repo):
+    from knobctl.estimator import LatencyEstimator
+
+    rows = pd.read_parquet(repo / "data/profile/latency.parquet")
+    assert len(rows) == 12 * 3 * 2 * 2 and rows["error"].isna().all() and (rows["total_ms"] > 0).all()
+    meta = read_provenance(repo / "data/profile/summary.parquet")
+    assert meta["model"] == "models/base" and len(meta["model_hash"]) == 16
+    profile = json.loads((repo / "metrics/profile.json").read_text())
+    assert profile["rows"] == len(rows) and 0 <= profile["median_cv"]["total_ms"] < 1
+    est = json.loads((repo / "metrics/estimator.json").read_text())
+    assert set(est) >= {"configs", "lengths"} and est["lengths"]["held_out"] == ["6"]
+    assert len(est["configs"]["held_out"]) == 2 and est["configs"]["total_ms"]["n"] == 2 * 3 * 2
+    plot = pd.read_csv(repo / "plots/estimator/total_ms.csv")
+    assert len(plot) == 12 and {"measured_ms", "predicted_ms"} <= set(plot.columns)
+    table = LatencyEstimator.load(repo / "models/latency_estimator").dense_table(
+        [KnobConfig("low", 4, 12), KnobConfig("high", 8, 16)], [3, 9], [2, 3])
+    assert table.shape == (2, 2, 2) and (table > 0).all()
+
+
+@pytest.mark.slow
 def test_params_wiring_reruns_only_dependent_stages(repo):
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], repo).lower()
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -75,6 +98,15 @@ def test_params_wiring_reruns_only_dependent_stages(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run([sys.executable, "-m", "dvc", "status"], repo)
     assert "eval_base" in status and "train_base" not in status and "prepare_data" not in status
+    assert "profile_latency" not in status and "fit_estimator" not in status
+    params["fit_estimator"]["num_leaves"] = 7
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run([sys.executable, "-m", "dvc", "status"], repo)
+    assert "fit_estimator" in status and "profile_latency" not in status and "train_base" not in status
+    params["profile_latency"]["rounds"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run([sys.executable, "-m", "dvc", "status"], repo)
+    assert "profile_latency" in status and "train_base" not in status
 
 
 @pytest.mark.slow

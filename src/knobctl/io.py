@@ -66,6 +66,11 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
 def write_parquet_atomic(path: str | Path, df: pd.DataFrame, metadata: Mapping[str, Any] | None = None) -> None:
     """Write a DataFrame as Parquet with knobctl provenance under the ``knobctl`` key."""
     table = pa.Table.from_pandas(df, preserve_index=False)
@@ -117,3 +122,18 @@ def provenance(params_section: Any = None, **extra: Any) -> dict[str, Any]:
         meta["params_hash"] = params_hash(params_section)
     meta.update(extra)
     return meta
+
+
+def checkpoint_hash(source: str | Path) -> str:
+    """sha256 (16 hex) over a checkpoint folder's weight and config files; a preset is named."""
+    path = Path(source)
+    if not path.is_dir():
+        return f"preset:{source}"
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix in (".safetensors", ".json"):
+            h.update(f.name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import io as _io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -200,28 +200,50 @@ class Runtime:
         return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
 
     @torch.inference_mode()
-    def generate(self, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> torch.Tensor:
-        """Greedy decoding with a KV cache: [B, <= max_new_tokens] token ids (PAD after EOS)."""
+    def generate(
+        self,
+        inputs: dict[str, torch.Tensor],
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        on_prefill: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Greedy decoding with a KV cache: [B, <= max_new_tokens] token ids (PAD after EOS).
+
+        ``min_new_tokens`` bans EOS for that many tokens, so latency profiling can force an
+        exact output length (min = max) even on a model with random weights. ``on_prefill``
+        is called once the prompt's forward pass has produced the first token (the
+        profiler's timing mark between prefill and decode).
+        """
         lm, head = self.lm, self.model.lm_head
         mask, pos = inputs["attention_mask"], inputs["position_ids"]
+        eos = self.ids[EOS]
         cache = DynamicCache(config=lm.config)
         hidden = lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask, position_ids=pos,
                     past_key_values=cache, use_cache=True).last_hidden_state
-        token = head(hidden[:, -1]).argmax(-1)  # [B]
-        done = token == self.ids[EOS]
+        token = self._next_token(head(hidden[:, -1]), ban_eos=min_new_tokens > 0)  # [B]
+        if on_prefill is not None:
+            on_prefill()
+        done = token == eos
         out = [token]
-        for _ in range(max_new_tokens - 1):
+        for step in range(1, max_new_tokens):
             if bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             pos = pos[:, -1:] + 1
             hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
                         past_key_values=cache, use_cache=True).last_hidden_state
-            token = head(hidden[:, -1]).argmax(-1)
+            token = self._next_token(head(hidden[:, -1]), ban_eos=step < min_new_tokens)
             token = torch.where(done, torch.full_like(token, self.ids[PAD]), token)
-            done = done | (token == self.ids[EOS])
+            done = done | (token == eos)
             out.append(token)
         return torch.stack(out, dim=1)
+
+    def _next_token(self, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor:
+        """Greedy pick from [B, V] logits; with ``ban_eos`` EOS can never win."""
+        if ban_eos:
+            logits = logits.clone()
+            logits[:, self.ids[EOS]] = float("-inf")
+        return logits.argmax(-1)
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         texts = []
@@ -271,11 +293,15 @@ def load_runtime(
     block_order: str | Sequence[int] | None = None,
     vocab: Sequence[str] = (),
     dims: TinyDims | None = None,
+    experts_implementation: str | None = None,
 ) -> Runtime:
     """Load a preset (random weights) or a local checkpoint directory; never a hub download.
 
     ``trust_remote_code`` stays off unless the caller sets it. ``block_order`` overrides
     the checkpoint's block policy ('first' or a ranked list of block indices).
+    ``experts_implementation`` picks HF's MoE experts kernel (eager, grouped_mm,
+    batched_mm); None keeps the checkpoint's. A preset is built directly on the device
+    in ``dtype``, so a true-size preset never initialises 7 B parameters on the CPU.
     """
     from knobctl.tokenizer import build_word_tokenizer
 
@@ -284,7 +310,13 @@ def load_runtime(
     if str(source) in PRESETS and not path.is_dir():
         tokenizer = build_word_tokenizer(vocab)
         config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
-        model = LlavaForConditionalGeneration(config)
+        saved_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or torch.float32)
+        try:
+            with dev:
+                model = LlavaForConditionalGeneration(config)
+        finally:
+            torch.set_default_dtype(saved_dtype)
     elif path.is_dir():
         if not (path / "config.json").exists():
             raise ValueError(f"{path} has no config.json; a checkpoint directory is what save_pretrained writes")
@@ -304,6 +336,8 @@ def load_runtime(
     model.to(dev)
     if dtype is not None:
         model.to(dtype)
+    if experts_implementation is not None:
+        model.model.language_model.set_experts_implementation(experts_implementation)
     model.eval()
     return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source))
 

@@ -1,0 +1,3 @@
+from knobctl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""``python -m knobctl show TABLE.parquet``: a terminal view of a profiling table.
+
+For a latency table (raw rows or summary) it prints the provenance, the median latency
+by each knob, and the slowest and fastest configurations. Any other Parquet file gets its
+provenance, shape and first rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from knobctl.io import read_provenance
+from knobctl.profiling import PARTS, summarize
+
+META_KEYS = ("device", "dtype", "model", "model_hash", "batch_size", "rounds", "torch", "transformers",
+             "git_commit", "timestamp")
+
+
+def latency_summary(df: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-(configuration, lengths) summary of a latency table, or None for other tables."""
+    if "vision_ms_median" in df:
+        return df
+    if set(PARTS) <= set(df.columns) and "error" in df:
+        return summarize(df)
+    return None
+
+
+def render_latency(summary: pd.DataFrame, top: int = 5) -> str:
+    cols = [f"{p}_median" for p in (*PARTS, "total_ms")]
+    names = {f"{p}_median": p.replace("_ms_per_token", "_ms/tok") for p in (*PARTS, "total_ms")}
+    lines = []
+    for knob in ("tier", "top_k", "num_blocks"):
+        by = summary.groupby(knob, sort=False)[cols].median().rename(columns=names)
+        if knob == "tier":
+            order = [t for t in ("low", "medium", "high") if t in by.index] + sorted(set(by.index) - {"low", "medium", "high"})
+            by = by.loc[order]
+        else:
+            by = by.sort_index()
+        lines += [f"median latency (ms) by {knob}:", by.round(2).to_string(), ""]
+    per_config = summary.groupby("config")[cols].median().rename(columns=names).sort_values("total_ms")
+    lines += [f"fastest {top} configurations (median over lengths):", per_config.head(top).round(2).to_string(), ""]
+    lines += [f"slowest {top} configurations:", per_config.tail(top)[::-1].round(2).to_string(), ""]
+    errors = int(summary["errors"].sum()) if "errors" in summary else 0
+    cv = summary["total_ms_cv"].median() if "total_ms_cv" in summary else float("nan")
+    lines.append(f"{summary['config'].nunique()} configurations, {len(summary)} (configuration, lengths) cells, "
+                 f"{errors} error rows, median CV of total {cv:.1%}")
+    return "\n".join(lines)
+
+
+def show(path: str | Path, top: int = 5) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    df = pd.read_parquet(path)
+    meta = read_provenance(path)
+    head = [f"{path}: {len(df)} rows x {df.shape[1]} columns"]
+    head += [f"  {k}: {meta[k]}" for k in META_KEYS if k in meta]
+    summary = latency_summary(df)
+    body = render_latency(summary, top) if summary is not None else df.head(top * 2).to_string()
+    return "\n".join(head) + "\n\n" + body
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m knobctl", description="knobctl command-line tools")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("show", help="summarise a Parquet table (latency profile or any knobctl table)")
+    sp.add_argument("path")
+    sp.add_argument("--top", type=int, default=5, help="how many fastest/slowest configurations to list")
+    args = ap.parse_args(argv)
+    try:
+        print(show(args.path, args.top))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

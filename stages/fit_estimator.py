@@ -1,0 +1,53 @@
+"""Stage fit_estimator: LightGBM latency models per part, scored on held-out configurations and lengths."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from knobctl.estimator import EstimatorParams, LatencyEstimator
+from knobctl.estimator_eval import evaluate
+from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
+from knobctl.params import load_params, section, seed_of
+from knobctl.profiling import PARTS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", default="data/profile/summary.parquet")
+    ap.add_argument("--out", default="models/latency_estimator")
+    ap.add_argument("--metrics", default="metrics/estimator.json")
+    ap.add_argument("--plots", default="plots/estimator")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    seed = seed_of(params, args.params)
+    p = EstimatorParams.from_params(section(params, "fit_estimator", args.params))
+    summary = pd.read_parquet(args.profile)
+    meta = read_provenance(args.profile)
+    if "tiers" not in meta:
+        raise ValueError(f"{args.profile} has no tier table in its metadata; rerun `dvc repro profile_latency`")
+
+    metrics, points = evaluate(summary, meta["tiers"], p, seed)
+    final = LatencyEstimator.fit(summary[summary["repeats"] > 0], meta["tiers"], p, seed,
+                                 meta={k: meta.get(k) for k in ("device", "dtype", "model", "model_hash", "git_commit")})
+    final.save(args.out)
+    metrics["profile"] = {k: meta.get(k) for k in ("device", "dtype", "model", "batch_size")}
+    write_json_atomic(args.metrics, metrics)
+    # One CSV per part for `dvc plots` (held-out configurations); every split's points in Parquet.
+    plots = Path(args.plots)
+    for part in (*PARTS, "total_ms"):
+        sel = points[(points["split"] == "configs") & (points["part"] == part)]
+        write_csv_atomic(plots / f"{part}.csv", sel[["config", "text_tokens", "output_tokens", "measured_ms",
+                                                     "predicted_ms"]])
+    write_parquet_atomic(plots / "points.parquet", points)
+    cfg = metrics["configs"]
+    print(f"fit_estimator: held-out configurations: total within 10% {cfg['total_ms']['within_10pct']:.1%}, "
+          f"MAPE vision {cfg['vision_ms']['mape']:.1%} prefill {cfg['prefill_ms']['mape']:.1%} "
+          f"decode {cfg['decode_ms_per_token']['mape']:.1%} total {cfg['total_ms']['mape']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

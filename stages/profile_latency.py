@@ -1,0 +1,74 @@
+"""Stage profile_latency: vision / prefill / per-token decode latency over the knob grid.
+
+Runs on its own too (no dvc needed), e.g. on a GPU machine:
+    PYTHONPATH=src python stages/profile_latency.py --set source=molmoe-1b-shape dtype=bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from knobctl.io import checkpoint_hash, params_hash, provenance, write_json_atomic, write_parquet_atomic
+from knobctl.knobs import KnobGrid
+from knobctl.params import load_params, section, seed_of
+from knobctl.parts import PartStore
+from knobctl.profiling import ROW_COLUMNS, ProfileParams, device_name, median_cv, profile_runtime, tier_table
+from knobctl.runtime import load_runtime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override profile_latency keys (YAML values), e.g. rounds=3 dtype=bfloat16")
+    ap.add_argument("--out", default="data/profile")
+    ap.add_argument("--metrics", default="metrics/profile.json")
+    ap.add_argument("--cache", default=".knobctl_cache/profile")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    seed = seed_of(params, args.params)
+    grid = KnobGrid.from_params(section(params, "knobs", args.params))
+    own = dict(section(params, "profile_latency", args.params))
+    own.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    p = ProfileParams.from_params(own)
+    if p.num_threads:
+        torch.set_num_threads(p.num_threads)
+
+    rt = load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
+    model_hash = checkpoint_hash(p.source)
+    run_key = params_hash({"profile": p.__dict__, "knobs": [k.label for k in grid.configs()], "seed": seed,
+                           "model": model_hash})
+    store = PartStore(Path(args.cache) / run_key, flush_every=p.flush_every, columns=ROW_COLUMNS)
+    start = time.perf_counter()
+    rows, summary = profile_runtime(rt, grid.configs(), p, seed, store)
+    wall = time.perf_counter() - start
+
+    meta = provenance(own, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
+                      model=p.source, model_hash=model_hash, batch_size=p.batch_size, seed=seed,
+                      experts_implementation=rt.model.config.text_config._experts_implementation,
+                      num_threads=torch.get_num_threads(), tiers=tier_table(rt), rounds=p.rounds,
+                      warmup_rounds=p.warmup_rounds)
+    out = Path(args.out)
+    write_parquet_atomic(out / "latency.parquet", rows, meta)
+    write_parquet_atomic(out / "summary.parquet", summary, meta)
+    cv = median_cv(summary)
+    errors = int(rows["error"].notna().sum())
+    write_json_atomic(args.metrics, {
+        "device": meta["device"], "dtype": p.dtype, "rows": len(rows), "errors": errors,
+        "configurations": len(grid.configs()), "rounds": p.rounds, "wall_s": round(wall, 1),
+        "median_cv": cv, "median_robust_cv": median_cv(summary, "rcv"),
+        "total_ms_median_range": [float(summary["total_ms_median"].min()), float(summary["total_ms_median"].max())],
+    })
+    store.clear()
+    print(f"profile_latency: {len(rows)} rows ({errors} errors) on {meta['device']} in {wall:.0f} s; "
+          f"median CV vision {cv['vision_ms']:.1%}, prefill {cv['prefill_ms']:.1%}, "
+          f"decode {cv['decode_ms_per_token']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""`python -m knobctl show`: latency tables by knob, fastest/slowest, and other tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from knobctl.cli import main, show
+from knobctl.io import write_parquet_atomic
+from knobctl.knobs import KnobGrid
+
+
+def latency_rows() -> pd.DataFrame:
+    rows = []
+    for r in range(3):
+        for k in KnobGrid.from_params({"top_k": [4, 8], "num_blocks": [12, 16]}).configs():
+            base = {"low": 1.0, "medium": 2.0, "high": 3.0}[k.tier] + k.num_blocks + k.top_k / 10
+            rows.append({"config": k.label, "tier": k.tier, "top_k": k.top_k, "num_blocks": k.num_blocks,
+                         "visual_tokens": 1, "text_tokens": 4, "input_tokens": 7, "output_tokens": 2,
+                         "batch_size": 1, "round": r, "order": 0, "vision_ms": base / 10, "prefill_ms": base,
+                         "decode_ms_per_token": base / 2, "total_ms": base * 1.6, "error": None})
+    return pd.DataFrame(rows)
+
+
+def test_show_latency_table(tmp_path):
+    path = tmp_path / "latency.parquet"
+    write_parquet_atomic(path, latency_rows(), {"device": "Test CPU", "dtype": "float32"})
+    text = show(path, top=2)
+    assert "device: Test CPU" in text and "median latency (ms) by tier:" in text
+    assert "by num_blocks" in text and "by top_k" in text
+    fastest = text.split("fastest 2 configurations")[1].split("slowest")[0]
+    slowest = text.split("slowest 2 configurations:")[1]
+    assert "low/k4/b12" in fastest and "high/k8/b16" in slowest and "high/k8/b16" not in fastest
+    assert "12 configurations" in text and "0 error rows" in text
+
+
+def test_show_other_table_and_missing_file(tmp_path, capsys):
+    path = tmp_path / "other.parquet"
+    write_parquet_atomic(path, pd.DataFrame({"sample_id": [1, 2], "score": [0.5, 1.0]}))
+    assert "sample_id" in show(path)
+    assert main(["show", str(tmp_path / "missing.parquet")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_module_entry_point(tmp_path):
+    path = tmp_path / "latency.parquet"
+    write_parquet_atomic(path, latency_rows())
+    out = subprocess.run([sys.executable, "-m", "knobctl", "show", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "fastest 5 configurations" in out
