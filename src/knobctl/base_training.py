@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from knobctl.data import decode_images
 from knobctl.io import atomic_dir, params_hash
 from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
+from knobctl.params import check_keys
 from knobctl.presets import EOS, TinyDims
 from knobctl.runtime import Runtime, load_runtime
 from knobctl.vision_pretrain import mine_image_labels, pretrain_vision
@@ -66,10 +67,7 @@ class TrainBaseParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> TrainBaseParams:
-        allowed = set(cls.__dataclass_fields__)
-        unknown = set(section) - allowed
-        if unknown:
-            raise ValueError(f"train_base: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        check_keys(section, cls.__dataclass_fields__, "train_base")
         p = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in section.items()})
         for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
             if not isinstance(getattr(p, name), int) or getattr(p, name) < 1:
@@ -107,18 +105,13 @@ class ModelParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> ModelParams:
-        allowed = set(cls.__dataclass_fields__)
-        unknown = set(section) - allowed
-        if unknown:
-            raise ValueError(f"model: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        check_keys(section, cls.__dataclass_fields__, "model")
         p = cls(**section)
         if p.experts_implementation not in ("eager", "grouped_mm", "batched_mm"):
             raise ValueError(
                 f"model.experts_implementation={p.experts_implementation!r}; allowed: eager, grouped_mm, batched_mm"
             )
-        bad = set(p.dims or {}) - set(TinyDims.__dataclass_fields__)
-        if bad:
-            raise ValueError(f"model.dims: unknown keys {sorted(bad)}; allowed: {sorted(TinyDims.__dataclass_fields__)}")
+        check_keys(p.dims or {}, TinyDims.__dataclass_fields__, "model.dims")
         return p
 
     def tiny_dims(self) -> TinyDims:

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from knobctl.params import check_keys
+
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
 SPLITS = ("train", "val", "test")
 EASY_VQA_SHAPES = frozenset({"circle", "rectangle", "triangle"})
@@ -51,10 +53,7 @@ class DataParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> DataParams:
-        allowed = set(cls.__dataclass_fields__)
-        unknown = set(section) - allowed
-        if unknown:
-            raise ValueError(f"prepare_data: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        check_keys(section, cls.__dataclass_fields__, "prepare_data")
         p = cls(**section)
         if p.source not in ("easy_vqa", "vqav2"):
             raise ValueError(f"prepare_data.source={p.source!r}; allowed: easy_vqa, vqav2")

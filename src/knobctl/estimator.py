@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from knobctl.knobs import KnobConfig
+from knobctl.params import check_keys
 from knobctl.profiling import PARTS, request_ms
 
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -53,10 +54,7 @@ class EstimatorParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> EstimatorParams:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"fit_estimator: unknown keys {unknown}; allowed: {sorted(known)}")
+        check_keys(section, cls.__dataclass_fields__, "fit_estimator")
         values = dict(section)
         if values.get("holdout_text_tokens") is not None:
             values["holdout_text_tokens"] = tuple(values["holdout_text_tokens"])

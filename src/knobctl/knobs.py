@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from knobctl.params import check_keys
+
 #: Tier names in increasing order of visual tokens.
 TIER_ORDER: tuple[str, ...] = ("low", "medium", "high")
 
@@ -75,10 +77,7 @@ class KnobGrid:
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> KnobGrid:
         """Build from the ``knobs:`` section of params.yaml, naming any bad key or value."""
-        allowed = {"tiers", "top_k", "num_blocks"}
-        unknown = set(section) - allowed
-        if unknown:
-            raise ValueError(f"knobs: unknown keys {sorted(unknown)}; allowed keys: {sorted(allowed)}")
+        check_keys(section, ("tiers", "top_k", "num_blocks"), "knobs")
         tiers = section.get("tiers", list(TIER_ORDER))
         if not isinstance(tiers, Sequence) or isinstance(tiers, str) or not tiers:
             raise ValueError(f"knobs.tiers must be a non-empty list, got {tiers!r}")

@@ -31,3 +31,10 @@ def seed_of(params: dict[str, Any], path: str | Path = "params.yaml") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"{path}: seed must be a non-negative integer, got {seed!r}")
     return seed
+
+
+def check_keys(values: Any, allowed: Any, name: str) -> None:
+    """Reject keys of a params section that nothing reads (a typo would otherwise be silently ignored)."""
+    unknown = set(values) - set(allowed)
+    if unknown:
+        raise ValueError(f"{name}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from knobctl.knobs import KnobConfig
+from knobctl.params import check_keys
 from knobctl.runtime import Runtime
 
 PARTS = ("vision_ms", "prefill_ms", "decode_ms_per_token")
@@ -59,10 +60,7 @@ class ProfileParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> ProfileParams:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"profile_latency: unknown keys {unknown}; allowed: {sorted(known)}")
+        check_keys(section, cls.__dataclass_fields__, "profile_latency")
         values = dict(section)
         for key in ("text_tokens", "output_tokens"):
             if key in values:
