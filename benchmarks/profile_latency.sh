@@ -25,6 +25,7 @@ rows = []
 for i in range(1, runs + 1):
     p, e, x = load(i, "profile.json"), load(i, "estimator.json"), load(i, "e2e.json")["summary"]
     rows.append({"profile_s": p["process_wall_s"], "cv_total": p["median_cv"]["total_ms"],
+                 "adj_cv_total": p["median_cv_drift_corrected"]["total_ms"],
                  "rcv_total": p["median_robust_cv"]["total_ms"], "within10_configs": e["configs"]["total_ms"]["within_10pct"],
                  "within10_lengths": e["lengths"]["total_ms"]["within_10pct"], "mape_total": e["configs"]["total_ms"]["mape"],
                  "e2e_median_abs": x["median_abs_error"], "harness_vs_answer": x["median_abs_harness_error"],

@@ -36,13 +36,13 @@ def main() -> None:
     final.save(args.out)
     metrics["profile"] = {k: meta.get(k) for k in ("device", "dtype", "model", "batch_size")}
     write_json_atomic(args.metrics, metrics)
-    # One CSV per part for `dvc plots` (held-out configurations); every split's points in Parquet.
+    # One CSV per part for `dvc plots` (held-out configurations); every split's points beside the model.
     plots = Path(args.plots)
     for part in (*PARTS, "total_ms"):
         sel = points[(points["split"] == "configs") & (points["part"] == part)]
         write_csv_atomic(plots / f"{part}.csv", sel[["config", "text_tokens", "output_tokens", "measured_ms",
                                                      "predicted_ms"]])
-    write_parquet_atomic(plots / "points.parquet", points)
+    write_parquet_atomic(Path(args.out) / "holdout_points.parquet", points)
     cfg = metrics["configs"]
     print(f"fit_estimator: held-out configurations: total within 10% {cfg['total_ms']['within_10pct']:.1%}, "
           f"MAPE vision {cfg['vision_ms']['mape']:.1%} prefill {cfg['prefill_ms']['mape']:.1%} "

@@ -17,7 +17,8 @@ from knobctl.io import checkpoint_hash, params_hash, provenance, write_json_atom
 from knobctl.knobs import KnobGrid
 from knobctl.params import load_params, section, seed_of
 from knobctl.parts import PartStore
-from knobctl.profiling import ROW_COLUMNS, ProfileParams, device_name, median_cv, profile_runtime, tier_table
+from knobctl.profile_stats import median_cv, round_speed, summarize, with_speed
+from knobctl.profiling import ROW_COLUMNS, ProfileParams, device_name, profile_runtime, tier_table
 from knobctl.runtime import load_runtime
 
 
@@ -45,7 +46,8 @@ def main() -> None:
                            "model": model_hash})
     store = PartStore(Path(args.cache) / run_key, flush_every=p.flush_every, columns=ROW_COLUMNS)
     start = time.perf_counter()
-    rows, summary = profile_runtime(rt, grid.configs(), p, seed, store)
+    rows = with_speed(profile_runtime(rt, grid.configs(), p, seed, store))
+    summary = summarize(rows)
     wall = time.perf_counter() - start
 
     meta = provenance(own, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
@@ -62,12 +64,13 @@ def main() -> None:
         "device": meta["device"], "dtype": p.dtype, "rows": len(rows), "errors": errors,
         "configurations": len(grid.configs()), "rounds": p.rounds, "wall_s": round(wall, 1),
         "median_cv": cv, "median_robust_cv": median_cv(summary, "rcv"),
+        "median_cv_drift_corrected": median_cv(summary, "adj_cv"), "round_speed": round_speed(rows),
         "total_ms_median_range": [float(summary["total_ms_median"].min()), float(summary["total_ms_median"].max())],
     })
     store.clear()
     print(f"profile_latency: {len(rows)} rows ({errors} errors) on {meta['device']} in {wall:.0f} s; "
           f"median CV vision {cv['vision_ms']:.1%}, prefill {cv['prefill_ms']:.1%}, "
-          f"decode {cv['decode_ms_per_token']:.1%}")
+          f"decode {cv['decode_ms_per_token']:.1%}; drift-corrected total {median_cv(summary, 'adj_cv')['total_ms']:.1%}")
 
 
 if __name__ == "__main__":

@@ -131,3 +131,14 @@ def test_unknown_tier_is_rejected(fitted):
 def test_bad_params_name_the_key(bad, word):
     with pytest.raises(ValueError, match=word):
         EstimatorParams.from_params(bad)
+
+
+def test_fits_the_drift_corrected_medians_when_present():
+    from knobctl.estimator import target_column
+
+    summary = synthetic_summary().assign(total_ms_adj_median=1.0, prefill_ms_adj_median=1.0)
+    assert target_column(summary, "prefill_ms", "drift_corrected") == "prefill_ms_adj_median"
+    assert target_column(summary, "prefill_ms", "raw") == "prefill_ms_median"
+    assert target_column(summary, "vision_ms", "drift_corrected") == "vision_ms_median"  # absent: plain median
+    with pytest.raises(ValueError, match="target"):
+        EstimatorParams.from_params({"target": "mean"})

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -18,9 +17,10 @@ from knobctl.io import read_provenance
 from knobctl.knobs import KnobConfig
 from knobctl.parts import PartStore
 from knobctl.presets import EOS
+from knobctl.profile_stats import summarize
 from knobctl.profiling import (
     ROW_COLUMNS, Case, ProfileParams, RuntimeMeasurer, Stopwatch, Timing, cases_for, request_ms, run_profile,
-    schedule, summarize,
+    schedule,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,23 +154,6 @@ def test_interrupted_run_resumes_to_the_same_table(tmp_path):
     pd.testing.assert_frame_equal(resumed, full)
 
 
-def test_summary_statistics():
-    rows = pd.DataFrame([
-        {"config": "low/k4/b12", "tier": "low", "top_k": 4, "num_blocks": 12, "visual_tokens": 1,
-         "text_tokens": 4, "input_tokens": 7, "output_tokens": 2, "vision_ms": v, "prefill_ms": 2 * v,
-         "decode_ms_per_token": 1.0, "total_ms": 3 * v + 1, "error": None}
-        for v in (1.0, 2.0, 3.0, 4.0, 100.0)
-    ])
-    s = summarize(rows).iloc[0]
-    assert s["repeats"] == 5 and s["errors"] == 0
-    assert s["vision_ms_median"] == 3.0 and s["prefill_ms_median"] == 6.0
-    assert s["vision_ms_p10"] == pytest.approx(1.4) and s["vision_ms_p90"] == pytest.approx(61.6)
-    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
-    assert s["vision_ms_cv"] == pytest.approx(values.std() / values.mean())
-    assert s["vision_ms_rcv"] == pytest.approx(1.4826 * 1.0 / 3.0)  # the outlier barely moves the robust CV
-    assert s["decode_ms_per_token_cv"] == 0.0
-
-
 @pytest.mark.parametrize("bad, word", [
     ({"rounds": 0}, "rounds"), ({"text_tokens": []}, "text_tokens"), ({"output_tokens": [2, 2]}, "repeats"),
     ({"dtype": "fp8"}, "dtype"), ({"experts_implementation": "triton"}, "experts_implementation"),
@@ -204,3 +187,4 @@ def test_stage_writes_rows_summary_and_provenance(tmp_path):
         assert key in meta, key
     assert meta["model_hash"] == "preset:tiny" and meta["dtype"] == "float32" and meta["tiers"]["high"]["visual_tokens"] > 1
     assert not any((tmp_path / ".knobctl_cache/profile").iterdir())  # parts removed once merged
+

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from knobctl.io import read_provenance
-from knobctl.profiling import PARTS, summarize
+from knobctl.profile_stats import summarize
+from knobctl.profiling import PARTS
 
 META_KEYS = ("device", "dtype", "model", "model_hash", "batch_size", "rounds", "torch", "transformers",
              "git_commit", "timestamp")

@@ -12,7 +12,8 @@ A request's latency is ``vision + prefill + (output_tokens - 1) * decode_ms_per_
 prefill's forward pass yields the first token, each further token is one decode step.
 
 Targets are the per-(configuration, lengths) medians of the profile's repeats, so one noisy
-repeat cannot pull a leaf. Trees interpolate between measured lengths but do not extrapolate
+repeat cannot pull a leaf; by default the drift-corrected medians (``knobctl.profile_stats``:
+the host's slow spells divided out), ``target: raw`` for the plain ones. Trees interpolate between measured lengths but do not extrapolate
 past them: predictions beyond the profiled range stay at the edge's value (the spec records
 the range).
 """
@@ -51,6 +52,7 @@ class EstimatorParams:
     min_data_in_leaf: int = 3
     holdout_config_fraction: float = 0.2
     holdout_text_tokens: tuple[int, ...] | None = None  # None: every profiled length but the min and max
+    target: str = "drift_corrected"  # or "raw": which per-cell median the models fit (profile_stats)
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> EstimatorParams:
@@ -63,6 +65,8 @@ class EstimatorParams:
             v = getattr(p, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"fit_estimator.{name}={v!r}; it must be an integer >= 1")
+        if p.target not in ("drift_corrected", "raw"):
+            raise ValueError(f"fit_estimator.target={p.target!r}; allowed: drift_corrected, raw")
         if not 0 < p.learning_rate <= 1:
             raise ValueError(f"fit_estimator.learning_rate={p.learning_rate!r}; it must be in (0, 1]")
         if not 0 < p.holdout_config_fraction < 1:
@@ -96,10 +100,17 @@ def feature_frame(summary: pd.DataFrame, tiers: Mapping[str, Mapping[str, int]])
     return df
 
 
+def target_column(summary: pd.DataFrame, part: str, target: str) -> str:
+    """The summary column a part is fitted to (and scored against): drift-corrected median if present."""
+    adj = f"{part}_adj_median"
+    return adj if target == "drift_corrected" and adj in summary else f"{part}_median"
+
+
 def fit_part(df: pd.DataFrame, part: str, p: EstimatorParams, seed: int) -> lgb.Booster:
-    rows = df[df[f"{part}_median"].notna()]
+    col = target_column(df, part, p.target)
+    rows = df[df[col].notna()]
     feats = list(FEATURES[part])
-    data = lgb.Dataset(rows[feats].to_numpy(float), label=rows[f"{part}_median"].to_numpy(float),
+    data = lgb.Dataset(rows[feats].to_numpy(float), label=rows[col].to_numpy(float),
                        feature_name=feats, free_raw_data=False)
     params = {**p.lgb_params(seed), "monotone_constraints": [1] * len(feats), "monotone_constraints_method": "advanced"}
     return lgb.train(params, data, num_boost_round=p.num_boost_round)
@@ -121,6 +132,7 @@ class LatencyEstimator:
         spec = {
             "features": {k: list(v) for k, v in FEATURES.items()},
             "monotone": "increasing in every feature",
+            "target": {part: target_column(df, part, p.target) for part in PARTS},
             "total": "vision_ms + prefill_ms + (output_tokens - 1) * decode_ms_per_token",
             "text_tokens_range": [int(df["text_tokens"].min()), int(df["text_tokens"].max())],
             "output_tokens_range": [int(df["output_tokens"].min()), int(df["output_tokens"].max())],

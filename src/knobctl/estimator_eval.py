@@ -8,7 +8,8 @@ Two splits, each with its own model fitted on the rest:
   and the longest, so the test is interpolation) are removed for every configuration,
   and the held-out configurations too, so the scored rows share neither with training.
 
-Scores per part and for the request total: MAPE, R^2, share within +-5% and +-10%.
+Scores per part and for the request total: MAPE, R^2, share within +-5% and +-10%, against the
+same per-cell medians the models fit (drift-corrected by default; see ``EstimatorParams.target``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from knobctl.estimator import EstimatorParams, LatencyEstimator
+from knobctl.estimator import EstimatorParams, LatencyEstimator, target_column
 from knobctl.profiling import PARTS, request_ms
 
 
@@ -85,14 +86,17 @@ def evaluate_split(split: Split, tiers: Mapping[str, Mapping[str, int]], p: Esti
     test = split.test
     pred = est.predict(test["tier"].to_numpy(), test["top_k"].to_numpy(), test["num_blocks"].to_numpy(),
                        test["text_tokens"].to_numpy(), test["output_tokens"].to_numpy())
-    measured_total = request_ms(test["vision_ms_median"], test["prefill_ms_median"],
-                                test["decode_ms_per_token_median"], test["output_tokens"])
+    cols = {part: target_column(test, part, p.target) for part in PARTS}
+    measured_total = request_ms(test[cols["vision_ms"]], test[cols["prefill_ms"]],
+                                test[cols["decode_ms_per_token"]], test["output_tokens"])
     result: dict[str, Any] = {"train_rows": int(len(split.train)), "test_rows": int(len(test)),
+                              "measured": "drift-corrected medians" if cols["vision_ms"].endswith("_adj_median")
+                              else "medians",
                               "held_out": sorted(map(str, set(split.test["config"] if split.name == "configs"
                                                               else split.test["text_tokens"])))}
     points = []
     for part in (*PARTS, "total_ms"):
-        measured = np.asarray(measured_total if part == "total_ms" else test[f"{part}_median"], dtype=float)
+        measured = np.asarray(measured_total if part == "total_ms" else test[cols[part]], dtype=float)
         predicted = pred[part].to_numpy(float)
         result[part] = scores(measured, predicted)
         points.append(pd.DataFrame({

@@ -226,39 +226,6 @@ def make_row(case: Case, rnd: int, pos: int, input_tokens: int, visual_tokens: i
     }
 
 
-def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (configuration, lengths): successful repeats, median, p10, p90 and CV of each part."""
-    keys = ["config", "tier", "top_k", "num_blocks", "visual_tokens", "text_tokens", "input_tokens", "output_tokens"]
-    ok = rows[rows["error"].isna()]
-    grouped = ok.groupby(keys, sort=True)
-    out = grouped.size().rename("repeats").to_frame()
-    for part in (*PARTS, "total_ms"):
-        g = grouped[part]
-        out[f"{part}_median"] = g.median()
-        out[f"{part}_p10"] = g.quantile(0.1)
-        out[f"{part}_p90"] = g.quantile(0.9)
-        out[f"{part}_cv"] = g.std(ddof=0) / g.mean()
-        # Robust CV (1.4826 MAD / median): a burst of host noise in one round barely moves it.
-        out[f"{part}_rcv"] = 1.4826 * g.apply(lambda x: (x - x.median()).abs().median()) / g.median()
-    errors = rows[rows["error"].notna()].groupby(keys).size().rename("errors")
-    out = out.join(errors, how="outer").reset_index()
-    out["repeats"] = out["repeats"].fillna(0).astype(int)
-    out["errors"] = out["errors"].fillna(0).astype(int)
-    return out
-
-
-def median_cv(summary: pd.DataFrame, kind: str = "cv") -> dict[str, float]:
-    """Median over (configuration, lengths) of the coefficient of variation across repeats.
-
-    ``kind`` is ``cv`` (std / mean) or ``rcv`` (1.4826 MAD / median).
-    """
-    out = {}
-    for part in (*PARTS, "total_ms"):
-        col = summary[f"{part}_{kind}"].dropna()
-        out[part] = float(col.median()) if len(col) else math.nan
-    return out
-
-
 def describe_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
@@ -341,15 +308,14 @@ def tier_table(rt: Runtime) -> dict[str, dict[str, int]]:
 
 def profile_runtime(
     rt: Runtime, configs: Sequence[KnobConfig], p: ProfileParams, seed: int, store: Any, progress: bool = True
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Raw rows and the per-(configuration, lengths) summary for a loaded runtime."""
+) -> pd.DataFrame:
+    """Raw rows, one per measurement, for a loaded runtime (summaries: ``knobctl.profile_stats``)."""
     for k in configs:
         rt.validate(k)
     measurer = RuntimeMeasurer(rt, p.batch_size, p.image_size, seed)
     cases = cases_for(configs, p.text_tokens, p.output_tokens)
-    rows = run_profile(
+    return run_profile(
         measurer, cases, rounds=p.rounds, warmup_rounds=p.warmup_rounds, seed=seed, store=store,
         input_tokens=measurer.input_tokens, visual_tokens=lambda c: rt.visual_tokens(c.knobs.tier),
         batch_size=p.batch_size, device=rt.device, progress=progress,
     )
-    return rows, summarize(rows)
