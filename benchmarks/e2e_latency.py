@@ -24,14 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from knobctl.estimator import LatencyEstimator
 from knobctl.knobs import KnobGrid
-from knobctl.params import load_params, section, seed_of
+from knobctl.params import apply_overrides, load_params, section, seed_of
 from knobctl.presets import EOS
-from knobctl.profiling import Case, ProfileParams, RuntimeMeasurer, Stopwatch, request_ms
-from knobctl.runtime import load_runtime
+from knobctl.profiling import Case, ProfileParams, RuntimeMeasurer, Stopwatch, load_profiled_runtime, request_ms
 
 
 def main() -> None:
@@ -47,12 +45,8 @@ def main() -> None:
     params = load_params(args.params)
     seed = seed_of(params)
     grid = KnobGrid.from_params(section(params, "knobs"))
-    own = dict(section(params, "profile_latency"))
-    own.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
-    p = ProfileParams.from_params(own)
-    if p.num_threads:
-        torch.set_num_threads(p.num_threads)
-    rt = load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
+    p = ProfileParams.from_params(apply_overrides(section(params, "profile_latency"), args.set, "profile_latency"))
+    rt = load_profiled_runtime(p)
     est = LatencyEstimator.load(args.estimator)
     rng = np.random.default_rng([seed, 11])
     configs = [grid.configs()[i] for i in rng.choice(len(grid.configs()), size=min(args.configs, len(grid.configs())), replace=False)]

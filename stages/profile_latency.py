@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from knobctl.io import checkpoint_hash, params_hash, provenance, write_json_atomic, write_parquet_atomic
 from knobctl.knobs import KnobGrid
-from knobctl.params import load_params, section, seed_of
+from knobctl.params import apply_overrides, load_params, section, seed_of
 from knobctl.parts import PartStore
 from knobctl.profile_stats import median_cv, round_speed, summarize, with_speed
-from knobctl.profiling import ROW_COLUMNS, ProfileParams, device_name, profile_runtime, tier_table
-from knobctl.runtime import load_runtime
+from knobctl.profiling import (
+    ROW_COLUMNS, ProfileParams, device_name, load_profiled_runtime, profile_runtime, tier_table,
+)
 
 
 def main() -> None:
@@ -34,13 +34,9 @@ def main() -> None:
     params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
-    own = dict(section(params, "profile_latency", args.params))
-    own.update({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    own = apply_overrides(section(params, "profile_latency", args.params), args.set, "profile_latency")
     p = ProfileParams.from_params(own)
-    if p.num_threads:
-        torch.set_num_threads(p.num_threads)
-
-    rt = load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
+    rt = load_profiled_runtime(p)
     model_hash = checkpoint_hash(p.source)
     run_key = params_hash({"profile": p.__dict__, "knobs": [k.label for k in grid.configs()], "seed": seed,
                            "model": model_hash})

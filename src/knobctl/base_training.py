@@ -175,10 +175,9 @@ def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobCon
     eos = rt.ids[EOS]
     with rt.knobs_applied(knobs):
         visual = rt.encode_images(data.images[data.image_index[rows]], knobs.tier)  # [B, T, H]
-        head = rt.prompt_ids([""] * len(rows), visual.shape[1])[0][:-1]  # BOS + image slots
-        sep = rt.ids["[SEP]"]
         targets = [data.answers[r] + [eos] for r in rows]
-        seqs = [head + data.questions[r] + [sep] + t for r, t in zip(rows, targets)]
+        prompts = rt.prompt_from_ids([data.questions[r] for r in rows], visual.shape[1])
+        seqs = [p + t for p, t in zip(prompts, targets)]
         inputs = rt.embed(visual, seqs)
         hidden = rt.lm(
             inputs_embeds=inputs["inputs_embeds"],

@@ -38,3 +38,14 @@ def check_keys(values: Any, allowed: Any, name: str) -> None:
     unknown = set(values) - set(allowed)
     if unknown:
         raise ValueError(f"{name}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def apply_overrides(values: dict[str, Any], pairs: list[str], name: str) -> dict[str, Any]:
+    """``key=value`` command-line overrides (values parsed as YAML) on top of a params section."""
+    out = dict(values)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. rounds=3 (a key of {name})")
+        out[key] = yaml.safe_load(raw)
+    return out

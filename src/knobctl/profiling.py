@@ -178,9 +178,7 @@ class RuntimeMeasurer:
         return self._questions[text_tokens]
 
     def prompt(self, text_tokens: int, num_visual: int) -> list[list[int]]:
-        rt = self.rt
-        head = [rt.ids["[BOS]"]] + [rt.ids["<image>"]] * num_visual
-        return [head + q + [rt.ids["[SEP]"]] for q in self.question_ids(text_tokens)]
+        return self.rt.prompt_from_ids(self.question_ids(text_tokens), num_visual)
 
     def input_tokens(self, case: Case) -> int:
         return self.rt.visual_tokens(case.knobs.tier) + case.text_tokens + 2
@@ -296,6 +294,15 @@ def device_name(device: torch.device) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def load_profiled_runtime(p: ProfileParams) -> Runtime:
+    """The runtime exactly as the profile measures it: source, device, dtype, experts kernel, threads."""
+    from knobctl.runtime import load_runtime
+
+    if p.num_threads:
+        torch.set_num_threads(p.num_threads)
+    return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
 
 
 def tier_table(rt: Runtime) -> dict[str, dict[str, int]]:

@@ -183,8 +183,12 @@ class Runtime:
     def prompt_ids(self, questions: Sequence[str], num_visual: int) -> list[list[int]]:
         """[BOS] <image> x num_visual question-words [SEP], one list per question."""
         words = self.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+        return self.prompt_from_ids(words, num_visual)
+
+    def prompt_from_ids(self, questions: Sequence[Sequence[int]], num_visual: int) -> list[list[int]]:
+        """The prompt layout of :meth:`prompt_ids` around already-tokenized questions."""
         head = [self.ids[BOS]] + [self.ids[IMAGE]] * num_visual
-        return [head + w + [self.ids[SEP]] for w in words]
+        return [head + list(q) + [self.ids[SEP]] for q in questions]
 
     def embed(self, visual: torch.Tensor, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Left-padded embeddings with visual features scattered into the image slots."""

@@ -1,0 +1,31 @@
+"""params.yaml helpers: sections, unknown keys, command-line overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from knobctl.params import apply_overrides, check_keys, section
+
+
+def test_overrides_parse_yaml_values_without_touching_the_section():
+    own = {"rounds": 5, "dtype": "float32"}
+    out = apply_overrides(own, ["rounds=3", "text_tokens=[4, 8]", "experts_implementation=null"], "profile_latency")
+    assert out == {"rounds": 3, "dtype": "float32", "text_tokens": [4, 8], "experts_implementation": None}
+    assert own == {"rounds": 5, "dtype": "float32"}
+
+
+def test_override_without_equals_names_the_fix():
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides({}, ["rounds"], "profile_latency")
+
+
+def test_unknown_keys_are_named_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"knobs: unknown keys \['topk'\]; allowed: \['num_blocks', 'tiers', 'top_k'\]"):
+        check_keys({"topk": [4]}, ("tiers", "top_k", "num_blocks"), "knobs")
+    check_keys({"tiers": ["low"]}, ("tiers", "top_k", "num_blocks"), "knobs")
+
+
+def test_section_must_be_a_mapping():
+    assert section({"a": None}, "a") == {}
+    with pytest.raises(ValueError, match="must be a mapping"):
+        section({"a": [1]}, "a")
