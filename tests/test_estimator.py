@@ -13,9 +13,9 @@ from knobctl.estimator_eval import evaluate, holdout_configs, make_splits
 from knobctl.knobs import KnobGrid
 from knobctl.profiling import request_ms
 
-TIERS = {"low": {"visual_tokens": 1, "num_images": 1, "image_size": 16},
-         "medium": {"visual_tokens": 4, "num_images": 1, "image_size": 32},
-         "high": {"visual_tokens": 16, "num_images": 1, "image_size": 64}}
+TIERS = {"low": {"visual_tokens": 1, "num_images": 1, "image_size": 16, "prompt_tokens": 3},
+         "medium": {"visual_tokens": 4, "num_images": 1, "image_size": 32, "prompt_tokens": 6},
+         "high": {"visual_tokens": 16, "num_images": 1, "image_size": 64, "prompt_tokens": 18}}
 GRID = KnobGrid.from_params({})
 TEXT = [4, 10, 16]
 OUT = [2, 6]
@@ -119,6 +119,12 @@ def test_predict_is_vectorised_over_requests_and_configurations(fitted):
 def test_load_names_the_missing_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match="fit_estimator"):
         LatencyEstimator.load(tmp_path)
+
+
+def test_old_tier_table_asks_for_a_new_profile(fitted):
+    old = {t: {k: v for k, v in d.items() if k != "prompt_tokens"} for t, d in TIERS.items()}
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        LatencyEstimator.fit(synthetic_summary(), old, EstimatorParams(), seed=0)
 
 
 def test_unknown_tier_is_rejected(fitted):

@@ -186,5 +186,9 @@ def test_stage_writes_rows_summary_and_provenance(tmp_path):
                 "experts_implementation", "tiers"):
         assert key in meta, key
     assert meta["model_hash"] == "preset:tiny" and meta["dtype"] == "float32" and meta["tiers"]["high"]["visual_tokens"] > 1
+    high = meta["tiers"]["high"]
+    assert high["prompt_tokens"] == high["visual_tokens"] + 2  # [BOS] <image> x T ... [SEP]
+    assert (rows["input_tokens"] == rows["tier"].map({t: v["prompt_tokens"] for t, v in meta["tiers"].items()})
+            + rows["text_tokens"]).all()
     assert not any((tmp_path / ".knobctl_cache/profile").iterdir())  # parts removed once merged
 

@@ -90,10 +90,12 @@ def feature_frame(summary: pd.DataFrame, tiers: Mapping[str, Mapping[str, int]])
     unknown = sorted(set(df["tier"]) - set(tiers))
     if unknown:
         raise ValueError(f"tiers {unknown} are not in the estimator's tier table ({', '.join(tiers)})")
-    for col in ("visual_tokens", "num_images", "image_size"):
+    for col in ("visual_tokens", "num_images", "image_size", "prompt_tokens"):
+        if any(col not in v for v in tiers.values()):
+            raise ValueError(f"the tier table has no {col!r}; rerun `dvc repro profile_latency` to record it")
         df[col] = df["tier"].map({t: v[col] for t, v in tiers.items()}).astype(int)
     if "input_tokens" not in df:
-        df["input_tokens"] = df["visual_tokens"] + df["text_tokens"] + 2
+        df["input_tokens"] = df["prompt_tokens"] + df["text_tokens"]
     if "batch_size" not in df:
         df["batch_size"] = 1
     df["context_tokens"] = df["input_tokens"] + df["output_tokens"] / 2

@@ -181,7 +181,7 @@ class RuntimeMeasurer:
         return self.rt.prompt_from_ids(self.question_ids(text_tokens), num_visual)
 
     def input_tokens(self, case: Case) -> int:
-        return self.rt.visual_tokens(case.knobs.tier) + case.text_tokens + 2
+        return len(self.prompt(case.text_tokens, self.rt.visual_tokens(case.knobs.tier))[0])
 
     @torch.inference_mode()
     def __call__(self, case: Case) -> Timing:
@@ -306,9 +306,11 @@ def load_profiled_runtime(p: ProfileParams) -> Runtime:
 
 
 def tier_table(rt: Runtime) -> dict[str, dict[str, int]]:
-    """What each tier costs in inputs: visual tokens, images (global + crops) and pixels per side."""
+    """What each tier costs in inputs: visual tokens, images (global + crops), pixels per side, and
+    the prompt's length without the question (visual tokens plus the special tokens around them)."""
     return {
-        name: {"visual_tokens": rt.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size}
+        name: {"visual_tokens": rt.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size,
+               "prompt_tokens": len(rt.prompt_from_ids([[]], rt.visual_tokens(name))[0])}
         for name, t in rt.spec.tiers.items()
     }
 
