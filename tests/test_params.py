@@ -29,3 +29,13 @@ def test_section_must_be_a_mapping():
     assert section({"a": None}, "a") == {}
     with pytest.raises(ValueError, match="must be a mapping"):
         section({"a": [1]}, "a")
+
+
+def test_require_int_rejects_bools_floats_and_small_values():
+    from knobctl.params import require_int
+
+    require_int(3, "profile_latency.rounds")
+    require_int(0, "profile_latency.warmup_rounds", 0)
+    for bad in (True, 2.0, "3", 0):
+        with pytest.raises(ValueError, match=r"profile_latency\.rounds=.*it must be an integer >= 1"):
+            require_int(bad, "profile_latency.rounds")

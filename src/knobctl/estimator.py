@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from knobctl.knobs import KnobConfig
-from knobctl.params import check_keys
+from knobctl.params import check_keys, require_int
 from knobctl.profiling import PARTS, request_ms
 
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -62,9 +62,7 @@ class EstimatorParams:
             values["holdout_text_tokens"] = tuple(values["holdout_text_tokens"])
         p = cls(**values)
         for name in ("num_boost_round", "num_leaves", "min_data_in_leaf"):
-            v = getattr(p, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"fit_estimator.{name}={v!r}; it must be an integer >= 1")
+            require_int(getattr(p, name), f"fit_estimator.{name}")
         if p.target not in ("drift_corrected", "raw"):
             raise ValueError(f"fit_estimator.target={p.target!r}; allowed: drift_corrected, raw")
         if not 0 < p.learning_rate <= 1:

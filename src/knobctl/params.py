@@ -33,6 +33,12 @@ def seed_of(params: dict[str, Any], path: str | Path = "params.yaml") -> int:
     return seed
 
 
+def require_int(value: Any, name: str, minimum: int = 1) -> None:
+    """A params value that must be an integer (not a bool) of at least ``minimum``; name it if not."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r}; it must be an integer >= {minimum}")
+
+
 def check_keys(values: Any, allowed: Any, name: str) -> None:
     """Reject keys of a params section that nothing reads (a typo would otherwise be silently ignored)."""
     unknown = set(values) - set(allowed)

@@ -9,7 +9,7 @@ run with other params never mixes with stale parts.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,6 @@ class PartStore:
         self._buffer.append(dict(row))
         if len(self._buffer) >= self.flush_every:
             self.flush()
-
-    def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            self.append(row)
 
     def flush(self) -> None:
         if not self._buffer:

@@ -31,8 +31,8 @@ import pandas as pd
 import torch
 
 from knobctl.knobs import KnobConfig
-from knobctl.params import check_keys
-from knobctl.runtime import Runtime
+from knobctl.params import check_keys, require_int
+from knobctl.runtime import Runtime, load_runtime
 
 PARTS = ("vision_ms", "prefill_ms", "decode_ms_per_token")
 ROW_COLUMNS = (
@@ -70,20 +70,16 @@ class ProfileParams:
         return p
 
     def validate(self) -> None:
-        def positive_int(name: str, value: Any, minimum: int = 1) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"profile_latency.{name}={value!r}; it must be an integer >= {minimum}")
-
         for name in ("batch_size", "image_size", "rounds", "flush_every"):
-            positive_int(name, getattr(self, name))
-        positive_int("warmup_rounds", self.warmup_rounds, 0)
-        positive_int("num_threads", self.num_threads, 0)
-        for name, minimum in (("text_tokens", 1), ("output_tokens", 1)):
+            require_int(getattr(self, name), f"profile_latency.{name}")
+        require_int(self.warmup_rounds, "profile_latency.warmup_rounds", 0)
+        require_int(self.num_threads, "profile_latency.num_threads", 0)
+        for name in ("text_tokens", "output_tokens"):
             values = getattr(self, name)
             if not values:
                 raise ValueError(f"profile_latency.{name} is empty; give a list such as [4, 10, 16]")
             for v in values:
-                positive_int(name, v, minimum)
+                require_int(v, f"profile_latency.{name}")
             if len(set(values)) != len(values):
                 raise ValueError(f"profile_latency.{name}={list(values)} repeats a value")
         if self.dtype not in DTYPES:
@@ -265,14 +261,12 @@ def run_profile(
                 measure(case)
             except Exception:  # noqa: BLE001 - recorded in the measured rounds instead
                 _release_memory(device)
-    errors = 0
     for rnd, pos, case in tqdm(todo, desc="profile", disable=not progress, initial=len(done),
                                total=len(done) + len(todo)):
         try:
             timing, error = measure(case), None
         except Exception as exc:  # noqa: BLE001 - a failed configuration is a row, not a crash
             timing, error = None, describe_error(exc)
-            errors += 1
             _release_memory(device)
         store.append(make_row(case, rnd, pos, input_tokens(case), visual_tokens(case), batch_size, timing, error))
     store.flush()
@@ -298,8 +292,6 @@ def device_name(device: torch.device) -> str:
 
 def load_profiled_runtime(p: ProfileParams) -> Runtime:
     """The runtime exactly as the profile measures it: source, device, dtype, experts kernel, threads."""
-    from knobctl.runtime import load_runtime
-
     if p.num_threads:
         torch.set_num_threads(p.num_threads)
     return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
