@@ -30,6 +30,7 @@ class Split:
     name: str
     train: pd.DataFrame
     test: pd.DataFrame
+    held_out: list[str]  # the configurations or text lengths left out of training
 
 
 def holdout_configs(configs: list[str], fraction: float, seed: int) -> list[str]:
@@ -55,9 +56,9 @@ def make_splits(summary: pd.DataFrame, p: EstimatorParams, seed: int) -> list[Sp
     held_t = set(holdout_lengths(ok["text_tokens"].tolist(), p.holdout_text_tokens))
     in_c = ok["config"].isin(held_c)
     in_t = ok["text_tokens"].isin(held_t)
-    splits = [Split("configs", ok[~in_c], ok[in_c])]
+    splits = [Split("configs", ok[~in_c], ok[in_c], sorted(held_c))]
     if held_t:
-        splits.append(Split("lengths", ok[~in_c & ~in_t], ok[~in_c & in_t]))
+        splits.append(Split("lengths", ok[~in_c & ~in_t], ok[~in_c & in_t], [str(t) for t in sorted(held_t)]))
     return splits
 
 
@@ -92,8 +93,7 @@ def evaluate_split(split: Split, tiers: Mapping[str, Mapping[str, int]], p: Esti
     result: dict[str, Any] = {"train_rows": int(len(split.train)), "test_rows": int(len(test)),
                               "measured": "drift-corrected medians" if cols["vision_ms"].endswith("_adj_median")
                               else "medians",
-                              "held_out": sorted(map(str, set(split.test["config"] if split.name == "configs"
-                                                              else split.test["text_tokens"])))}
+                              "held_out": split.held_out}
     points = []
     for part in (*PARTS, "total_ms"):
         measured = np.asarray(measured_total if part == "total_ms" else test[cols[part]], dtype=float)
