@@ -20,7 +20,7 @@ def main() -> None:
     own = section(params, "prepare_data", args.params)
     seed = seed_of(params, args.params)
     tables = prepare(DataParams.from_params(own), seed)
-    meta = provenance({"prepare_data": own, "seed": seed}, source=own.get("source", "easy_vqa"))
+    meta = provenance({"prepare_data": own, "seed": seed}, volatile=False, source=own.get("source", "easy_vqa"))
     for split in SPLITS:
         write_parquet_atomic(Path(args.out) / f"{split}.parquet", tables[split], {**meta, "split": split})
     counts = {s: {"questions": len(t), "images": int(t["image_id"].nunique())} for s, t in tables.items()}

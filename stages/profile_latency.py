@@ -17,9 +17,8 @@ from knobctl.knobs import KnobGrid
 from knobctl.params import apply_overrides, load_params, section, seed_of
 from knobctl.parts import PartStore
 from knobctl.profile_stats import median_cv, round_speed, summarize, with_speed
-from knobctl.profiling import (
-    ROW_COLUMNS, ProfileParams, device_name, load_profiled_runtime, profile_runtime, tier_table,
-)
+from knobctl.profiling import ROW_COLUMNS, ProfileParams, load_profiled_runtime, profile_runtime
+from knobctl.runtime import device_name
 
 
 def main() -> None:
@@ -49,7 +48,7 @@ def main() -> None:
     meta = provenance(own, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
                       model=p.source, model_hash=model_hash, batch_size=p.batch_size, seed=seed,
                       experts_implementation=rt.model.config.text_config._experts_implementation,
-                      num_threads=torch.get_num_threads(), tiers=tier_table(rt), rounds=p.rounds,
+                      num_threads=torch.get_num_threads(), tiers=rt.tier_table(), rounds=p.rounds,
                       warmup_rounds=p.warmup_rounds)
     out = Path(args.out)
     write_parquet_atomic(out / "latency.parquet", rows, meta)

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from knobctl.knobs import KnobConfig
-from knobctl.runtime import load_runtime, save_runtime
+from knobctl.runtime import DECISION_BLOCK, fork_cache, load_runtime, save_runtime
 from tests.conftest import TEST_DIMS, make_runtime
 
 QUESTION = "what color is the shape ?"
@@ -40,8 +40,9 @@ def test_top_k_sets_expert_work_exactly(tiny_rt, images, top_k):
     flops, calls, length = run_prefill(tiny_rt, images, KnobConfig("high", top_k, 16))
     tokens = len(images) * length
     h, i = TEST_DIMS.hidden_size, TEST_DIMS.expert_intermediate
-    # Each (token, expert) pair costs gate_up (2*H*2I) + down (2*I*H) FLOPs, in every block run.
-    assert flops == tokens * top_k * 6 * h * i * 16
+    # Each (token, expert) pair costs gate_up (2*H*2I) + down (2*I*H) FLOPs. The decision block
+    # (the first) keeps the model's own top-8; the 15 blocks after it use top_k.
+    assert flops == tokens * (8 + top_k * 15) * 6 * h * i
 
 
 @pytest.mark.parametrize("num_blocks", [12, 14, 16])
@@ -156,3 +157,40 @@ def test_load_runtime_rejects_unknown_source(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no config.json"):
         load_runtime(tmp_path / "empty")
+
+
+def test_decision_block_keeps_the_models_top_k(tiny_rt):
+    with tiny_rt.knobs_applied(KnobConfig("low", 4, 12)):
+        ks = [[r.top_k for r in routers] for routers in tiny_rt._block_routers]
+    assert ks[DECISION_BLOCK] == [8] and all(k == [4] for i, k in enumerate(ks) if i != DECISION_BLOCK)
+    assert all(r.top_k == 8 for r in tiny_rt._routers)
+
+
+def test_early_exit_and_forked_cache_equal_a_separate_run(tiny_rt, images):
+    """One deep prefill serves a shallower block count: its N-th block output through the head,
+    then decoding from a fork of its cache, gives the same tokens as running N blocks alone."""
+    rt = tiny_rt
+    questions = ["what color is the shape ?", "is there a red circle in the image ?", "is there a ?", "what ?"]
+    shallow, deep = KnobConfig("medium", 5, 13), KnobConfig("medium", 5, 16)
+    with torch.no_grad():
+        visual = rt.encode_images(images, "medium")
+        inputs = rt.embed(visual, rt.prompt_ids(questions, visual.shape[1]))
+        with rt.knobs_applied(shallow):
+            alone = rt.generate(inputs, 4, min_new_tokens=4)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=rt.lm.config)
+        with rt.knobs_applied(deep), rt.block_outputs() as outs:
+            full = rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                         position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True).last_hidden_state
+        assert sorted(outs.last) == list(range(16))
+        torch.testing.assert_close(rt.head_logits(outs.last[15]), rt.model.lm_head(full[:, -1]), rtol=0, atol=0)
+        first = rt.next_token(rt.head_logits(outs.last[12]), ban_eos=True)
+        with rt.knobs_applied(shallow):
+            forked = rt.continue_greedy(first, fork_cache(cache), inputs["attention_mask"], inputs["position_ids"], 4, 4)
+        with rt.knobs_applied(deep):
+            deep_alone = rt.generate(inputs, 4, min_new_tokens=4)
+            first_deep = rt.next_token(rt.head_logits(outs.last[15]), ban_eos=True)
+            deep_cached = rt.continue_greedy(first_deep, cache, inputs["attention_mask"], inputs["position_ids"], 4, 4)
+    assert torch.equal(forked, alone)
+    assert torch.equal(deep_cached, deep_alone)  # the fork left the shared prompt cache untouched

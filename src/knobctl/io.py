@@ -105,8 +105,13 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def provenance(params_section: Any = None, **extra: Any) -> dict[str, Any]:
-    """Library versions, machine, git commit, params hash and a UTC timestamp."""
+def provenance(params_section: Any = None, *, volatile: bool = True, **extra: Any) -> dict[str, Any]:
+    """Library versions, machine, git commit, params hash and a UTC timestamp.
+
+    ``volatile=False`` leaves out the git commit and the timestamp, for tables that the
+    same params reproduce byte for byte: a rerun then leaves their DVC hash, and so every
+    later stage, untouched.
+    """
     import torch
     import transformers
 
@@ -115,13 +120,23 @@ def provenance(params_section: Any = None, **extra: Any) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "git_commit": git_commit(),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if volatile:
+        meta["git_commit"] = git_commit()
+        meta["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if params_section is not None:
         meta["params_hash"] = params_hash(params_section)
     meta.update(extra)
     return meta
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 (16 hex) of one file's bytes."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def checkpoint_hash(source: str | Path) -> str:

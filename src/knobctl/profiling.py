@@ -32,7 +32,7 @@ import torch
 
 from knobctl.knobs import KnobConfig
 from knobctl.params import check_keys, require_int
-from knobctl.runtime import Runtime, load_runtime
+from knobctl.runtime import DTYPES, Runtime, load_runtime
 
 PARTS = ("vision_ms", "prefill_ms", "decode_ms_per_token")
 ROW_COLUMNS = (
@@ -94,8 +94,6 @@ class ProfileParams:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -274,37 +272,11 @@ def run_profile(
     return rows.sort_values(["round", "order"], kind="stable").reset_index(drop=True)
 
 
-def device_name(device: torch.device) -> str:
-    """Human-readable accelerator or CPU model, for the table's metadata."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    import platform
-
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def load_profiled_runtime(p: ProfileParams) -> Runtime:
     """The runtime exactly as the profile measures it: source, device, dtype, experts kernel, threads."""
     if p.num_threads:
         torch.set_num_threads(p.num_threads)
     return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
-
-
-def tier_table(rt: Runtime) -> dict[str, dict[str, int]]:
-    """What each tier costs in inputs: visual tokens, images (global + crops), pixels per side, and
-    the prompt's length without the question (visual tokens plus the special tokens around them)."""
-    return {
-        name: {"visual_tokens": rt.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size,
-               "prompt_tokens": len(rt.prompt_from_ids([[]], rt.visual_tokens(name))[0])}
-        for name, t in rt.spec.tiers.items()
-    }
 
 
 def profile_runtime(

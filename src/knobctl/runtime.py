@@ -2,8 +2,10 @@
 
 Knobs change the computation itself:
 
-* ``top_k``: every OLMoE router's ``top_k`` is set, so each token is sent to (and
-  computed by) exactly ``top_k`` experts in every MoE block;
+* ``top_k``: the router of every MoE block after the first sets ``top_k``, so each token
+  is sent to (and computed by) exactly ``top_k`` experts there. The first block is the
+  decision point: Stage 2 chooses ``top_k`` from its output, so it always runs at the
+  model's own top-k (8 for the presets), in prefill and decode alike;
 * ``num_blocks``: the language model's ``layers`` list is swapped for the chosen blocks,
   so the others are never called; the final norm and LM head follow the last block run;
 * ``tier``: images are resized/cropped to the tier's layout before the vision tower,
@@ -15,6 +17,7 @@ Knobs are applied inside :meth:`Runtime.knobs_applied` and restored on exit.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io as _io
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +36,16 @@ from knobctl.knobs import KnobConfig
 from knobctl.presets import BOS, EOS, IMAGE, PAD, PRESETS, SEP, ModelSpec, TierSpec, TinyDims, preset_config
 
 ImageLike = Union[Image.Image, np.ndarray, torch.Tensor, bytes, str, Path]
+
+#: dtype names accepted in params.yaml.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: The block after which Stage 2 decides; it always runs, at the model's own top-k.
+DECISION_BLOCK = 0
+
+
+def _is_router(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "top_k", None), int) and hasattr(module, "num_experts")
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:
@@ -68,6 +81,14 @@ def tier_pixels(images: torch.Tensor, tier: TierSpec) -> torch.Tensor:
     return torch.cat([glob.unsqueeze(1), crops], dim=1).reshape(-1, 3, size, size)
 
 
+@dataclass(frozen=True)
+class BlockOutputs:
+    """What :meth:`Runtime.block_outputs` recorded, keyed by block index."""
+
+    last: dict[int, torch.Tensor]  # block -> [B, H] at the last position
+    sequence: dict[int, torch.Tensor]  # block -> [B, L, H]
+
+
 @dataclass
 class Runtime:
     """A loaded model ready to answer with any knob configuration of its grid."""
@@ -80,7 +101,8 @@ class Runtime:
     def __post_init__(self) -> None:
         self.spec.validate(self.num_layers)
         self._all_layers: nn.ModuleList = self.lm.layers
-        self._routers = [m for m in self.lm.modules() if isinstance(getattr(m, "top_k", None), int) and hasattr(m, "num_experts")]
+        self._block_routers = [[m for m in layer.modules() if _is_router(m)] for layer in self._all_layers]
+        self._routers = [r for routers in self._block_routers for r in routers]
         if not self._routers:
             raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
         vocab = self.tokenizer.get_vocab()
@@ -125,26 +147,75 @@ class Runtime:
             raise ValueError(f"tier {name!r} is not defined for {self.source}; it has: {', '.join(self.spec.tiers)}")
         return self.spec.tiers[name]
 
+    def tier_table(self) -> dict[str, dict[str, int]]:
+        """What each tier costs in inputs: visual tokens, images (global + crops), pixels per side,
+        and the prompt's length without the question (visual tokens plus the special tokens)."""
+        return {
+            name: {"visual_tokens": self.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size,
+                   "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
+            for name, t in self.spec.tiers.items()
+        }
+
     def validate(self, knobs: KnobConfig) -> None:
         knobs.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.spec.tiers)
 
     # ------------------------------------------------------------------ knobs
     @contextlib.contextmanager
     def knobs_applied(self, knobs: KnobConfig) -> Iterator[None]:
-        """Within the scope, routers pick ``top_k`` experts and only the chosen blocks run."""
+        """Within the scope, routers after the decision block pick ``top_k`` experts and only the
+        chosen blocks run."""
         self.validate(knobs)
         saved_k = [r.top_k for r in self._routers]
-        saved_layers = self.lm.layers
         try:
-            for r in self._routers:
-                r.top_k = knobs.top_k
-            chosen = self.spec.blocks_for(knobs.num_blocks, self.num_layers)
-            self.lm.layers = nn.ModuleList([self._all_layers[i] for i in chosen])
-            yield
+            for i, routers in enumerate(self._block_routers):
+                if i == DECISION_BLOCK:
+                    continue
+                for r in routers:
+                    r.top_k = knobs.top_k
+            with self.blocks_run(self.spec.blocks_for(knobs.num_blocks, self.num_layers)):
+                yield
         finally:
             for r, k in zip(self._routers, saved_k):
                 r.top_k = k
-            self.lm.layers = saved_layers
+
+    @contextlib.contextmanager
+    def blocks_run(self, indices: Sequence[int]) -> Iterator[None]:
+        """Within the scope the language model runs only these blocks, in this order."""
+        saved = self.lm.layers
+        try:
+            self.lm.layers = nn.ModuleList([self._all_layers[i] for i in indices])
+            yield
+        finally:
+            self.lm.layers = saved
+
+    @contextlib.contextmanager
+    def block_outputs(self, keep_sequence: Sequence[int] = ()) -> Iterator[BlockOutputs]:
+        """Record each block's output (before the final norm) while the scope runs forwards.
+
+        Every block keeps its last position ([B, H]: with left padding, every row's last
+        prompt token); blocks in ``keep_sequence`` keep the whole sequence ([B, L, H]).
+        The latest forward overwrites earlier ones.
+        """
+        outs = BlockOutputs(last={}, sequence={})
+
+        def record(index: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output  # [B, L, H]
+                outs.last[index] = hidden[:, -1]
+                if index in keep_sequence:
+                    outs.sequence[index] = hidden
+            return hook
+
+        handles = [layer.register_forward_hook(record(i)) for i, layer in enumerate(self._all_layers)]
+        try:
+            yield outs
+        finally:
+            for h in handles:
+                h.remove()
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head on block outputs [..., H] -> logits [..., V] (an early exit)."""
+        return self.model.lm_head(self.lm.norm(hidden))
 
     # ------------------------------------------------------------------ vision
     def pixel_values(self, images: Sequence[ImageLike] | torch.Tensor, tier: str) -> torch.Tensor:
@@ -218,15 +289,30 @@ class Runtime:
         is called once the prompt's forward pass has produced the first token (the
         profiler's timing mark between prefill and decode).
         """
-        lm, head = self.lm, self.model.lm_head
         mask, pos = inputs["attention_mask"], inputs["position_ids"]
-        eos = self.ids[EOS]
-        cache = DynamicCache(config=lm.config)
-        hidden = lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True).last_hidden_state
-        token = self._next_token(head(hidden[:, -1]), ban_eos=min_new_tokens > 0)  # [B]
+        cache = DynamicCache(config=self.lm.config)
+        hidden = self.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask, position_ids=pos,
+                         past_key_values=cache, use_cache=True).last_hidden_state
+        token = self.next_token(self.model.lm_head(hidden[:, -1]), ban_eos=min_new_tokens > 0)  # [B]
         if on_prefill is not None:
             on_prefill()
+        return self.continue_greedy(token, cache, mask, pos, max_new_tokens, min_new_tokens)
+
+    @torch.inference_mode()
+    def continue_greedy(
+        self,
+        token: torch.Tensor,
+        cache: DynamicCache,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+    ) -> torch.Tensor:
+        """Greedy decode after a prefill: ``token`` [B] is the first generated token, ``cache``
+        holds the prompt's keys and values, ``mask``/``pos`` [B, L] are the prompt's. Returns
+        [B, <= max_new_tokens] token ids, ``token`` first (PAD after EOS)."""
+        lm, head = self.lm, self.model.lm_head
+        eos = self.ids[EOS]
         done = token == eos
         out = [token]
         for step in range(1, max_new_tokens):
@@ -236,13 +322,13 @@ class Runtime:
             pos = pos[:, -1:] + 1
             hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
                         past_key_values=cache, use_cache=True).last_hidden_state
-            token = self._next_token(head(hidden[:, -1]), ban_eos=step < min_new_tokens)
+            token = self.next_token(head(hidden[:, -1]), ban_eos=step < min_new_tokens)
             token = torch.where(done, torch.full_like(token, self.ids[PAD]), token)
             done = done | (token == eos)
             out.append(token)
         return torch.stack(out, dim=1)
 
-    def _next_token(self, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor:
+    def next_token(self, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor:
         """Greedy pick from [B, V] logits; with ``ban_eos`` EOS can never win."""
         if ban_eos:
             logits = logits.clone()
@@ -280,6 +366,33 @@ class Runtime:
                 inputs = self.embed(visual, self.prompt_ids(qs, visual.shape[1]))
                 answers.extend(self.decode(self.generate(inputs, steps)))
         return answers
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable accelerator or CPU model, for the table's metadata."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def fork_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache that shares ``cache``'s keys and values so far but grows on its own.
+
+    Layers append by concatenation into new tensors, never in place, so the fork can
+    decode one continuation while the original keeps the prompt for another.
+    """
+    fork = copy.copy(cache)
+    fork.layers = [copy.copy(layer) for layer in cache.layers]
+    return fork
 
 
 def resolve_device(device: str) -> torch.device:

@@ -1,0 +1,64 @@
+"""The controller's input features, taken where each stage of the controller decides.
+
+Stage 1 picks the tier before the vision encoder runs, so its feature sees the question
+only. Stage 2 picks top_k and blocks after the first transformer block (the decision
+block, :data:`knobctl.runtime.DECISION_BLOCK`) has run over the full prompt at the chosen
+tier, so its feature sees the image too. The decision block always runs at the model's
+own top-k, so neither feature depends on the knobs being chosen.
+
+Definitions (H = the language model's hidden size; both are float32 vectors of 2H):
+
+* **language feature** of a question: the text-only prompt ``[BOS] question [SEP]`` (no
+  image tokens) through the token embedding and the decision block. From that block's
+  output, before any norm: the mean over the question's own tokens, then the state at
+  ``[SEP]``.
+* **vision feature** of a (question, image, tier): the full prompt ``[BOS] <image> x T
+  question [SEP]`` at that tier (T visual tokens) through the vision tower, the projector,
+  the embedding and the decision block. From that block's output: the mean over the T
+  image positions, then the state at ``[SEP]``, which has attended to image and question.
+
+The accuracy table caches both, and the controller and the validation stage compute them
+with these same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from knobctl.presets import BOS, IMAGE, PAD, SEP
+from knobctl.runtime import DECISION_BLOCK, Runtime
+
+
+def pool_states(states: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """[B, L, H] states and a [B, L] bool selection -> [B, 2H]: the selected mean, then the last state."""
+    weights = select.to(states.dtype)  # [B, L]
+    count = weights.sum(1).clamp(min=1.0)  # [B]
+    mean = (states * weights[..., None]).sum(1) / count[:, None]  # [B, H]
+    return torch.cat([mean, states[:, -1]], dim=-1).float()  # [B, 2H]
+
+
+@torch.inference_mode()
+def decision_states(rt: Runtime, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decision block's output over embedded prompts (:meth:`Runtime.embed`): [B, L, H]."""
+    with rt.blocks_run([DECISION_BLOCK]), rt.block_outputs(keep_sequence=[DECISION_BLOCK]) as outs:
+        rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+              position_ids=inputs["position_ids"])
+    return outs.sequence[DECISION_BLOCK]
+
+
+def vision_features(rt: Runtime, states: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Stage 2's feature from the decision block's states [B, L, H] of full prompts [B, L]: [B, 2H]."""
+    return pool_states(states, input_ids == rt.ids[IMAGE])
+
+
+@torch.inference_mode()
+def language_features(rt: Runtime, question_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Stage 1's feature of tokenized questions: [B, 2H]."""
+    hidden = rt.config.text_config.hidden_size
+    no_image = torch.zeros(len(question_ids), 0, hidden, device=rt.device, dtype=rt.model.dtype)  # [B, 0, H]
+    inputs = rt.embed(no_image, rt.prompt_from_ids(question_ids, 0))
+    ids = inputs["input_ids"]  # [B, L]
+    special = torch.tensor([rt.ids[t] for t in (PAD, BOS, SEP, IMAGE)], device=ids.device)
+    return pool_states(decision_states(rt, inputs), ~torch.isin(ids, special))

@@ -1,0 +1,84 @@
+"""Stage accuracy_table: every (val sample, configuration) answered once -> data/rollouts.
+
+Shard it over processes or machines that share the cache folder, then merge:
+    python stages/accuracy_table.py --shard 0 --num-shards 2 &
+    python stages/accuracy_table.py --shard 1 --num-shards 2
+    python stages/accuracy_table.py --merge-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from knobctl.accuracy_table import PartPlan, merge_parts, per_config_table, run_parts, summarize
+from knobctl.features import __doc__ as FEATURES_DOC
+from knobctl.io import checkpoint_hash, file_hash, params_hash, provenance, write_csv_atomic, write_json_atomic
+from knobctl.io import write_parquet_atomic
+from knobctl.knobs import KnobGrid
+from knobctl.params import apply_overrides, load_params, section, seed_of
+from knobctl.rollouts import RolloutParams, select_configs, select_samples
+from knobctl.runtime import DTYPES, device_name, load_runtime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override accuracy_table keys")
+    ap.add_argument("--model", default="models/base")
+    ap.add_argument("--data", default="data/vqa")
+    ap.add_argument("--out", default="data/rollouts")
+    ap.add_argument("--metrics", default="metrics/accuracy_table.json")
+    ap.add_argument("--plots", default="plots/accuracy_table")
+    ap.add_argument("--cache", default=".knobctl_cache/rollouts")
+    ap.add_argument("--shard", type=int, default=0)
+    ap.add_argument("--num-shards", type=int, default=1)
+    ap.add_argument("--merge-only", action="store_true", help="only join the finished parts of every shard")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    seed = seed_of(params, args.params)
+    grid = KnobGrid.from_params(section(params, "knobs", args.params))
+    own = apply_overrides(section(params, "accuracy_table", args.params), args.set, "accuracy_table")
+    p = RolloutParams.from_params(own)
+    configs = select_configs(grid, p.configs)
+    split_path = Path(args.data) / f"{p.split}.parquet"
+    samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
+    rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype])
+    model_hash = checkpoint_hash(args.model)
+    run_key = params_hash({"rollouts": p.__dict__, "configs": [k.label for k in configs], "seed": seed,
+                           "model": model_hash, "data": file_hash(split_path)})
+    plan = PartPlan(Path(args.cache) / run_key, len(samples), p.part_size)
+
+    start = time.perf_counter()
+    ran = 0 if args.merge_only else run_parts(rt, samples, configs, p, plan, plan.shard_parts(args.shard, args.num_shards))
+    wall = time.perf_counter() - start
+    rate = f"{ran / wall:.0f} rollouts/s" if ran else "nothing left to run"
+    if plan.missing() and (args.num_shards > 1 or args.merge_only):
+        print(f"accuracy_table: shard {args.shard}/{args.num_shards} ran {ran} rollouts in {wall:.0f} s ({rate}); "
+              f"{len(plan.missing())} of {plan.num_parts} parts still missing; merge with --merge-only once all are done")
+        return
+    rows, feats = merge_parts(plan)
+    meta = provenance(own, volatile=False, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
+                      model=args.model, model_hash=model_hash, seed=seed, split=p.split, samples=len(samples),
+                      configs=[k.label for k in configs], tiers=rt.tier_table(),
+                      max_new_tokens=p.max_new_tokens or rt.spec.max_new_tokens,
+                      feature_dim=int(2 * rt.config.text_config.hidden_size), features=FEATURES_DOC.strip())
+    out = Path(args.out)
+    write_parquet_atomic(out / "rollouts.parquet", rows, meta)
+    write_parquet_atomic(out / "features.parquet", feats, meta)
+    metrics = summarize(rows, configs)
+    write_json_atomic(args.metrics, metrics)
+    write_csv_atomic(Path(args.plots) / "per_config.csv", per_config_table(rows, configs))
+    plan.clear()
+    print(f"accuracy_table: {len(rows)} rows ({len(samples)} samples x {len(configs)} configs), {ran} run now in "
+          f"{wall:.0f} s ({rate}); accuracy full {metrics['full_accuracy']:.3f}, smallest "
+          f"{metrics['smallest_accuracy']:.3f}, best static {metrics['best_static']['config']} "
+          f"{metrics['best_static']['accuracy']:.3f}, oracle {metrics['oracle_accuracy']:.3f}; "
+          f"{metrics['error_samples']} samples with errors")
+
+
+if __name__ == "__main__":
+    main()
