@@ -28,3 +28,26 @@ def tiny_rt() -> Runtime:
 def images() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=g)
+
+
+def vqa_frame(n: int, seed: int = 0):
+    """``n`` easy-VQA-like rows (PNG images, questions in the test vocabulary), as prepare_data writes them."""
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    questions = ["what color is the shape ?", "is there a red circle in the image ?", "what is the shape ?",
+                 "is there a blue triangle ?"]
+    answers = [["blue"] * 10, ["yes"] * 10, ["triangle"] * 10, ["no"] * 10]
+    types = ["color", "yes/no", "shape", "yes/no"]
+    rows = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        q = int(rng.integers(len(questions)))
+        rows.append({"sample_id": f"t/{i}", "image_id": f"img{i}", "image": buf.getvalue(), "question": questions[q],
+                     "answers": answers[q], "question_type": types[q]})
+    return pd.DataFrame(rows)

@@ -50,3 +50,21 @@ def test_module_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "knobctl", "show", str(path)], capture_output=True, text=True,
                          check=True).stdout
     assert "fastest 5 configurations" in out
+
+
+def test_show_accuracy_table(tmp_path):
+    rows = []
+    for i in range(4):
+        for k in KnobGrid.from_params({"top_k": [4, 8], "num_blocks": [12, 16]}).configs():
+            score = 1.0 if (k.tier == "high" or i == 0) else 0.0
+            rows.append({"sample_id": f"s{i}", "question_type": "shape" if i % 2 else "color", "config": k.label,
+                         **k.as_dict(), "prediction": "x", "score": score, "input_tokens": 5, "output_tokens": 2,
+                         "error": None})
+    path = tmp_path / "rollouts.parquet"
+    write_parquet_atomic(path, pd.DataFrame(rows), {"split": "val", "samples": 4})
+    text = show(path, top=2)
+    assert "split: val" in text and "mean VQA score by tier:" in text and "by question type and tier" in text
+    by_tier = text.split("mean VQA score by tier:")[1].split("mean VQA score by top_k")[0]
+    assert [line.split()[0] for line in by_tier.strip().splitlines()[2:]] == ["low", "medium", "high"]
+    assert by_tier.strip().splitlines()[-1].split() == ["high", "1.00"] and "0.25" in by_tier
+    assert "4 samples x 12 configurations, 0 error rows, per-sample oracle 1.0000" in text

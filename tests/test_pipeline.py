@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "knobs": {"top_k": [4, 8], "num_blocks": [12, 16]},
     "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
+    "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
     "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
     "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
                    "vision_warmstart_steps": 3},
@@ -60,7 +61,8 @@ def test_repro_writes_every_output(repo):
         df = pd.read_parquet(repo / "data/vqa" / f"{split}.parquet")
         assert len(df) > 0 and {"sample_id", "image", "answers", "question_type"} <= set(df.columns)
         meta = read_provenance(repo / "data/vqa" / f"{split}.parquet")
-        assert meta["split"] == split and {"torch", "transformers", "git_commit", "params_hash"} <= set(meta)
+        assert meta["split"] == split and {"torch", "transformers", "params_hash"} <= set(meta)
+        assert "timestamp" not in meta and "git_commit" not in meta  # same params, same bytes
     files = {p.name for p in (repo / "models/base").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "knobctl.json"} <= files
     base = json.loads((repo / "metrics/base.json").read_text())
@@ -91,6 +93,22 @@ def test_repro_profiles_latency_and_fits_the_estimator(repo):
 
 
 @pytest.mark.slow
+def test_repro_builds_the_accuracy_table(repo):
+    rows = pd.read_parquet(repo / "data/rollouts/rollouts.parquet")
+    assert len(rows) == 5 * 12 and rows["error"].isna().all() and rows["score"].between(0, 1).all()
+    assert rows.groupby("sample_id").size().eq(12).all() and (rows["output_tokens"] >= 1).all()
+    feats = pd.read_parquet(repo / "data/rollouts/features.parquet")
+    assert len(feats) == 5 and {"language", "vision_low", "vision_medium", "vision_high"} <= set(feats.columns)
+    assert len(feats["vision_high"].iloc[0]) == 2 * 32
+    meta = read_provenance(repo / "data/rollouts/rollouts.parquet")
+    assert meta["split"] == "val" and meta["samples"] == 5 and "timestamp" not in meta
+    metrics = json.loads((repo / "metrics/accuracy_table.json").read_text())
+    assert metrics["rollouts"] == 60 and len(metrics["per_config"]) == 12
+    assert metrics["oracle_accuracy"] >= metrics["best_static"]["accuracy"]
+    assert not any((repo / ".knobctl_cache/rollouts").glob("*/rows-*"))
+
+
+@pytest.mark.slow
 def test_params_wiring_reruns_only_dependent_stages(repo):
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], repo).lower()
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -106,7 +124,11 @@ def test_params_wiring_reruns_only_dependent_stages(repo):
     params["profile_latency"]["rounds"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run([sys.executable, "-m", "dvc", "status"], repo)
-    assert "profile_latency" in status and "train_base" not in status
+    assert "profile_latency" in status and "train_base" not in status and "accuracy_table" not in status
+    params["accuracy_table"]["num_samples"] = 4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run([sys.executable, "-m", "dvc", "status"], repo)
+    assert "accuracy_table" in status and "train_base" not in status
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from knobctl.io import write_parquet_atomic
@@ -90,6 +91,51 @@ def merge_parts(plan: PartPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = pd.concat([pd.read_parquet(plan.rows_path(i)) for i in range(plan.num_parts)], ignore_index=True)
     feats = pd.concat([pd.read_parquet(plan.features_path(i)) for i in range(plan.num_parts)], ignore_index=True)
     return rows, feats
+
+
+@dataclass(frozen=True)
+class AccuracyTable:
+    """The merged table as dense arrays, for tensor lookups in controller training.
+
+    Rows of every array follow ``sample_ids``; configuration columns follow ``configs``
+    (grid order); tier columns follow ``tiers``. Error cells hold NaN scores and -1 lengths.
+    """
+
+    sample_ids: np.ndarray  # [S]
+    question_types: np.ndarray  # [S]
+    configs: tuple[KnobConfig, ...]  # C
+    tiers: tuple[str, ...]  # T
+    scores: np.ndarray  # [S, C] VQA score
+    input_tokens: np.ndarray  # [S, C]
+    output_tokens: np.ndarray  # [S, C]
+    language: np.ndarray  # [S, D]
+    vision: np.ndarray  # [S, T, D]
+
+    @classmethod
+    def from_frames(cls, rows: pd.DataFrame, feats: pd.DataFrame) -> AccuracyTable:
+        ids = feats["sample_id"].to_numpy()
+        first = rows[rows["sample_id"] == ids[0]]
+        configs = tuple(KnobConfig(t, int(k), int(b)) for t, k, b in first[["tier", "top_k", "num_blocks"]].itertuples(
+            index=False, name=None))
+        s, c = len(ids), len(configs)
+        if len(rows) != s * c or not (rows["sample_id"].to_numpy().reshape(s, c) == ids[:, None]).all():
+            raise ValueError(f"rollouts hold {len(rows)} rows, not {s} samples x {c} configurations in sample order; "
+                             "rebuild them with `dvc repro accuracy_table`")
+        tiers = tuple(dict.fromkeys(k.tier for k in configs))
+        return cls(
+            sample_ids=ids, question_types=feats["question_type"].to_numpy(), configs=configs, tiers=tiers,
+            scores=rows["score"].to_numpy(dtype=np.float32).reshape(s, c),
+            input_tokens=rows["input_tokens"].to_numpy().reshape(s, c),
+            output_tokens=rows["output_tokens"].to_numpy().reshape(s, c),
+            language=np.stack(feats["language"].to_numpy()).astype(np.float32),
+            vision=np.stack([np.stack(feats[f"vision_{t}"].to_numpy()) for t in tiers], axis=1).astype(np.float32),
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path = "data/rollouts") -> AccuracyTable:
+        directory = Path(directory)
+        return cls.from_frames(pd.read_parquet(directory / "rollouts.parquet"),
+                               pd.read_parquet(directory / "features.parquet"))
 
 
 def summarize(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> dict[str, Any]:

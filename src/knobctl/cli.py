@@ -1,8 +1,10 @@
-"""``python -m knobctl show TABLE.parquet``: a terminal view of a profiling table.
+"""``python -m knobctl show TABLE.parquet``: a terminal view of a knobctl table.
 
 For a latency table (raw rows or summary) it prints the provenance, the median latency
-by each knob, and the slowest and fastest configurations. Any other Parquet file gets its
-provenance, shape and first rows.
+by each knob, and the slowest and fastest configurations. For an accuracy table
+(``data/rollouts/rollouts.parquet``) it prints the mean VQA score by each knob and question
+type, the best and worst configurations and the per-sample oracle. Any other Parquet file
+gets its provenance, shape and first rows.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from knobctl.io import read_provenance
 from knobctl.profile_stats import summarize
 from knobctl.profiling import PARTS
 
-META_KEYS = ("device", "dtype", "model", "model_hash", "batch_size", "rounds", "torch", "transformers",
-             "git_commit", "timestamp")
+META_KEYS = ("device", "dtype", "model", "model_hash", "split", "samples", "batch_size", "rounds", "torch",
+             "transformers", "git_commit", "timestamp")
+ACCURACY_COLUMNS = {"sample_id", "config", "tier", "top_k", "num_blocks", "score", "error"}
 
 
 def latency_summary(df: pd.DataFrame) -> pd.DataFrame | None:
@@ -31,17 +34,40 @@ def latency_summary(df: pd.DataFrame) -> pd.DataFrame | None:
     return None
 
 
+def _by_knob(df: pd.DataFrame, knob: str, stat: str) -> pd.DataFrame:
+    """One aggregate per value of a knob, tiers in cost order."""
+    cols = [c for c in df.columns if c not in ("tier", "top_k", "num_blocks", "config")]
+    by = df.groupby(knob, sort=False)[cols].agg(stat)
+    if knob == "tier":
+        order = [t for t in ("low", "medium", "high") if t in by.index] + sorted(set(by.index) - {"low", "medium", "high"})
+        return by.loc[order]
+    return by.sort_index()
+
+
+def render_accuracy(rows: pd.DataFrame, top: int = 5) -> str:
+    ok = rows[rows["error"].isna()]
+    lines = []
+    for knob in ("tier", "top_k", "num_blocks"):
+        by = _by_knob(ok[[knob, "score"]], knob, "mean").rename(columns={"score": "mean_vqa_score"})
+        lines += [f"mean VQA score by {knob}:", by.round(4).to_string(), ""]
+    if "question_type" in ok:
+        by = ok.pivot_table(index="question_type", columns="tier", values="score", aggfunc="mean")
+        lines += ["mean VQA score by question type and tier:", by.round(4).to_string(), ""]
+    per_config = ok.groupby("config")["score"].mean().sort_values(ascending=False)
+    lines += [f"best {top} configurations:", per_config.head(top).round(4).to_string(), ""]
+    lines += [f"worst {top} configurations:", per_config.tail(top)[::-1].round(4).to_string(), ""]
+    oracle = ok.groupby("sample_id")["score"].max().mean()
+    lines.append(f"{rows['sample_id'].nunique()} samples x {rows['config'].nunique()} configurations, "
+                 f"{int(rows['error'].notna().sum())} error rows, per-sample oracle {oracle:.4f}")
+    return "\n".join(lines)
+
+
 def render_latency(summary: pd.DataFrame, top: int = 5) -> str:
     cols = [f"{p}_median" for p in (*PARTS, "total_ms")]
     names = {f"{p}_median": p.replace("_ms_per_token", "_ms/tok") for p in (*PARTS, "total_ms")}
     lines = []
     for knob in ("tier", "top_k", "num_blocks"):
-        by = summary.groupby(knob, sort=False)[cols].median().rename(columns=names)
-        if knob == "tier":
-            order = [t for t in ("low", "medium", "high") if t in by.index] + sorted(set(by.index) - {"low", "medium", "high"})
-            by = by.loc[order]
-        else:
-            by = by.sort_index()
+        by = _by_knob(summary[[knob, *cols]], knob, "median").rename(columns=names)
         lines += [f"median latency (ms) by {knob}:", by.round(2).to_string(), ""]
     per_config = summary.groupby("config")[cols].median().rename(columns=names).sort_values("total_ms")
     lines += [f"fastest {top} configurations (median over lengths):", per_config.head(top).round(2).to_string(), ""]
@@ -62,14 +88,19 @@ def show(path: str | Path, top: int = 5) -> str:
     head = [f"{path}: {len(df)} rows x {df.shape[1]} columns"]
     head += [f"  {k}: {meta[k]}" for k in META_KEYS if k in meta]
     summary = latency_summary(df)
-    body = render_latency(summary, top) if summary is not None else df.head(top * 2).to_string()
+    if summary is not None:
+        body = render_latency(summary, top)
+    elif ACCURACY_COLUMNS <= set(df.columns):
+        body = render_accuracy(df, top)
+    else:
+        body = df.head(top * 2).to_string()
     return "\n".join(head) + "\n\n" + body
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m knobctl", description="knobctl command-line tools")
     sub = ap.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("show", help="summarise a Parquet table (latency profile or any knobctl table)")
+    sp = sub.add_parser("show", help="summarise a Parquet table (latency profile, accuracy table or any other)")
     sp.add_argument("path")
     sp.add_argument("--top", type=int, default=5, help="how many fastest/slowest configurations to list")
     args = ap.parse_args(argv)
