@@ -49,7 +49,8 @@ def test_molmoe_accepts_every_knob_of_the_grid(molmoe_meta):
     for cfg in grid.configs():
         with molmoe_meta.knobs_applied(cfg):
             assert len(molmoe_meta.lm.layers) == cfg.num_blocks
-            assert {r.top_k for r in molmoe_meta._routers} == {cfg.top_k}
+            assert {r.top_k for r in molmoe_meta._routers[1:]} == {cfg.top_k}
+            assert molmoe_meta._routers[0].top_k == 8  # the decision block keeps the model's own top-k
             assert len(molmoe_meta._routers) == 16
     assert len(molmoe_meta.lm.layers) == 16
 
