@@ -39,3 +39,19 @@ def test_require_int_rejects_bools_floats_and_small_values():
     for bad in (True, 2.0, "3", 0):
         with pytest.raises(ValueError, match=r"profile_latency\.rounds=.*it must be an integer >= 1"):
             require_int(bad, "profile_latency.rounds")
+
+
+def test_dataclass_from_section_freezes_lists_and_rejects_unknown_keys():
+    from dataclasses import dataclass
+
+    from knobctl.params import dataclass_from_section
+
+    @dataclass(frozen=True)
+    class P:
+        sizes: tuple[int, ...] | None = None
+        name: str = "x"
+
+    assert dataclass_from_section(P, {"sizes": [1, 2]}, "s") == P(sizes=(1, 2))
+    assert dataclass_from_section(P, {"sizes": None, "name": "y"}, "s") == P(None, "y")
+    with pytest.raises(ValueError, match=r"s: unknown keys \['size'\]"):
+        dataclass_from_section(P, {"size": [1]}, "s")

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from knobctl.knobs import KnobConfig
-from knobctl.params import check_keys, require_int
+from knobctl.params import dataclass_from_section, require_int
 from knobctl.profiling import PARTS, request_ms
 
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -56,11 +56,7 @@ class EstimatorParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> EstimatorParams:
-        check_keys(section, cls.__dataclass_fields__, "fit_estimator")
-        values = dict(section)
-        if values.get("holdout_text_tokens") is not None:
-            values["holdout_text_tokens"] = tuple(values["holdout_text_tokens"])
-        p = cls(**values)
+        p = dataclass_from_section(cls, section, "fit_estimator", tuples=("holdout_text_tokens",))
         for name in ("num_boost_round", "num_leaves", "min_data_in_leaf"):
             require_int(getattr(p, name), f"fit_estimator.{name}")
         if p.target not in ("drift_corrected", "raw"):

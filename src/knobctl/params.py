@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -44,6 +47,17 @@ def check_keys(values: Any, allowed: Any, name: str) -> None:
     unknown = set(values) - set(allowed)
     if unknown:
         raise ValueError(f"{name}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def dataclass_from_section(cls: type[T], values: Mapping[str, Any], name: str, tuples: Sequence[str] = ()) -> T:
+    """A params dataclass from its section: unknown keys rejected, YAML lists in ``tuples`` frozen
+    into tuples (None stays None), everything else passed as is."""
+    check_keys(values, cls.__dataclass_fields__, name)
+    out = dict(values)
+    for key in tuples:
+        if out.get(key) is not None:
+            out[key] = tuple(out[key])
+    return cls(**out)
 
 
 def apply_overrides(values: dict[str, Any], pairs: list[str], name: str) -> dict[str, Any]:

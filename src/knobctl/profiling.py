@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from knobctl.knobs import KnobConfig
-from knobctl.params import check_keys, require_int
+from knobctl.params import dataclass_from_section, require_int
 from knobctl.runtime import DTYPES, Runtime, load_runtime
 
 PARTS = ("vision_ms", "prefill_ms", "decode_ms_per_token")
@@ -60,12 +60,7 @@ class ProfileParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> ProfileParams:
-        check_keys(section, cls.__dataclass_fields__, "profile_latency")
-        values = dict(section)
-        for key in ("text_tokens", "output_tokens"):
-            if key in values:
-                values[key] = tuple(values[key])
-        p = cls(**values)
+        p = dataclass_from_section(cls, section, "profile_latency", tuples=("text_tokens", "output_tokens"))
         p.validate()
         return p
 

@@ -35,7 +35,7 @@ from transformers import DynamicCache
 from knobctl.data import decode_images
 from knobctl.features import language_features, vision_features
 from knobctl.knobs import KnobConfig, KnobGrid
-from knobctl.params import check_keys, require_int
+from knobctl.params import dataclass_from_section, require_int
 from knobctl.presets import EOS
 from knobctl.runtime import DECISION_BLOCK, DTYPES, Runtime, fork_cache
 from knobctl.vqa_metric import vqa_score
@@ -63,11 +63,7 @@ class RolloutParams:
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> RolloutParams:
-        check_keys(section, cls.__dataclass_fields__, "accuracy_table")
-        values = dict(section)
-        if values.get("configs") is not None:
-            values["configs"] = tuple(values["configs"])
-        p = cls(**values)
+        p = dataclass_from_section(cls, section, "accuracy_table", tuples=("configs",))
         p.validate()
         return p
 
