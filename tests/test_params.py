@@ -51,7 +51,8 @@ def test_dataclass_from_section_freezes_lists_and_rejects_unknown_keys():
         sizes: tuple[int, ...] | None = None
         name: str = "x"
 
-    assert dataclass_from_section(P, {"sizes": [1, 2]}, "s") == P(sizes=(1, 2))
-    assert dataclass_from_section(P, {"sizes": None, "name": "y"}, "s") == P(None, "y")
+    assert dataclass_from_section(P, {"sizes": [1, 2]}, "s", tuples=("sizes",)) == P(sizes=(1, 2))
+    assert dataclass_from_section(P, {"sizes": None, "name": "y"}, "s", tuples=("sizes",)) == P(None, "y")
+    assert dataclass_from_section(P, {"sizes": [1]}, "s").sizes == [1]  # only the named keys are frozen
     with pytest.raises(ValueError, match=r"s: unknown keys \['size'\]"):
         dataclass_from_section(P, {"size": [1]}, "s")
