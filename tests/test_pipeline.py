@@ -21,6 +21,7 @@ TINY = {
     "knobs": {"top_k": [4, 8], "num_blocks": [12, 16]},
     "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
     "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
+    "train_controller": {"steps": 20, "batch_size": 8, "log_every": 5, "eval_budgets": 3, "eval_fraction": 0.4},
     "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
     "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
                    "vision_warmstart_steps": 3},
@@ -109,6 +110,24 @@ def test_repro_builds_the_accuracy_table(repo):
 
 
 @pytest.mark.slow
+def test_repro_trains_the_controller(repo):
+    from knobctl.controller import Controller
+
+    ctrl = Controller.load(repo / "models/controller")
+    feats = pd.read_parquet(repo / "data/rollouts/features.parquet")
+    import numpy as np
+
+    chosen = ctrl.choose(np.stack(feats["language"]), np.stack(
+        [np.stack(feats[f"vision_{t}"]) for t in ctrl.config.tiers], axis=1), 30.0)
+    assert len(chosen) == 5 and all(isinstance(k, KnobConfig) for k in chosen)
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["steps"] == 20 and metrics["rollouts"] == 20 * 8 * 5 and len(metrics["eval"]) == 3
+    assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(metrics["final"])
+    curves = pd.read_csv(repo / "plots/train/curves.csv")
+    assert curves["step"].tolist() == [5, 10, 15, 20]
+
+
+@pytest.mark.slow
 def test_params_wiring_reruns_only_dependent_stages(repo):
     assert "up to date" in run([sys.executable, "-m", "dvc", "status"], repo).lower()
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -129,6 +148,20 @@ def test_params_wiring_reruns_only_dependent_stages(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run([sys.executable, "-m", "dvc", "status"], repo)
     assert "accuracy_table" in status and "train_base" not in status
+
+
+@pytest.mark.slow
+def test_reward_weights_rerun_only_controller_training(repo):
+    def stale() -> set[str]:
+        status = run([sys.executable, "-m", "dvc", "status"], repo)
+        return {line.strip().rstrip(":") for line in status.splitlines()
+                if line.strip().endswith(":") and not line.startswith((" ", "\t"))}
+
+    before = stale()  # earlier tests may have edited other sections
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["reward"]["gamma"] = 3.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "train_controller" not in before and stale() == before | {"train_controller"}
 
 
 @pytest.mark.slow

@@ -1,0 +1,66 @@
+"""Rollouts per second of controller training: cached (tensor lookups) against online (the real model).
+
+Both run in one process, interleaved per repeat, on the default tables (data/rollouts,
+models/latency_estimator) and model (models/base):
+* cached: `train_controller` for --steps steps at the default batch 128 x G 5, timed inside
+  the loop (the evaluation at the end is not counted);
+* online: the same kind of rollouts answered by the real model, one request per sampled
+  (sample, configuration) cell, --cells of them (OnlineOracle: answer, VQA score, measured ms).
+
+    python benchmarks/controller_speed.py [--steps 400] [--cells 150] [--repeats 3] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from knobctl.accuracy_table import AccuracyTable
+from knobctl.controller_training import TrainParams, build_tables, train_controller
+from knobctl.estimator import LatencyEstimator
+from knobctl.grpo import RewardWeights
+from knobctl.io import read_provenance
+from knobctl.knobs import KnobGrid
+from knobctl.online import OnlineOracle
+from knobctl.runtime import device_name, load_runtime
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--cells", type=int, default=150)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    args = ap.parse_args()
+    base = build_tables(AccuracyTable.load("data/rollouts"), LatencyEstimator.load("models/latency_estimator"),
+                        KnobGrid().configs())
+    meta = read_provenance("data/rollouts/rollouts.parquet")
+    split = pd.read_parquet(f"data/vqa/{meta['split']}.parquet").set_index("sample_id")
+    oracle = OnlineOracle(load_runtime(meta["model"]), split.loc[base.sample_ids].reset_index(), base.configs)
+    rng = np.random.default_rng(0)
+    rates: dict[str, list[float]] = {f"cached_{t}t": [] for t in args.threads} | {"online": []}
+    for r in range(args.repeats):
+        for t in args.threads:
+            torch.set_num_threads(t)
+            res = train_controller(base, TrainParams(steps=args.steps), RewardWeights(), seed=r, progress=False)
+            rates[f"cached_{t}t"].append(res.summary["rollouts_per_s"])
+        torch.set_num_threads(max(args.threads))
+        s = rng.integers(len(base.sample_ids), size=args.cells)
+        c = rng.integers(len(base.configs), size=args.cells)
+        start = time.perf_counter()
+        oracle(s, c)
+        rates["online"].append(args.cells / (time.perf_counter() - start))
+        print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:,.0f} rollouts/s" for k, v in rates.items()))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    best = max(v for k, v in med.items() if k != "online")
+    print(f"{device_name(torch.device('cpu'))}: median " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items())
+          + f" rollouts/s; cached/online {best / med['online']:,.0f}x")
+
+
+if __name__ == "__main__":
+    main()

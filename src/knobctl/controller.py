@@ -1,0 +1,169 @@
+"""The two-stage latency-budget controller: a pure torch policy over the knob grid.
+
+Stage 1, before the vision encoder runs: P(tier | language feature, budget code).
+Stage 2, after the decision block at the chosen tier: P(top_k, num_blocks | vision feature
+at that tier, the tier itself (one-hot), language feature, budget code), one categorical
+over the top_k x num_blocks pairs (so the two knobs can depend on each other). The tier is
+an explicit input because the right pair depends on it: a high tier leaves less of the
+budget for blocks. Without it, stage 2 has to recognise the tier from the vision feature,
+learns pairs that suit the tier stage 1 favours early, and stage 1 then never finds the
+other tiers worth their latency (measured: training collapses onto the low tier).
+
+Inputs (definitions in :mod:`knobctl.features`) are standardised with the training table's
+mean and std, stored with the weights. The budget code of a budget of ``b`` ms is
+``x = (b - budget_low_ms) / (budget_high_ms - budget_low_ms)`` followed by
+``sin(2^i * pi * x)`` and ``cos(2^i * pi * x)`` for i = 0..budget_frequencies-1. The two
+ends are medians over the training samples of the estimated latency of the cheapest and
+of the full configuration, so x = 0 is "only the cheapest fits" and x = 1 "the full one
+fits": the whole range where a choice exists spans one unit, whatever the model or
+machine. The raw x keeps the order of budgets; the sinusoids let a small network carve
+the axis into sharp regions (a knob switches at a threshold).
+
+Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.json``
+(the config) in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from knobctl.io import atomic_dir
+from knobctl.knobs import KnobConfig
+
+WEIGHTS, CONFIG = "controller.safetensors", "controller.json"
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Shapes and knob values of a controller; ``pairs`` are (top_k, num_blocks), top_k-major."""
+
+    language_dim: int
+    vision_dim: int
+    tiers: tuple[str, ...]
+    top_k: tuple[int, ...]
+    num_blocks: tuple[int, ...]
+    budget_low_ms: float
+    budget_high_ms: float
+    hidden: int = 64
+    budget_frequencies: int = 6
+    dropout: float = 0.0  # on both stages' inputs, in training only
+
+    @property
+    def budget_dim(self) -> int:
+        return 1 + 2 * self.budget_frequencies
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(k, b) for k in self.top_k for b in self.num_blocks]
+
+    @property
+    def configs(self) -> list[KnobConfig]:
+        """Configuration index = tier index * len(pairs) + pair index: the knobs grid's order."""
+        return [KnobConfig(t, k, b) for t in self.tiers for k, b in self.pairs]
+
+    @classmethod
+    def from_json(cls, data: dict) -> ControllerConfig:
+        return cls(**{**data, "tiers": tuple(data["tiers"]), "top_k": tuple(data["top_k"]),
+                      "num_blocks": tuple(data["num_blocks"])})
+
+
+def _mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                         nn.Linear(hidden, out))
+
+
+class Controller(nn.Module):
+    """Both stages; every method is batched and works on standardised features internally."""
+
+    def __init__(self, config: ControllerConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.stage1 = _mlp(c.language_dim + c.budget_dim, c.hidden, len(c.tiers), c.dropout)
+        self.stage2 = _mlp(c.vision_dim + len(c.tiers) + c.language_dim + c.budget_dim, c.hidden, len(c.pairs),
+                           c.dropout)
+        for name, dim in (("language", c.language_dim), ("vision", c.vision_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+        self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(c.budget_frequencies, dtype=torch.float32))
+
+    def set_normalisers(self, language: torch.Tensor, vision: torch.Tensor) -> None:
+        """Feature mean/std from training features [S, D] and [S, T, D] (all tiers pooled)."""
+        flat = vision.reshape(-1, vision.shape[-1])  # [S*T, D]
+        self.language_mean.copy_(language.mean(0))
+        self.language_std.copy_(language.std(0).clamp(min=1e-6))
+        self.vision_mean.copy_(flat.mean(0))
+        self.vision_std.copy_(flat.std(0).clamp(min=1e-6))
+
+    def budget_code(self, budget_ms: torch.Tensor) -> torch.Tensor:
+        """[...] budgets in ms -> [..., 1 + 2F] code (module docstring)."""
+        c = self.config
+        x = ((budget_ms - c.budget_low_ms) / (c.budget_high_ms - c.budget_low_ms)).unsqueeze(-1)  # [..., 1]
+        angles = x * self.frequencies  # [..., F]
+        return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
+
+    def _lang(self, language: torch.Tensor) -> torch.Tensor:
+        return (language - self.language_mean) / self.language_std
+
+    def _vis(self, vision: torch.Tensor) -> torch.Tensor:
+        return (vision - self.vision_mean) / self.vision_std
+
+    def tier_logits(self, language: torch.Tensor, budget_ms: torch.Tensor) -> torch.Tensor:
+        """Stage 1: language [B, D], budgets [B] -> [B, T]."""
+        return self.stage1(torch.cat([self._lang(language), self.budget_code(budget_ms)], dim=-1))
+
+    def pair_logits(self, vision: torch.Tensor, tier: torch.Tensor, language: torch.Tensor,
+                    budget_ms: torch.Tensor) -> torch.Tensor:
+        """Stage 2: vision at the chosen tier [..., Dv], tier indices [...], language [..., D],
+        budgets [...] -> [..., P]."""
+        onehot = torch.nn.functional.one_hot(tier, len(self.config.tiers)).to(vision.dtype)  # [..., T]
+        return self.stage2(torch.cat([self._vis(vision), onehot, self._lang(language), self.budget_code(budget_ms)],
+                                     dim=-1))
+
+    @torch.no_grad()
+    def choose_tier(self, language: torch.Tensor, budget_ms: torch.Tensor) -> torch.Tensor:
+        """Stage 1 argmax: tier indices [B]."""
+        return self.tier_logits(language, budget_ms).argmax(-1)
+
+    @torch.no_grad()
+    def choose_pair(self, vision: torch.Tensor, tier: torch.Tensor, language: torch.Tensor,
+                    budget_ms: torch.Tensor) -> torch.Tensor:
+        """Stage 2 argmax: pair indices [B] (into ``config.pairs``)."""
+        return self.pair_logits(vision, tier, language, budget_ms).argmax(-1)
+
+    @torch.no_grad()
+    def choose(self, language: torch.Tensor, vision: torch.Tensor, budget_ms: float | Sequence[float] | torch.Tensor
+               ) -> list[KnobConfig]:
+        """Argmax configurations from cached features: language [B, D], vision at every tier
+        [B, T, D] and budgets (a number or [B] ms). The live two-stage flow calls
+        :meth:`choose_tier`, computes the vision feature at that tier, then :meth:`choose_pair`."""
+        language = torch.as_tensor(language, dtype=torch.float32)
+        vision = torch.as_tensor(vision, dtype=torch.float32)
+        budget = torch.as_tensor(budget_ms, dtype=torch.float32).expand(language.shape[0])  # [B]
+        tier = self.choose_tier(language, budget)  # [B]
+        at_tier = vision[torch.arange(len(tier)), tier]  # [B, D]
+        pair = self.choose_pair(at_tier, tier, language, budget)  # [B]
+        configs = self.config.configs
+        return [configs[int(t) * len(self.config.pairs) + int(p)] for t, p in zip(tier, pair)]
+
+    def save(self, directory: str | Path) -> None:
+        with atomic_dir(directory) as tmp:
+            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS)
+            (tmp / CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Controller:
+        directory = Path(directory)
+        if not (directory / CONFIG).is_file():
+            raise FileNotFoundError(f"{directory / CONFIG} not found; run `dvc repro train_controller`")
+        model = cls(ControllerConfig.from_json(json.loads((directory / CONFIG).read_text())))
+        model.load_state_dict(load_file(directory / WEIGHTS))
+        return model.eval()

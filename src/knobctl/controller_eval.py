@@ -1,0 +1,79 @@
+"""Evaluation of a trained controller on cached tables, at fixed budgets, with estimated latency.
+
+Per budget, on the evaluation samples: the argmax controller; the best static
+configuration that fits the budget (chosen on the training samples: the most accurate
+configuration whose estimated latency fits the budget for >= 95% of them, the same rule
+as the validation stage's baseline); and the per-sample oracle (each sample's most
+accurate configuration that fits; an upper bound, not a method).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from knobctl.controller import Controller
+
+if TYPE_CHECKING:
+    from knobctl.controller_training import CacheTables
+
+FIT_SHARE = 0.95  # a static configuration "fits" a budget when this share of samples does
+
+
+def evaluation_budgets(tables: CacheTables, train_idx: torch.Tensor, count: int) -> list[float]:
+    """``count`` budgets from where only the cheapest configuration fits to where the full one does
+    (medians over the training samples)."""
+    lat = tables.latency_ms[train_idx]
+    lo, hi = float(lat.min(1).values.median()), float(lat.max(1).values.median()) * 1.05
+    return [round(float(b), 2) for b in np.linspace(lo, hi, count)]
+
+
+def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tensor,
+             budgets: list[float]) -> list[dict[str, Any]]:
+    """Argmax controller vs best static (fits on the training samples) vs oracle, per budget, on
+    the evaluation samples, with estimated latency."""
+    rows = []
+    acc, lat = tables.scores[eval_idx], tables.latency_ms[eval_idx]  # [E, C]
+    acc_filled = torch.nan_to_num(acc, nan=0.0)
+    rows_e = torch.arange(len(eval_idx))
+    for budget in budgets:
+        b = torch.full((len(eval_idx),), budget)
+        chosen = [tables.configs.index(k) for k in ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b)]
+        ci = torch.tensor(chosen)  # [E]
+        c_acc, c_lat = acc_filled[rows_e, ci], lat[rows_e, ci]
+        fits_train = (tables.latency_ms[train_idx] <= budget).float().mean(0) >= FIT_SHARE  # [C]
+        train_acc = torch.nan_to_num(tables.scores[train_idx], nan=0.0).mean(0)  # [C]
+        static = int(torch.where(fits_train, train_acc, torch.tensor(-1.0)).argmax()) if fits_train.any() else None
+        fit_cells = lat <= budget  # [E, C]
+        oracle = torch.where(fit_cells, acc_filled, torch.tensor(-1.0)).max(1).values.clamp(min=0)  # [E]
+        row = {
+            "budget_ms": budget,
+            "controller_accuracy": _r(c_acc.mean()), "controller_violation_rate": _r((c_lat > budget).float().mean()),
+            "controller_mean_latency_ms": _r(c_lat.mean()),
+            "static_config": tables.configs[static].label if static is not None else None,
+            "static_accuracy": _r(acc_filled[:, static].mean()) if static is not None else None,
+            "static_violation_rate": _r((lat[:, static] > budget).float().mean()) if static is not None else None,
+            "oracle_accuracy": _r(oracle.mean()),
+            "tier_share": {t: _r((ci // (len(tables.configs) // len(tables.tiers)) == i).float().mean())
+                           for i, t in enumerate(tables.tiers)},
+        }
+        row["gain_over_static"] = _r(row["controller_accuracy"] - row["static_accuracy"]) if static is not None else None
+        rows.append(row)
+    return rows
+
+
+def drift(log: pd.DataFrame) -> dict[str, Any]:
+    """How far refreshed cells moved: score changes and measured/cached latency ratios."""
+    done = log[log["reason"] == "refresh"] if len(log) else log
+    if not len(done):
+        return {}
+    ratio = done["fresh_latency_ms"] / done["cached_latency_ms"]
+    return {"score_changed_share": _r((done["fresh_score"] != done["cached_score"]).mean()),
+            "latency_ratio_median": _r(ratio.median()), "latency_abs_rel_error_median": _r((ratio - 1).abs().median())}
+
+
+def _r(x: Any) -> float:
+    return round(float(x), 4)

@@ -1,0 +1,153 @@
+"""Reward, group-relative losses and the vectorised sampling step of controller training.
+
+A *group* is one sample under one latency budget; the policy samples G configurations for
+it (both stages, with replacement), each gets a reward, and the loss compares rewards
+within the group only. Everything is batched tensor work: no Python loop over samples,
+groups or pairs.
+
+Reward of configuration c for a sample under budget b (all terms unitless):
+
+* ``accuracy``: the cached VQA score of (sample, c), 0..1;
+* ``latency``: estimated (or measured) request latency of (sample, c) divided by the budget;
+  1.0 means "exactly the budget";
+* ``violation``: max(0, latency_ms - budget_ms) / budget_ms, the relative overshoot;
+* ``efficiency``: accuracy if the request fits the budget, else 0 (a right answer in time);
+* ``complexity``: the configuration's size, the mean of its three knob positions each scaled
+  to 0..1 over the grid (low tier / smallest top_k / fewest blocks = 0, the full one = 1).
+
+    reward = alpha * accuracy - beta * latency - gamma * violation + delta * efficiency
+             - epsilon * complexity
+
+Departures from the methods the losses are named after, on purpose:
+
+* ``pairwise`` (the default; the seed project's group-relative ranking loss): for every
+  ordered pair (i, j) of a group with r_i > r_j, -log sigmoid(logp_i - logp_j), i.e.
+  -log sigmoid((logp_i - logp_j) * sign(r_i - r_j)); averaged over all ranked pairs of the
+  batch (not per group), so a group's weight grows with its number of distinct rewards.
+  Tied pairs (equal rewards, e.g. the same configuration drawn twice) give nothing. It is a
+  Bradley-Terry ranking loss on the policy's log-probabilities, not a policy gradient.
+* ``grpo``: advantages (r - group mean) / (group std + eps), loss -mean(advantage * logp)
+  minus an optional entropy bonus. Unlike GRPO in DeepSeekMath there is no PPO ratio or
+  clipping and no KL penalty to a reference policy: each batch is sampled from the current
+  policy and used for one gradient step, so the importance ratio is exactly 1, and the
+  "reference" of a two-head classifier has no pretrained prior worth staying near.
+* The "completions" are knob configurations drawn from a factorised two-stage policy, and
+  logp is the joint log-probability of both stages' actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from knobctl.controller import Controller
+from knobctl.params import dataclass_from_section
+
+LOSSES = ("pairwise", "grpo")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """The ``reward`` section of params.yaml (terms in the module docstring)."""
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    gamma: float = 2.0
+    delta: float = 0.5
+    epsilon: float = 0.0
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> RewardWeights:
+        w = dataclass_from_section(cls, section, "reward")
+        for name, value in w.__dict__.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"reward.{name}={value!r}; every weight is a number >= 0 (its sign is in the formula)")
+        return w
+
+
+def reward_terms(accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
+                 complexity: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The five terms, all of one shape (broadcast)."""
+    fits = (latency_ms <= budget_ms).to(accuracy.dtype)
+    return {
+        "accuracy": accuracy,
+        "latency": latency_ms / budget_ms,
+        "violation": (latency_ms - budget_ms).clamp(min=0) / budget_ms,
+        "efficiency": accuracy * fits,
+        "complexity": complexity.expand_as(accuracy),
+    }
+
+
+def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
+           complexity: torch.Tensor) -> torch.Tensor:
+    t = reward_terms(accuracy, latency_ms, budget_ms, complexity)
+    return (w.alpha * t["accuracy"] - w.beta * t["latency"] - w.gamma * t["violation"]
+            + w.delta * t["efficiency"] - w.epsilon * t["complexity"])
+
+
+def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards and log-probs [B, G] -> (mean loss over ranked pairs, number of ranked pairs)."""
+    better = rewards[:, :, None] > rewards[:, None, :]  # [B, G, G]: r_i > r_j
+    margin = logp[:, :, None] - logp[:, None, :]  # [B, G, G]: logp_i - logp_j
+    pairs = better.sum()
+    loss = (F.softplus(-margin) * better).sum() / pairs.clamp(min=1)  # -log sigmoid(x) = softplus(-x)
+    return loss, pairs
+
+
+def grpo_loss(rewards: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, entropy_coef: float = 0.0,
+              eps: float = 1e-6) -> torch.Tensor:
+    """Group-normalised advantages [B, G] times log-probs, minus ``entropy_coef`` * mean entropy."""
+    mean = rewards.mean(1, keepdim=True)  # [B, 1]
+    std = rewards.std(1, keepdim=True, unbiased=False)  # [B, 1]
+    advantage = ((rewards - mean) / (std + eps)).detach()  # [B, G]
+    return -(advantage * logp).mean() - entropy_coef * entropy.mean()
+
+
+def zero_variance(rewards: torch.Tensor) -> torch.Tensor:
+    """[B] True where every configuration of the group got the same reward (no gradient)."""
+    return rewards.max(1).values == rewards.min(1).values
+
+
+@dataclass(frozen=True)
+class Actions:
+    """G sampled configurations per group, their joint log-probability and the policy's entropies."""
+
+    tier: torch.Tensor  # [B, G] tier index
+    pair: torch.Tensor  # [B, G] (top_k, num_blocks) pair index
+    config: torch.Tensor  # [B, G] configuration index = tier * P + pair
+    logp: torch.Tensor  # [B, G] log P1(tier) + log P2(pair | tier)
+    entropy: dict[str, torch.Tensor]  # tier [B], top_k / num_blocks / pair [B, G] (marginals of stage 2)
+
+
+def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
+                   group_size: int, generator: torch.Generator) -> Actions:
+    """Draw ``group_size`` configurations per row from both stages: language [B, D], vision at
+    every tier [B, T, D], budgets [B]."""
+    b = language.shape[0]
+    tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms), dim=-1)  # [B, T]
+    tier = torch.multinomial(tier_logp.detach().exp(), group_size, replacement=True, generator=generator)  # [B, G]
+    rows = torch.arange(b)[:, None]  # [B, 1]
+    at_tier = vision[rows, tier]  # [B, G, D]
+    pair_logits = ctrl.pair_logits(at_tier, tier, language[:, None].expand(-1, group_size, -1),
+                                   budget_ms[:, None].expand(-1, group_size))  # [B, G, P]
+    pair_logp = F.log_softmax(pair_logits, dim=-1)  # [B, G, P]
+    probs = pair_logp.detach().exp()  # [B, G, P]
+    pair = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(b, group_size)
+    logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
+    n_k, n_b = len(ctrl.config.top_k), len(ctrl.config.num_blocks)
+    joint = pair_logp.exp().reshape(b, group_size, n_k, n_b)  # [B, G, K, N]
+    entropy = {
+        "tier": -(tier_logp.exp() * tier_logp).sum(-1),  # [B]
+        "pair": -(pair_logp.exp() * pair_logp).sum(-1),  # [B, G]
+        "top_k": _entropy(joint.sum(3)),  # [B, G]
+        "num_blocks": _entropy(joint.sum(2)),  # [B, G]
+    }
+    return Actions(tier=tier, pair=pair, config=tier * probs.shape[-1] + pair, logp=logp, entropy=entropy)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp(min=1e-12).log()).sum(-1)

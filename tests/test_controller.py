@@ -1,0 +1,65 @@
+"""The two-stage controller: budget code, argmax choices, normalisers, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from knobctl.controller import Controller, ControllerConfig
+from knobctl.knobs import KnobGrid
+
+CFG = ControllerConfig(language_dim=6, vision_dim=4, tiers=("low", "medium", "high"), top_k=(4, 8),
+                       num_blocks=(12, 14, 16), budget_low_ms=0.0, budget_high_ms=50.0, hidden=16, budget_frequencies=2)
+
+
+def make(seed: int = 0) -> Controller:
+    torch.manual_seed(seed)
+    return Controller(CFG)
+
+
+def test_configs_follow_the_grid_order():
+    grid = KnobGrid(tiers=("low", "medium", "high"), top_k=(4, 8), num_blocks=(12, 14, 16))
+    assert CFG.configs == grid.configs() and CFG.pairs[1] == (4, 14) and CFG.budget_dim == 5
+
+
+def test_budget_code():
+    code = make().budget_code(torch.tensor([25.0, 50.0]))
+    x = 0.5
+    expected = [x, math.sin(math.pi * x), math.sin(2 * math.pi * x), math.cos(math.pi * x), math.cos(2 * math.pi * x)]
+    torch.testing.assert_close(code[0], torch.tensor(expected), atol=1e-6, rtol=0)
+    assert code.shape == (2, 5) and code[1, 0] == 1.0
+
+
+def test_choose_is_stage1_argmax_then_stage2_argmax_at_that_tier():
+    ctrl = make()
+    lang, vis = torch.randn(7, 6), torch.randn(7, 3, 4)
+    budget = torch.linspace(10, 80, 7)
+    chosen = ctrl.choose(lang, vis, budget)
+    tier = ctrl.tier_logits(lang, budget).argmax(-1)
+    pair = ctrl.pair_logits(vis[torch.arange(7), tier], tier, lang, budget).argmax(-1)
+    assert chosen == [CFG.configs[int(t) * 6 + int(p)] for t, p in zip(tier, pair)]
+    assert ctrl.choose(lang[:2], vis[:2], 30.0) == ctrl.choose(lang[:2], vis[:2], torch.tensor([30.0, 30.0]))
+
+
+def test_normalisers_standardise_the_training_features():
+    ctrl = make()
+    lang, vis = 3 + 2 * torch.randn(50, 6), -1 + 5 * torch.randn(50, 3, 4)
+    ctrl.set_normalisers(lang, vis)
+    z = ctrl._lang(lang)
+    torch.testing.assert_close(z.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(6), atol=1e-5, rtol=0)
+    zv = ctrl._vis(vis).reshape(-1, 4)
+    torch.testing.assert_close(zv.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    ctrl = make(3)
+    ctrl.set_normalisers(torch.randn(20, 6), torch.randn(20, 3, 4))
+    ctrl.save(tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["controller.json", "controller.safetensors"]
+    back = Controller.load(tmp_path / "c")
+    lang, vis, budget = torch.randn(5, 6), torch.randn(5, 3, 4), torch.full((5,), 40.0)
+    assert back.config == CFG
+    torch.testing.assert_close(back.tier_logits(lang, budget), ctrl.tier_logits(lang, budget), rtol=0, atol=0)
+    assert back.choose(lang, vis, budget) == ctrl.choose(lang, vis, budget)

@@ -1,0 +1,96 @@
+"""Reward terms, the pairwise and GRPO losses (against hand values and naive loops), sampling."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from knobctl.controller import Controller, ControllerConfig
+from knobctl.grpo import (
+    RewardWeights, grpo_loss, pairwise_loss, reward, reward_terms, sample_actions, zero_variance,
+)
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_pairwise_loss_hand_computed():
+    r = torch.tensor([[1.0, 0.0, 0.5]])
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    loss, pairs = pairwise_loss(r, logp)
+    # Ranked pairs (i, j) with r_i > r_j: (0, 1): logp diff 1; (0, 2): -0.5; (2, 1): 1.5.
+    expected = (softplus(-1.0) + softplus(0.5) + softplus(-1.5)) / 3
+    assert pairs == 3 and loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ties_give_no_pairs_and_no_gradient():
+    r = torch.tensor([[1.0, 1.0, 0.0], [0.3, 0.3, 0.3]])
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.5, -2.0]], requires_grad=True)
+    loss, pairs = pairwise_loss(r, logp)
+    assert pairs == 2  # (0, 2) and (1, 2); the tied (0, 1) and the all-equal second group give none
+    assert loss.item() == pytest.approx((softplus(-2.0) + softplus(-1.0)) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.all(logp.grad[1] == 0) and zero_variance(r).tolist() == [False, True]
+    empty, n = pairwise_loss(torch.ones(2, 4), torch.randn(2, 4))
+    assert n == 0 and empty.item() == 0.0
+
+
+def test_vectorised_losses_equal_naive_loops():
+    g = torch.Generator().manual_seed(0)
+    r = (torch.rand(6, 5, generator=g) * 4).round() / 4  # ties on purpose
+    logp = torch.randn(6, 5, generator=g)
+    total, count = 0.0, 0
+    for b in range(6):
+        for i, j in itertools.permutations(range(5), 2):
+            if r[b, i] > r[b, j]:
+                total += -math.log(1 / (1 + math.exp(-(logp[b, i] - logp[b, j]).item())))
+                count += 1
+    loss, pairs = pairwise_loss(r, logp)
+    assert pairs == count and loss.item() == pytest.approx(total / count, rel=1e-5)
+    entropy = torch.rand(6, 5, generator=g)
+    naive = 0.0
+    for b in range(6):
+        mean = sum(r[b].tolist()) / 5
+        std = math.sqrt(sum((x - mean) ** 2 for x in r[b].tolist()) / 5)
+        naive += sum(-((x - mean) / (std + 1e-6)) * lp for x, lp in zip(r[b].tolist(), logp[b].tolist()))
+    naive = naive / 30 - 0.1 * entropy.mean().item()
+    assert grpo_loss(r, logp, entropy, 0.1).item() == pytest.approx(naive, rel=1e-5)
+
+
+def test_reward_terms_and_weights():
+    acc, lat, budget, cx = torch.tensor([1.0, 1.0]), torch.tensor([120.0, 80.0]), torch.tensor(100.0), torch.tensor(0.5)
+    t = reward_terms(acc, lat, budget, cx)
+    assert t["latency"].tolist() == pytest.approx([1.2, 0.8])
+    assert t["violation"].tolist() == pytest.approx([0.2, 0.0]) and t["efficiency"].tolist() == [0.0, 1.0]
+    w = RewardWeights(alpha=1.0, beta=0.1, gamma=2.0, delta=0.5, epsilon=0.05)
+    assert reward(w, acc, lat, budget, cx).tolist() == pytest.approx(
+        [1 - 0.12 - 0.4 - 0.025, 1 - 0.08 + 0.5 - 0.025])
+    with pytest.raises(ValueError, match="reward.gamma=-1"):
+        RewardWeights.from_params({"gamma": -1})
+    with pytest.raises(ValueError, match=r"reward: unknown keys \['zeta'\]"):
+        RewardWeights.from_params({"zeta": 1})
+
+
+def test_sampled_actions_and_their_joint_log_probability():
+    torch.manual_seed(0)
+    cfg = ControllerConfig(language_dim=4, vision_dim=3, tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16),
+                           budget_low_ms=5.0, budget_high_ms=15.0, hidden=8, budget_frequencies=1)
+    ctrl = Controller(cfg)
+    lang, vis, budget = torch.randn(3, 4), torch.randn(3, 2, 3), torch.tensor([5.0, 10.0, 20.0])
+    a = sample_actions(ctrl, lang, vis, budget, 6, torch.Generator().manual_seed(1))
+    b = sample_actions(ctrl, lang, vis, budget, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(a.config, b.config) and a.config.shape == (3, 6)
+    assert torch.equal(a.config, a.tier * 4 + a.pair) and int(a.config.max()) < 8
+    p1 = F.softmax(ctrl.tier_logits(lang, budget), -1)
+    for row, g in ((0, 0), (2, 5)):
+        t = int(a.tier[row, g])
+        p2 = F.softmax(ctrl.pair_logits(vis[row, t], torch.tensor(t), lang[row], budget[row]), -1)
+        expected = math.log(p1[row, t].item() * p2[int(a.pair[row, g])].item())
+        assert a.logp[row, g].item() == pytest.approx(expected, rel=1e-5)
+    assert (a.entropy["tier"] <= math.log(2) + 1e-6).all() and (a.entropy["top_k"] <= math.log(2) + 1e-6).all()
+    assert torch.allclose(a.entropy["pair"], a.entropy["top_k"] + a.entropy["num_blocks"], atol=0.7)
