@@ -12,6 +12,7 @@ The table's samples are split (seeded) into training and evaluation samples; the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from knobctl.accuracy_table import AccuracyTable
 from knobctl.controller import Controller, ControllerConfig
@@ -202,10 +204,6 @@ def make_controller(tables: CacheTables, train_idx: torch.Tensor, hidden: int, d
 def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights, seed: int,
                      fetch_factory: Callable[[], Fetch] | None = None, progress: bool = True) -> TrainResult:
     """The training loop (module docstring); deterministic given ``seed``."""
-    import time
-
-    from tqdm.auto import tqdm
-
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)

@@ -8,26 +8,23 @@ at both ends: the same request the estimator prices and the validation stage mea
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from knobctl.knobs import KnobConfig
+from knobctl.profiling import Stopwatch
 from knobctl.runtime import Runtime
 from knobctl.vqa_metric import vqa_score
 
 
 def timed_answer(rt: Runtime, image: bytes, question: str, knobs: KnobConfig) -> tuple[str, float]:
-    """One request, its answer and wall-clock latency in ms."""
-    sync = torch.cuda.synchronize if rt.device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
+    """One request, its answer and wall-clock latency in ms (the profiler's device-synced stopwatch)."""
+    watch = Stopwatch.for_device(rt.device)
+    start = watch.mark()
     answer = rt.answer([image], [question], knobs, batch_size=1)[0]
-    sync()
-    return answer, (time.perf_counter() - start) * 1000.0
+    return answer, (watch.mark() - start) * 1000.0
 
 
 class OnlineOracle:

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from transformers import DynamicCache
 
-from knobctl.data import decode_images
+from knobctl.data import SPLITS, decode_images
 from knobctl.features import language_features, vision_features
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.params import dataclass_from_section, require_int
@@ -44,7 +44,6 @@ ROW_COLUMNS = (
     "sample_id", "question_type", "config", "tier", "top_k", "num_blocks",
     "prediction", "score", "input_tokens", "output_tokens", "error",
 )
-SPLITS = ("train", "val", "test")
 R = TypeVar("R")
 
 
