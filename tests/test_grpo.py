@@ -28,6 +28,14 @@ def test_pairwise_loss_hand_computed():
     assert pairs == 3 and loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_margin_weighted_pairs():
+    r = torch.tensor([[1.0, 0.0, 0.5]])
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    loss, pairs = pairwise_loss(r, logp, "margin")
+    expected = (1.0 * softplus(-1.0) + 0.5 * softplus(0.5) + 0.5 * softplus(-1.5)) / 2.0
+    assert pairs == 3 and loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_ties_give_no_pairs_and_no_gradient():
     r = torch.tensor([[1.0, 1.0, 0.0], [0.3, 0.3, 0.3]])
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.5, -2.0]], requires_grad=True)

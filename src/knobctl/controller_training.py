@@ -26,7 +26,7 @@ from knobctl.accuracy_table import AccuracyTable
 from knobctl.controller import Controller, ControllerConfig
 from knobctl.controller_eval import drift, evaluate, evaluation_budgets
 from knobctl.estimator import LatencyEstimator
-from knobctl.grpo import LOSSES, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions, zero_variance
+from knobctl.grpo import LOSSES, PAIR_WEIGHTS, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions, zero_variance
 from knobctl.knobs import TIER_ORDER, KnobConfig
 from knobctl.params import dataclass_from_section, require_int
 
@@ -40,6 +40,7 @@ class TrainParams:
     lr: float = 1e-4
     weight_decay: float = 0.0
     loss: str = "pairwise"
+    pair_weight: str = "sign"
     entropy_coef: float = 0.0
     hidden: int = 64
     dropout: float = 0.0
@@ -56,6 +57,8 @@ class TrainParams:
         for name in ("steps", "batch_size", "hidden", "eval_budgets", "log_every"):
             require_int(getattr(p, name), f"train_controller.{name}")
         require_int(p.group_size, "train_controller.group_size", 2)
+        if p.pair_weight not in PAIR_WEIGHTS:
+            raise ValueError(f"train_controller.pair_weight={p.pair_weight!r}; allowed: {', '.join(PAIR_WEIGHTS)}")
         if p.loss not in LOSSES:
             raise ValueError(f"train_controller.loss={p.loss!r}; allowed: {', '.join(LOSSES)}")
         if p.budget_mode not in ("relative", "absolute"):
@@ -230,7 +233,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
         lat = tables.latency_ms[rows, acts.config]  # [B, G]
         r = reward(weights, acc, lat, budget[:, None], tables.complexity[acts.config])  # [B, G]
         if p.loss == "pairwise":
-            loss, _ = pairwise_loss(r, acts.logp)
+            loss, _ = pairwise_loss(r, acts.logp, p.pair_weight)
         else:
             loss = grpo_loss(r, acts.logp, acts.entropy["tier"][:, None] + acts.entropy["pair"], p.entropy_coef)
         opt.zero_grad(set_to_none=True)

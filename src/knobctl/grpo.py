@@ -26,6 +26,8 @@ Departures from the methods the losses are named after, on purpose:
   batch (not per group), so a group's weight grows with its number of distinct rewards.
   Tied pairs (equal rewards, e.g. the same configuration drawn twice) give nothing. It is a
   Bradley-Terry ranking loss on the policy's log-probabilities, not a policy gradient.
+  ``pair_weight: margin`` (not the seed's) weights each pair by |r_i - r_j|, so a pair that
+  differs by a right answer counts more than one that differs by a millisecond.
 * ``grpo``: advantages (r - group mean) / (group std + eps), loss -mean(advantage * logp)
   minus an optional entropy bonus. Unlike GRPO in DeepSeekMath there is no PPO ratio or
   clipping and no KL penalty to a reference policy: each batch is sampled from the current
@@ -89,12 +91,19 @@ def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, b
             + w.delta * t["efficiency"] - w.epsilon * t["complexity"])
 
 
-def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards and log-probs [B, G] -> (mean loss over ranked pairs, number of ranked pairs)."""
-    better = rewards[:, :, None] > rewards[:, None, :]  # [B, G, G]: r_i > r_j
+PAIR_WEIGHTS = ("sign", "margin")
+
+
+def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor, weight: str = "sign") -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards and log-probs [B, G] -> (mean loss over ranked pairs, number of ranked pairs).
+
+    ``weight="margin"`` multiplies each pair's term by r_i - r_j and divides by their sum."""
+    gap = rewards[:, :, None] - rewards[:, None, :]  # [B, G, G]: r_i - r_j
+    better = gap > 0  # [B, G, G]
     margin = logp[:, :, None] - logp[:, None, :]  # [B, G, G]: logp_i - logp_j
     pairs = better.sum()
-    loss = (F.softplus(-margin) * better).sum() / pairs.clamp(min=1)  # -log sigmoid(x) = softplus(-x)
+    w = better.to(logp.dtype) if weight == "sign" else gap.clamp(min=0)  # [B, G, G]
+    loss = (F.softplus(-margin) * w).sum() / w.sum().clamp(min=1e-12)  # -log sigmoid(x) = softplus(-x)
     return loss, pairs
 
 
