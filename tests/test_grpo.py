@@ -78,8 +78,11 @@ def test_reward_terms_and_weights():
     w = RewardWeights(alpha=1.0, beta=0.1, gamma=2.0, delta=0.5, epsilon=0.05)
     assert reward(w, acc, lat, budget, cx).tolist() == pytest.approx(
         [1 - 0.12 - 0.4 - 0.025, 1 - 0.08 + 0.5 - 0.025])
-    with pytest.raises(ValueError, match="reward.gamma=-1"):
+    with pytest.raises(ValueError, match="reward.gamma=-1; it must be >= 0"):
         RewardWeights.from_params({"gamma": -1})
+    assert RewardWeights.from_params({"epsilon": -0.02}).epsilon == -0.02  # a preference for larger configs
+    with pytest.raises(ValueError, match="reward.beta='x'; every weight is a number"):
+        RewardWeights.from_params({"beta": "x"})
     with pytest.raises(ValueError, match=r"reward: unknown keys \['zeta'\]"):
         RewardWeights.from_params({"zeta": 1})
 
