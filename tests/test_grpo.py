@@ -105,3 +105,14 @@ def test_sampled_actions_and_their_joint_log_probability():
         assert a.logp[row, g].item() == pytest.approx(expected, rel=1e-5)
     assert (a.entropy["tier"] <= math.log(2) + 1e-6).all() and (a.entropy["top_k"] <= math.log(2) + 1e-6).all()
     assert torch.allclose(a.entropy["pair"], a.entropy["top_k"] + a.entropy["num_blocks"], atol=0.7)
+
+
+def test_actions_without_entropy_are_the_same_draws():
+    torch.manual_seed(0)
+    cfg = ControllerConfig(language_dim=4, vision_dim=3, tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16),
+                           budget_low_ms=5.0, budget_high_ms=15.0, hidden=8, budget_frequencies=1)
+    ctrl = Controller(cfg)
+    lang, vis, budget = torch.randn(3, 4), torch.randn(3, 2, 3), torch.tensor([5.0, 10.0, 20.0])
+    full = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2))
+    lean = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2), with_entropy=False)
+    assert torch.equal(full.config, lean.config) and torch.equal(full.logp, lean.logp) and lean.entropy == {}

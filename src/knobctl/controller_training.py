@@ -220,7 +220,9 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     for step in tqdm(range(1, p.steps + 1), desc="train_controller", unit="step", disable=not progress):
         idx = train_idx[torch.randint(len(train_idx), (p.batch_size,), generator=gen)]  # [B]
         budget = sample_budgets(tables, idx, p, gen)  # [B]
-        acts = sample_actions(ctrl, tables.language[idx], tables.vision[idx], budget, p.group_size, gen)
+        log_now = step % p.log_every == 0 or step == p.steps
+        acts = sample_actions(ctrl, tables.language[idx], tables.vision[idx], budget, p.group_size, gen,
+                              with_entropy=log_now or (p.loss == "grpo" and p.entropy_coef > 0))
         rows = idx[:, None].expand_as(acts.config)  # [B, G]
         missing = torch.isnan(tables.scores[rows, acts.config])  # [B, G]
         if missing.any():
@@ -235,12 +237,13 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
         if p.loss == "pairwise":
             loss, _ = pairwise_loss(r, acts.logp, p.pair_weight)
         else:
-            loss = grpo_loss(r, acts.logp, acts.entropy["tier"][:, None] + acts.entropy["pair"], p.entropy_coef)
+            entropy = acts.entropy["tier"][:, None] + acts.entropy["pair"] if acts.entropy else torch.zeros(())
+            loss = grpo_loss(r, acts.logp, entropy, p.entropy_coef)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         zero_groups += zero_variance(r).sum()
-        if step % p.log_every == 0 or step == p.steps:
+        if log_now:
             curves.append({
                 "step": step, "reward": _r(r.mean()), "loss": _r(loss.detach()), "accuracy": _r(acc.mean()),
                 "violation_rate": _r((lat > budget[:, None]).float().mean()),

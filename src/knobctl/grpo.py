@@ -141,9 +141,10 @@ class Actions:
 
 
 def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
-                   group_size: int, generator: torch.Generator) -> Actions:
+                   group_size: int, generator: torch.Generator, with_entropy: bool = True) -> Actions:
     """Draw ``group_size`` configurations per row from both stages: language [B, D], vision at
-    every tier [B, T, D], budgets [B]."""
+    every tier [B, T, D], budgets [B]. ``with_entropy=False`` skips the entropies (empty dict),
+    which only logging and the GRPO bonus need."""
     b = language.shape[0]
     tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms), dim=-1)  # [B, T]
     tier = torch.multinomial(tier_logp.detach().exp(), group_size, replacement=True, generator=generator)  # [B, G]
@@ -155,6 +156,9 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     probs = pair_logp.detach().exp()  # [B, G, P]
     pair = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(b, group_size)
     logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
+    config = tier * probs.shape[-1] + pair  # [B, G]
+    if not with_entropy:
+        return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy={})
     n_k, n_b = len(ctrl.config.top_k), len(ctrl.config.num_blocks)
     joint = pair_logp.exp().reshape(b, group_size, n_k, n_b)  # [B, G, K, N]
     entropy = {
@@ -163,7 +167,7 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
         "top_k": _entropy(joint.sum(3)),  # [B, G]
         "num_blocks": _entropy(joint.sum(2)),  # [B, G]
     }
-    return Actions(tier=tier, pair=pair, config=tier * probs.shape[-1] + pair, logp=logp, entropy=entropy)
+    return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy=entropy)
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
