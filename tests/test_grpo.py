@@ -87,12 +87,16 @@ def test_reward_terms_and_weights():
         RewardWeights.from_params({"zeta": 1})
 
 
-def test_sampled_actions_and_their_joint_log_probability():
+def small_policy():
+    """A 2-tier x 4-pair controller and 3 rows of random features with budgets."""
     torch.manual_seed(0)
     cfg = ControllerConfig(language_dim=4, vision_dim=3, tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16),
                            budget_low_ms=5.0, budget_high_ms=15.0, hidden=8, budget_frequencies=1)
-    ctrl = Controller(cfg)
-    lang, vis, budget = torch.randn(3, 4), torch.randn(3, 2, 3), torch.tensor([5.0, 10.0, 20.0])
+    return Controller(cfg), torch.randn(3, 4), torch.randn(3, 2, 3), torch.tensor([5.0, 10.0, 20.0])
+
+
+def test_sampled_actions_and_their_joint_log_probability():
+    ctrl, lang, vis, budget = small_policy()
     a = sample_actions(ctrl, lang, vis, budget, 6, torch.Generator().manual_seed(1))
     b = sample_actions(ctrl, lang, vis, budget, 6, torch.Generator().manual_seed(1))
     assert torch.equal(a.config, b.config) and a.config.shape == (3, 6)
@@ -108,11 +112,7 @@ def test_sampled_actions_and_their_joint_log_probability():
 
 
 def test_actions_without_entropy_are_the_same_draws():
-    torch.manual_seed(0)
-    cfg = ControllerConfig(language_dim=4, vision_dim=3, tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16),
-                           budget_low_ms=5.0, budget_high_ms=15.0, hidden=8, budget_frequencies=1)
-    ctrl = Controller(cfg)
-    lang, vis, budget = torch.randn(3, 4), torch.randn(3, 2, 3), torch.tensor([5.0, 10.0, 20.0])
+    ctrl, lang, vis, budget = small_policy()
     full = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2))
     lean = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2), with_entropy=False)
     assert torch.equal(full.config, lean.config) and torch.equal(full.logp, lean.logp) and lean.entropy == {}

@@ -39,13 +39,13 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
     acc, lat = tables.scores[eval_idx], tables.latency_ms[eval_idx]  # [E, C]
     acc_filled = torch.nan_to_num(acc, nan=0.0)
     rows_e = torch.arange(len(eval_idx))
+    column = {k: j for j, k in enumerate(tables.configs)}
+    train_acc = torch.nan_to_num(tables.scores[train_idx], nan=0.0).mean(0)  # [C], the same at every budget
     for budget in budgets:
         b = torch.full((len(eval_idx),), budget)
-        chosen = [tables.configs.index(k) for k in ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b)]
-        ci = torch.tensor(chosen)  # [E]
+        ci = torch.tensor([column[k] for k in ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b)])  # [E]
         c_acc, c_lat = acc_filled[rows_e, ci], lat[rows_e, ci]
         fits_train = (tables.latency_ms[train_idx] <= budget).float().mean(0) >= FIT_SHARE  # [C]
-        train_acc = torch.nan_to_num(tables.scores[train_idx], nan=0.0).mean(0)  # [C]
         static = int(torch.where(fits_train, train_acc, torch.tensor(-1.0)).argmax()) if fits_train.any() else None
         fit_cells = lat <= budget  # [E, C]
         oracle = torch.where(fit_cells, acc_filled, torch.tensor(-1.0)).max(1).values.clamp(min=0)  # [E]

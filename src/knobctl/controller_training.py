@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from knobctl.accuracy_table import AccuracyTable
 from knobctl.controller import Controller, ControllerConfig
-from knobctl.controller_eval import drift, evaluate, evaluation_budgets
+from knobctl.controller_eval import _r, drift, evaluate, evaluation_budgets
 from knobctl.estimator import LatencyEstimator
 from knobctl.grpo import LOSSES, PAIR_WEIGHTS, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions, zero_variance
 from knobctl.knobs import TIER_ORDER, KnobConfig
@@ -173,9 +173,6 @@ def split_samples(n: int, eval_fraction: float, seed: int) -> tuple[torch.Tensor
 
 Fetch = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-
-def _r(x: Any) -> float:
-    return round(float(x), 4)
 
 
 @dataclass
