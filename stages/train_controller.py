@@ -53,6 +53,10 @@ def main() -> None:
                                      "eval_budgets_at_least_static": sum(g >= 0 for g in gains),
                                      "eval_budgets_above_static": sum(g > 0 for g in gains),
                                      "eval_budgets_with_static": len(gains),
+                                     "eval_budgets_significantly_above_static": sum(
+                                         e["gain_ci95_low"] is not None and e["gain_ci95_low"] > 0 for e in evaluation),
+                                     "eval_budgets_significantly_below_static": sum(
+                                         e["gain_ci95_high"] is not None and e["gain_ci95_high"] < 0 for e in evaluation),
                                      "eval": {f"{e['budget_ms']:.2f}ms": e for e in evaluation}})
     write_csv_atomic(Path(args.plots) / "curves.csv", result.curves)
     flat = [{k: v for k, v in e.items() if not isinstance(v, dict)} for e in evaluation]

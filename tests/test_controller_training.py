@@ -78,6 +78,7 @@ def test_training_learns_per_sample_choices_that_beat_static(loss):
         assert e["static_config"].startswith("low") and e["static_accuracy"] < 0.6  # loses every A
         assert e["controller_accuracy"] >= 0.9 and e["controller_violation_rate"] <= 0.1
         assert e["oracle_accuracy"] == 1.0 and e["gain_over_static"] > 0.3
+        assert 0.2 < e["gain_ci95_low"] <= e["gain_over_static"] <= e["gain_ci95_high"]
     assert result.curves["reward"].iloc[-1] > 1.3  # 1.5 = right and in budget everywhere
     assert result.summary["rollouts"] == 400 * 32 * 5 and 0 <= result.summary["zero_variance_share"] <= 1
 

@@ -5,6 +5,10 @@ configuration that fits the budget (chosen on the training samples: the most acc
 configuration whose estimated latency fits the budget for >= 95% of them, the same rule
 as the validation stage's baseline); and the per-sample oracle (each sample's most
 accurate configuration that fits; an upper bound, not a method).
+
+Each gain over static comes with a paired bootstrap 95% interval over the evaluation
+samples: on a few hundred samples a difference of one or two answers is within noise, and
+the interval says so.
 """
 
 from __future__ import annotations
@@ -21,6 +25,16 @@ if TYPE_CHECKING:
     from knobctl.controller_training import CacheTables
 
 FIT_SHARE = 0.95  # a static configuration "fits" a budget when this share of samples does
+BOOTSTRAP = 2000  # resamples of the paired gain interval
+
+
+def gain_interval(diff: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    """Paired bootstrap 95% interval of the mean of per-sample differences ``diff`` [E]."""
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(diff), (BOOTSTRAP, len(diff)), generator=gen)  # [R, E]
+    means = diff[pick].mean(1)  # [R]
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975]))
+    return _r(lo), _r(hi)
 
 
 def evaluation_budgets(tables: CacheTables, train_idx: torch.Tensor, count: int) -> list[float]:
@@ -61,6 +75,8 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
                            for i, t in enumerate(tables.tiers)},
         }
         row["gain_over_static"] = _r(row["controller_accuracy"] - row["static_accuracy"]) if static is not None else None
+        row["gain_ci95_low"], row["gain_ci95_high"] = (gain_interval(c_acc - acc_filled[:, static])
+                                                        if static is not None else (None, None))
         rows.append(row)
     return rows
 
