@@ -23,6 +23,13 @@ def test_configs_follow_the_grid_order():
     assert CFG.configs == grid.configs() and CFG.pairs[1] == (4, 14) and CFG.budget_dim == 5
 
 
+def test_budget_code_is_clamped_to_the_trained_range():
+    ctrl = make()  # budget_x_range (-0.25, 1.1) over 0..50 ms: -12.5 .. 55 ms
+    torch.testing.assert_close(ctrl.budget_code(torch.tensor([-40.0, 90.0])),
+                               ctrl.budget_code(torch.tensor([-12.5, 55.0])))
+    assert ctrl.budget_code(torch.tensor([54.0]))[0, 0] == 54.0 / 50.0
+
+
 def test_budget_code():
     code = make().budget_code(torch.tensor([25.0, 50.0]))
     x = 0.5

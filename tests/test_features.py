@@ -46,14 +46,13 @@ def test_vision_features_differ_by_tier(tiny_rt, images):
     assert feats["low"].shape == (3, 64) and not torch.allclose(feats["low"], feats["high"])
 
 
-def test_language_feature_is_the_question_mean_and_sep_state_and_ignores_padding(tiny_rt):
+def test_language_feature_is_the_mean_then_max_of_the_question_embeddings_and_ignores_padding(tiny_rt):
     rt = tiny_rt
     ids = rt.tokenizer(QUESTIONS, add_special_tokens=False)["input_ids"]
-    batched = language_features(rt, ids)  # left-padded to the longest question
+    batched = language_features(rt, ids)  # right-padded to the longest question
     alone = torch.cat([language_features(rt, [q]) for q in ids])
-    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
-    no_image = torch.zeros(1, 0, 32)
-    inputs = rt.embed(no_image, rt.prompt_from_ids([ids[0]], 0))
-    states = decision_states(rt, inputs)[0]  # [L, H]: BOS, question, SEP
-    torch.testing.assert_close(alone[0], torch.cat([states[1:-1].mean(0), states[-1]]))
+    torch.testing.assert_close(batched, alone, atol=1e-6, rtol=1e-5)
+    emb = rt.lm.embed_tokens(torch.tensor(ids[1]))  # [L, H], no block runs
+    torch.testing.assert_close(alone[1], torch.cat([emb.mean(0), emb.max(0).values]))
     assert batched.shape == (3, 64) and batched.dtype == torch.float32
+    assert torch.equal(language_features(rt, [[]]), torch.zeros(1, 64))  # an empty question

@@ -22,6 +22,7 @@ TINY = {
     "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
     "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
     "train_controller": {"steps": 20, "batch_size": 8, "log_every": 5, "eval_budgets": 3, "eval_fraction": 0.4},
+    "validate": {"num_samples": 3, "num_budgets": 3, "warmup_requests": 1, "calibration_requests": 3, "batch_size": 3},
     "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
     "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
                    "vision_warmstart_steps": 3},
@@ -125,6 +126,30 @@ def test_repro_trains_the_controller(repo):
     assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(metrics["final"])
     curves = pd.read_csv(repo / "plots/train/curves.csv")
     assert curves["step"].tolist() == [5, 10, 15, 20]
+
+
+@pytest.mark.slow
+def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
+    from knobctl.validation import METHODS
+
+    metrics = json.loads((repo / "metrics/validate.json").read_text())
+    s = metrics["summary"]
+    assert s["samples"] == 3 and len(s["budgets"]) == 3 and s["budgets"] == sorted(s["budgets"])
+    assert s["controller_overhead_ms"] > 0 and s["calibration"]["scale"] > 0
+    for entry in metrics["per_budget"].values():
+        assert entry["controller"] is not None and entry["oracle"]["accuracy"] >= entry["smallest"]["accuracy"]
+        assert set(entry) == {"budget_ms", *METHODS}
+    requests = pd.read_parquet(repo / "data/validate/requests.parquet")
+    ctrl = requests[requests["kind"] == "controller"]
+    assert len(ctrl) == 3 * 3 and (ctrl["latency_ms"] > ctrl["controller_ms"]).all()
+    assert requests["score"].between(0, 1).all() and (requests["estimated_ms"] > 0).all()
+    accuracy = pd.read_csv(repo / "plots/validate/accuracy.csv")
+    assert accuracy["budget_ms"].tolist() == s["budgets"] and "controller" in accuracy.columns
+    for name in ("accuracy", "latency", "choices", "pareto"):
+        assert (repo / f"plots/validate/{name}.png").read_bytes()[:4] == b"\x89PNG"
+    report = (repo / "reports/summary.md").read_text()
+    assert "## Goals" in report and report.count("\n| ") >= 5 + 3 and "../plots/validate/accuracy.png" in report
+    assert not any((repo / ".knobctl_cache/validate").glob("*/part-*"))
 
 
 @pytest.mark.slow

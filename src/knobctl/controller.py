@@ -17,7 +17,10 @@ ends are medians over the training samples of the estimated latency of the cheap
 of the full configuration, so x = 0 is "only the cheapest fits" and x = 1 "the full one
 fits": the whole range where a choice exists spans one unit, whatever the model or
 machine. The raw x keeps the order of budgets; the sinusoids let a small network carve
-the axis into sharp regions (a knob switches at a threshold).
+the axis into sharp regions (a knob switches at a threshold). x is clamped to
+``budget_x_range``, the range training drew budgets from: below it nothing fits and above
+it everything does, so the boundary's choice is the right one there, whereas the
+sinusoids would wrap around to some unrelated budget.
 
 Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.json``
 (the config) in one folder.
@@ -55,6 +58,7 @@ class ControllerConfig:
     hidden: int = 64
     budget_frequencies: int = 6
     dropout: float = 0.0  # on both stages' inputs, in training only
+    budget_x_range: tuple[float, float] = (-0.25, 1.1)  # x is clamped to the range training covered
 
     @property
     def budget_dim(self) -> int:
@@ -71,8 +75,8 @@ class ControllerConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> ControllerConfig:
-        return cls(**{**data, "tiers": tuple(data["tiers"]), "top_k": tuple(data["top_k"]),
-                      "num_blocks": tuple(data["num_blocks"])})
+        tuples = ("tiers", "top_k", "num_blocks", "budget_x_range")
+        return cls(**{**data, **{k: tuple(data[k]) for k in tuples if k in data}})
 
 
 def _mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -106,7 +110,8 @@ class Controller(nn.Module):
     def budget_code(self, budget_ms: torch.Tensor) -> torch.Tensor:
         """[...] budgets in ms -> [..., 1 + 2F] code (module docstring)."""
         c = self.config
-        x = ((budget_ms - c.budget_low_ms) / (c.budget_high_ms - c.budget_low_ms)).unsqueeze(-1)  # [..., 1]
+        x = ((budget_ms - c.budget_low_ms) / (c.budget_high_ms - c.budget_low_ms)).clamp(*c.budget_x_range)
+        x = x.unsqueeze(-1)  # [..., 1]
         angles = x * self.frequencies  # [..., F]
         return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
 

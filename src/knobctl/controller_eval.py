@@ -37,6 +37,20 @@ def gain_interval(diff: torch.Tensor, seed: int = 0) -> tuple[float, float]:
     return _r(lo), _r(hi)
 
 
+def mean_accuracy(scores: torch.Tensor) -> torch.Tensor:
+    """Per-configuration accuracy of [S, C] scores; a NaN (error) cell counts as wrong: [C]."""
+    return torch.nan_to_num(scores, nan=0.0).mean(0)
+
+
+def best_static(latency_ms: torch.Tensor, accuracy: torch.Tensor, budget_ms: float) -> int | None:
+    """The most accurate configuration (``accuracy`` [C]) whose latency ([S, C]) fits
+    ``budget_ms`` for >= FIT_SHARE of the samples, or None if none does."""
+    fits = (latency_ms <= budget_ms).float().mean(0) >= FIT_SHARE  # [C]
+    if not fits.any():
+        return None
+    return int(torch.where(fits, accuracy, torch.tensor(-1.0)).argmax())
+
+
 def evaluation_budgets(tables: CacheTables, train_idx: torch.Tensor, count: int) -> list[float]:
     """``count`` budgets from where only the cheapest configuration fits to where the full one does
     (medians over the training samples)."""
@@ -54,13 +68,12 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
     acc_filled = torch.nan_to_num(acc, nan=0.0)
     rows_e = torch.arange(len(eval_idx))
     column = {k: j for j, k in enumerate(tables.configs)}
-    train_acc = torch.nan_to_num(tables.scores[train_idx], nan=0.0).mean(0)  # [C], the same at every budget
+    train_acc = mean_accuracy(tables.scores[train_idx])  # [C], the same at every budget
     for budget in budgets:
         b = torch.full((len(eval_idx),), budget)
         ci = torch.tensor([column[k] for k in ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b)])  # [E]
         c_acc, c_lat = acc_filled[rows_e, ci], lat[rows_e, ci]
-        fits_train = (tables.latency_ms[train_idx] <= budget).float().mean(0) >= FIT_SHARE  # [C]
-        static = int(torch.where(fits_train, train_acc, torch.tensor(-1.0)).argmax()) if fits_train.any() else None
+        static = best_static(tables.latency_ms[train_idx], train_acc, budget)
         fit_cells = lat <= budget  # [E, C]
         oracle = torch.where(fit_cells, acc_filled, torch.tensor(-1.0)).max(1).values.clamp(min=0)  # [E]
         row = {

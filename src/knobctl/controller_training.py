@@ -184,15 +184,21 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def make_controller(tables: CacheTables, train_idx: torch.Tensor, hidden: int, dropout: float = 0.0) -> Controller:
-    """A fresh controller sized for the tables, its normalisers and budget scale from the training samples."""
+def make_controller(tables: CacheTables, train_idx: torch.Tensor, hidden: int, dropout: float = 0.0,
+                    budget_range: tuple[float, float] = (0.0, 1.0), budget_mode: str = "relative") -> Controller:
+    """A fresh controller sized for the tables, its normalisers and budget scale from the training
+    samples; the budget code is clamped to the range training draws budgets from."""
     full, cheapest = int(tables.complexity.argmax()), int(tables.complexity.argmin())
+    low = float(tables.latency_ms[train_idx, cheapest].median())
+    high = float(tables.latency_ms[train_idx, full].median())
+    # Relative budgets are fractions of each sample's own [fastest, slowest], close to x itself.
+    x_range = budget_range if budget_mode == "relative" else tuple((b - low) / (high - low) for b in budget_range)
     config = ControllerConfig(
         language_dim=tables.language.shape[1], vision_dim=tables.vision.shape[2], tiers=tables.tiers,
         top_k=tuple(sorted({k.top_k for k in tables.configs})),
         num_blocks=tuple(sorted({k.num_blocks for k in tables.configs})),
-        budget_low_ms=round(float(tables.latency_ms[train_idx, cheapest].median()), 3),
-        budget_high_ms=round(float(tables.latency_ms[train_idx, full].median()), 3), hidden=hidden, dropout=dropout,
+        budget_low_ms=round(low, 3), budget_high_ms=round(high, 3), hidden=hidden, dropout=dropout,
+        budget_x_range=(round(x_range[0], 4), round(x_range[1], 4)),
     )
     if tuple(config.configs) != tables.configs:
         raise ValueError("the tables' configurations are not the full tiers x top_k x num_blocks grid in grid order")
@@ -207,7 +213,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
-    ctrl = make_controller(tables, train_idx, p.hidden, p.dropout)
+    ctrl = make_controller(tables, train_idx, p.hidden, p.dropout, p.budget_range, p.budget_mode)
     opt = torch.optim.AdamW(ctrl.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     refresh = RefreshParams.from_params(p.online_refresh) if p.online_refresh else None
     online = _Online(tables, fetch_factory)

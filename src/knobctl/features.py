@@ -8,10 +8,11 @@ own top-k, so neither feature depends on the knobs being chosen.
 
 Definitions (H = the language model's hidden size; both are float32 vectors of 2H):
 
-* **language feature** of a question: the text-only prompt ``[BOS] question [SEP]`` (no
-  image tokens) through the token embedding and the decision block. From that block's
-  output, before any norm: the mean over the question's own tokens, then the state at
-  ``[SEP]``.
+* **language feature** of a question: the token embeddings of the question's own tokens
+  (no transformer block): their mean, then their elementwise max. Stage 1 runs on every
+  request before anything else, so its feature must cost next to nothing: running the
+  decision block over the question alone took 3.2 ms of a 30-45 ms request on the 2-core
+  CPU (about 9% overhead against a 2% goal); the embedding lookup takes about 0.05 ms.
 * **vision feature** of a (question, image, tier): the full prompt ``[BOS] <image> x T
   question [SEP]`` at that tier (T visual tokens) through the vision tower, the projector,
   the embedding and the decision block. From that block's output: the mean over the T
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from knobctl.presets import BOS, IMAGE, PAD, SEP
+from knobctl.presets import IMAGE, PAD
 from knobctl.runtime import DECISION_BLOCK, Runtime
 
 
@@ -55,10 +56,15 @@ def vision_features(rt: Runtime, states: torch.Tensor, input_ids: torch.Tensor) 
 
 @torch.inference_mode()
 def language_features(rt: Runtime, question_ids: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Stage 1's feature of tokenized questions: [B, 2H]."""
-    hidden = rt.config.text_config.hidden_size
-    no_image = torch.zeros(len(question_ids), 0, hidden, device=rt.device, dtype=rt.model.dtype)  # [B, 0, H]
-    inputs = rt.embed(no_image, rt.prompt_from_ids(question_ids, 0))
-    ids = inputs["input_ids"]  # [B, L]
-    special = torch.tensor([rt.ids[t] for t in (PAD, BOS, SEP, IMAGE)], device=ids.device)
-    return pool_states(decision_states(rt, inputs), ~torch.isin(ids, special))
+    """Stage 1's feature of tokenized questions: [B, 2H] (mean, then max, of the token embeddings)."""
+    if len(question_ids) == 1 and len(question_ids[0]):  # one live request: no padding to mask
+        emb = rt.lm.embed_tokens(torch.tensor(question_ids[0], device=rt.device)).float()  # [W, H]
+        return torch.cat([emb.mean(0), emb.amax(0)])[None]  # [1, 2H]
+    width = max(max(len(q) for q in question_ids), 1)
+    ids = torch.tensor([list(q) + [rt.ids[PAD]] * (width - len(q)) for q in question_ids], device=rt.device)  # [B, W]
+    real = (torch.arange(width, device=rt.device) < torch.tensor([len(q) for q in question_ids],
+                                                                   device=rt.device)[:, None])  # [B, W]
+    emb = rt.lm.embed_tokens(ids).float()  # [B, W, H]
+    mean = (emb * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)  # [B, H]
+    top = emb.masked_fill(~real[..., None], float("-inf")).amax(1)  # [B, H]
+    return torch.cat([mean, torch.where(real.any(1, keepdim=True), top, torch.zeros_like(top))], dim=-1)

@@ -1,0 +1,103 @@
+"""The two-stage controller inside the model, one request at a time, with its clock.
+
+For a request (image, question, budget):
+
+1. tokenize the question; Stage 1's language feature runs the decision block over the
+   question alone (:func:`knobctl.features.language_features`); Stage 1 picks the tier;
+2. the vision tower encodes the image at that tier only;
+3. the prompt's prefill runs the decision block alone (model top-k, its own KV cache), and
+   Stage 2 picks (top_k, num_blocks) from that block's output
+   (:func:`knobctl.features.vision_features`);
+4. the prefill goes on from the decision block's output through the chosen blocks at the
+   chosen top-k, into a second cache, and greedy decoding continues from both caches joined.
+
+Step 3 and 4 together compute exactly the prefill that :meth:`Runtime.answer` runs with the
+chosen knobs (the decision block always runs at the model's top-k), split at the decision
+block; nothing runs twice except the decision block over the question alone (Stage 1's
+feature), which is part of the controller's overhead.
+
+Timing starts from the decoded image (a ``[1, H, W, 3]`` uint8 tensor) and the question
+string, the same starting point as the latency profile the estimator is fitted on, and ends
+with the last token, with a device sync at both ends. ``controller_ms`` is the part spent in
+the controller: both features and both decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from knobctl.controller import Controller
+from knobctl.features import language_features, vision_features
+from knobctl.knobs import KnobConfig
+from knobctl.profiling import Stopwatch
+from knobctl.runtime import DECISION_BLOCK, Runtime
+
+
+@dataclass(frozen=True)
+class Controlled:
+    """One request answered under the controller."""
+
+    answer: str
+    knobs: KnobConfig
+    latency_ms: float  # the whole request, controller included
+    controller_ms: float  # features and decisions of both stages
+    text_tokens: int  # the question's length in tokens
+
+
+@torch.inference_mode()
+def answer_controlled(rt: Runtime, ctrl: Controller, image: torch.Tensor, question: str, budget_ms: float,
+                      max_new_tokens: int | None = None) -> Controlled:
+    """Answer one request with the knobs the controller picks inside the model (module docstring).
+
+    ``image`` is one decoded image, ``[1, H, W, 3]`` uint8 (:func:`knobctl.runtime.to_image_tensor`
+    gives ``[3, H, W]`` floats; either layout works)."""
+    watch = Stopwatch.for_device(rt.device)
+    budget = torch.tensor([float(budget_ms)])  # [1]
+    start = watch.mark()
+    q_ids = rt.tokenizer([question], add_special_tokens=False)["input_ids"]
+    language = language_features(rt, q_ids).cpu()  # [1, 2H]
+    tier_index = int(ctrl.tier_logits(language, budget).argmax())
+    tier = ctrl.config.tiers[tier_index]
+    spent = watch.mark() - start
+    visual = rt.encode_images(image if image.ndim == 4 else [image], tier)  # [1, T, H]
+    inputs = rt.embed(visual, rt.prompt_from_ids(q_ids, visual.shape[1]))
+    mask, pos = inputs["attention_mask"], inputs["position_ids"]
+    first = DynamicCache(config=rt.lm.config)
+    with rt.blocks_run([DECISION_BLOCK]), rt.block_outputs(keep_sequence=[DECISION_BLOCK]) as outs:
+        rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=mask, position_ids=pos,
+              past_key_values=first, use_cache=True)
+    states = outs.sequence[DECISION_BLOCK]  # [1, L, H], before any norm
+    t2 = watch.mark()
+    vision = vision_features(rt, states, inputs["input_ids"]).cpu()  # [1, 2H]
+    pair = ctrl.config.pairs[int(ctrl.pair_logits(vision, torch.tensor([tier_index]), language, budget).argmax())]
+    knobs = KnobConfig(tier, *pair)
+    spent += watch.mark() - t2
+    blocks = rt.spec.blocks_for(knobs.num_blocks, rt.num_layers)
+    if blocks[0] != DECISION_BLOCK:
+        raise ValueError(f"block order {blocks} does not start with the decision block {DECISION_BLOCK}")
+    with rt.knobs_applied(knobs):
+        # A second cache for the later blocks: the model derives the causal mask from the
+        # cache's length, which must be 0 for this continuation of the same prompt.
+        rest = DynamicCache(config=rt.lm.config)
+        with rt.blocks_run(blocks[1:]):
+            hidden = rt.lm(inputs_embeds=states, attention_mask=mask, position_ids=pos, past_key_values=rest,
+                           use_cache=True).last_hidden_state  # [1, L, H]
+        rest.layers[DECISION_BLOCK] = first.layers[DECISION_BLOCK]
+        token = rt.next_token(rt.model.lm_head(hidden[:, -1]), ban_eos=False)  # [1]
+        tokens = rt.continue_greedy(token, rest, mask, pos, max_new_tokens or rt.spec.max_new_tokens)
+    answer = rt.decode(tokens)[0]
+    end = watch.mark()
+    return Controlled(answer, knobs, (end - start) * 1e3, spent * 1e3, len(q_ids[0]))
+
+
+@torch.inference_mode()
+def answer_fixed(rt: Runtime, image: torch.Tensor, question: str, knobs: KnobConfig,
+                 max_new_tokens: int | None = None) -> tuple[str, float]:
+    """One request at fixed knobs, timed from the same starting point: (answer, latency ms)."""
+    watch = Stopwatch.for_device(rt.device)
+    start = watch.mark()
+    answer = rt.answer(image if image.ndim == 4 else [image], [question], knobs, max_new_tokens, batch_size=1)[0]
+    return answer, (watch.mark() - start) * 1e3
