@@ -73,7 +73,7 @@ def test_baselines_on_a_hand_made_table():
     c = b.choose(0, scale=1.0)
     assert c["static"] == [-1, LABELS.index("low/k4/b12"), LABELS.index("high/k4/b12"), LABELS.index("high/k4/b12")]
     assert c["full"] == [7] * 4 and c["smallest"] == [0] * 4
-    assert c["oracle"][1] == 0  # all right: ties go to the cheapest that fits
+    assert c["oracle"][1] == 0  # all right: a tie goes to the first in grid order
     assert c["random"][0] == 0 and 0 <= c["random"][1] <= 3 and c["random"][3] in range(8)  # nothing fits: cheapest
     one = b.choose(1, scale=1.0)
     assert one["oracle"] == [0, 0, 0, 7]  # sample 1 is right only at high/k8/b16 (23 ms)
@@ -112,3 +112,10 @@ def test_summary_numbers():
     assert s["measured_over_estimated_fixed_p10_p50_p90"][1] == round(float(np.median([0.8, 25 / 23, 0.8, 24 / 23])), 4)
     assert s["measured_over_estimated_median"] == pytest.approx(np.median(req["latency_ms"] / req["estimated_ms"]),
                                                                 abs=1e-4)
+
+
+def test_gap_closed_is_undefined_when_the_oracle_is_not_above_static():
+    req, chosen = validation_frames()
+    same = chosen.copy()
+    same.loc[same["method"] == "oracle", "config"] = "low/k4/b12"  # the oracle picks what static picks
+    assert summarize(req, same, (10.0, 20.0), (1.0, 0.0))["summary"]["static_to_oracle_gap_closed"] is None
