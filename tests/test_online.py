@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from knobctl.knobs import KnobConfig
-from knobctl.online import OnlineOracle, timed_answer
+from knobctl.online import OnlineOracle
+from knobctl.two_stage import answer_fixed
 from knobctl.vqa_metric import vqa_score
 from tests.conftest import make_runtime, vqa_frame
 
@@ -19,5 +20,5 @@ def test_oracle_scores_and_times_each_cell():
         answer = rt.answer([frame["image"].iloc[s]], [frame["question"].iloc[s]], configs[c])[0]
         assert score == vqa_score(answer, list(frame["answers"].iloc[s]))
     assert (ms > 0).all() and (ms < 10_000).all() and oracle.calls == 3
-    answer, t = timed_answer(rt, frame["image"].iloc[0], frame["question"].iloc[0], configs[0])
+    answer, t = answer_fixed(rt, frame["image"].iloc[0], frame["question"].iloc[0], configs[0])
     assert isinstance(answer, str) and t > 0

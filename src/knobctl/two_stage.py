@@ -25,6 +25,7 @@ the controller: both features and both decisions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -94,10 +95,12 @@ def answer_controlled(rt: Runtime, ctrl: Controller, image: torch.Tensor, questi
 
 
 @torch.inference_mode()
-def answer_fixed(rt: Runtime, image: torch.Tensor, question: str, knobs: KnobConfig,
+def answer_fixed(rt: Runtime, image: Any, question: str, knobs: KnobConfig,
                  max_new_tokens: int | None = None) -> tuple[str, float]:
-    """One request at fixed knobs, timed from the same starting point: (answer, latency ms)."""
+    """One request at fixed knobs, timed like :func:`answer_controlled`: (answer, latency ms).
+    ``image`` is a ``[1, H, W, 3]`` uint8 tensor or any single image :meth:`Runtime.answer` takes."""
     watch = Stopwatch.for_device(rt.device)
+    batch = image if isinstance(image, torch.Tensor) and image.ndim == 4 else [image]
     start = watch.mark()
-    answer = rt.answer(image if image.ndim == 4 else [image], [question], knobs, max_new_tokens, batch_size=1)[0]
+    answer = rt.answer(batch, [question], knobs, max_new_tokens, batch_size=1)[0]
     return answer, (watch.mark() - start) * 1e3
