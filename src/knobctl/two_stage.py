@@ -2,8 +2,8 @@
 
 For a request (image, question, budget):
 
-1. tokenize the question; Stage 1's language feature runs the decision block over the
-   question alone (:func:`knobctl.features.language_features`); Stage 1 picks the tier;
+1. tokenize the question; Stage 1 picks the tier from the question's token embeddings
+   (:func:`knobctl.features.language_features`, no transformer block);
 2. the vision tower encodes the image at that tier only;
 3. the prompt's prefill runs the decision block alone (model top-k, its own KV cache), and
    Stage 2 picks (top_k, num_blocks) from that block's output
@@ -13,8 +13,8 @@ For a request (image, question, budget):
 
 Step 3 and 4 together compute exactly the prefill that :meth:`Runtime.answer` runs with the
 chosen knobs (the decision block always runs at the model's top-k), split at the decision
-block; nothing runs twice except the decision block over the question alone (Stage 1's
-feature), which is part of the controller's overhead.
+block; nothing runs twice. The controller's overhead is the two features and the two
+small networks' decisions.
 
 Timing starts from the decoded image (a ``[1, H, W, 3]`` uint8 tensor) and the question
 string, the same starting point as the latency profile the estimator is fitted on, and ends

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 from knobctl.controller import Controller
-from knobctl.controller_eval import best_static, mean_accuracy
+from knobctl.controller_eval import _r, best_static, mean_accuracy
 from knobctl.controller_training import CacheTables
 from knobctl.data import decode_images
 from knobctl.io import write_json_atomic
@@ -321,7 +321,3 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
 def _given_scale(ctrl: pd.DataFrame) -> float:
     """Median budget / budget given to the controller (the live speed and overhead correction)."""
     return float((ctrl["budget_ms"] / ctrl["controller_budget_ms"]).median()) if len(ctrl) else float("nan")
-
-
-def _r(x: Any) -> float:
-    return round(float(x), 4)
