@@ -70,9 +70,10 @@ def main() -> None:
     write_plots(requests, chosen, test, Path(args.plots))
     store.clear()
     s = metrics["summary"]
+    gain = "none (no static fits)" if s["mean_gain_over_static"] is None else f"{s['mean_gain_over_static']:+.4f}"
     print(f"validate: {s['requests']} requests on {s['samples']} samples in {time.perf_counter() - start:.0f} s; "
           f">= best static at {s['budgets_at_least_static']} of {s['budgets_with_static']} budgets, mean gain "
-          f"{s['mean_gain_over_static']:+.4f}, worst violation rate {s['worst_violation_rate']:.1%}, controller "
+          f"{gain}, worst violation rate {s['worst_violation_rate']:.1%}, controller "
           f"overhead {s['controller_overhead_ms']:.2f} ms ({s['controller_overhead_share']:.1%}), measured/estimated "
           f"latency {s['measured_over_estimated_median']:.2f}x")
 
