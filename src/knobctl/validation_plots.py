@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from knobctl.controller_eval import mean_accuracy
 from knobctl.controller_training import CacheTables
 from knobctl.io import atomic_path, write_csv_atomic
 from knobctl.knobs import TIER_ORDER
@@ -52,7 +53,7 @@ def pareto(requests: pd.DataFrame, test: CacheTables) -> pd.DataFrame:
     measured = requests[requests["kind"] == "fixed"].groupby("config")["latency_ms"].median()
     df = pd.DataFrame({
         "config": [k.label for k in test.configs],
-        "accuracy": np.nan_to_num(test.scores.numpy(), nan=0.0).mean(0).round(4),
+        "accuracy": mean_accuracy(test.scores).numpy().round(4),
         "estimated_ms": test.latency_ms.median(0).values.numpy().round(3),
     })
     df["measured_ms"] = df["config"].map(measured).round(3)
