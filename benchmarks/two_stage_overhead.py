@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.controller import Controller
+from knobctl.controller import Controller, NumpyPolicy
 from knobctl.data import decode_images
 from knobctl.runtime import load_runtime
 from knobctl.two_stage import answer_controlled, answer_fixed
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    rt, ctrl = load_runtime("models/base"), Controller.load("models/controller")
+    rt, ctrl = load_runtime("models/base"), NumpyPolicy.from_controller(Controller.load("models/controller"))
     df = pd.read_parquet("data/vqa/test.parquet").head(args.samples)
     images = torch.from_numpy(decode_images(df["image"].tolist(), size=rt.config.vision_config.image_size))
     budgets = np.linspace(ctrl.config.budget_low_ms, ctrl.config.budget_high_ms, args.budgets)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from knobctl.controller import Controller, ControllerConfig
+from knobctl.controller import Controller, ControllerConfig, NumpyPolicy
 from knobctl.knobs import KnobGrid
 
 CFG = ControllerConfig(language_dim=6, vision_dim=4, tiers=("low", "medium", "high"), top_k=(4, 8),
@@ -70,3 +70,24 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.config == CFG
     torch.testing.assert_close(back.tier_logits(lang, budget), ctrl.tier_logits(lang, budget), rtol=0, atol=0)
     assert back.choose(lang, vis, budget) == ctrl.choose(lang, vis, budget)
+
+
+def test_numpy_policy_equals_the_torch_stages():
+    ctrl = make(3)
+    g = torch.Generator().manual_seed(0)
+    # Non-trivial normalisers, so that folding them into the weights is exercised.
+    ctrl.set_normalisers(torch.randn(50, 6, generator=g) * 3 + 1, torch.randn(50, 3, 4, generator=g) * 0.5 - 2)
+    policy = NumpyPolicy.from_controller(ctrl)
+    lang, vis = torch.randn(40, 6, generator=g) * 3 + 1, torch.randn(40, 4, generator=g) * 0.5 - 2
+    budget = torch.linspace(-20.0, 70.0, 40)  # both clamped ends and the range between
+    tier = ctrl.choose_tier(lang, budget)
+    with torch.no_grad():
+        t_logits, p_logits = ctrl.tier_logits(lang, budget), ctrl.pair_logits(vis, tier, lang, budget)
+    for i in range(40):
+        b = float(budget[i])
+        np_tier = policy.tier_logits(lang[i].double().numpy(), b)
+        np_pair = policy.pair_logits(vis[i].double().numpy(), int(tier[i]), lang[i].double().numpy(), b)
+        torch.testing.assert_close(torch.from_numpy(np_tier).float(), t_logits[i], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(np_pair).float(), p_logits[i], atol=1e-5, rtol=1e-5)
+        assert policy.choose_tier(lang[i].numpy(), b) == int(tier[i])
+    assert len(set(tier.tolist())) >= 2  # the comparison covers more than one tier's bias

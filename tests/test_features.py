@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from knobctl.features import decision_states, language_features, pool_states, vision_features
+from knobctl.features import (decision_states, language_feature_one, language_features, pool_states,
+                              vision_feature_one, vision_features)
 from knobctl.knobs import KnobConfig
 from knobctl.presets import IMAGE
 
@@ -56,3 +58,17 @@ def test_language_feature_is_the_mean_then_max_of_the_question_embeddings_and_ig
     torch.testing.assert_close(alone[1], torch.cat([emb.mean(0), emb.max(0).values]))
     assert batched.shape == (3, 64) and batched.dtype == torch.float32
     assert torch.equal(language_features(rt, [[]]), torch.zeros(1, 64))  # an empty question
+
+
+def test_one_request_features_equal_the_batched_ones(tiny_rt, images):
+    rt = tiny_rt
+    ids = rt.tokenizer(["what color is the shape?", "is there a circle"], add_special_tokens=False)["input_ids"]
+    batched = language_features(rt, ids)  # [2, 2H]
+    for i, q in enumerate(ids):
+        np.testing.assert_allclose(language_feature_one(rt, q), batched[i].numpy(), rtol=1e-6, atol=1e-6)
+    assert not np.any(language_feature_one(rt, []))
+    visual = rt.encode_images(images[:1], "medium")  # [1, T, H]
+    inputs = rt.embed(visual, rt.prompt_from_ids(ids[:1], visual.shape[1]))
+    states = decision_states(rt, inputs)  # [1, L, H]
+    np.testing.assert_allclose(vision_feature_one(rt, states, inputs["input_ids"]),
+                               vision_features(rt, states, inputs["input_ids"])[0].numpy(), rtol=1e-6, atol=1e-6)

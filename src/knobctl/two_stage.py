@@ -3,23 +3,24 @@
 For a request (image, question, budget):
 
 1. tokenize the question; Stage 1 picks the tier from the question's token embeddings
-   (:func:`knobctl.features.language_features`, no transformer block);
+   (:func:`knobctl.features.language_feature_one`, no transformer block);
 2. the vision tower encodes the image at that tier only;
 3. the prompt's prefill runs the decision block alone (model top-k, its own KV cache), and
    Stage 2 picks (top_k, num_blocks) from that block's output
-   (:func:`knobctl.features.vision_features`);
+   (:func:`knobctl.features.vision_feature_one`);
 4. the prefill goes on from the decision block's output through the chosen blocks at the
    chosen top-k, into a second cache, and greedy decoding continues from both caches joined.
 
 Step 3 and 4 together compute exactly the prefill that :meth:`Runtime.answer` runs with the
 chosen knobs (the decision block always runs at the model's top-k), split at the decision
 block; nothing runs twice. The controller's overhead is the two features and the two
-small networks' decisions.
+small networks' decisions, which run in numpy (:class:`knobctl.controller.NumpyPolicy`).
 
 Timing starts from the decoded image (a ``[1, H, W, 3]`` uint8 tensor) and the question
 string, the same starting point as the latency profile the estimator is fitted on, and ends
 with the last token, with a device sync at both ends. ``controller_ms`` is the part spent in
-the controller: both features and both decisions.
+the controller: both features and both decisions (tokenizing is not counted: every request
+tokenizes, and the prefill uses these tokens).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from knobctl.controller import Controller
-from knobctl.features import language_features, vision_features
+from knobctl.controller import Controller, NumpyPolicy
+from knobctl.features import language_feature_one, vision_feature_one
 from knobctl.knobs import KnobConfig
 from knobctl.profiling import Stopwatch
 from knobctl.runtime import DECISION_BLOCK, Runtime
@@ -49,20 +50,23 @@ class Controlled:
 
 
 @torch.inference_mode()
-def answer_controlled(rt: Runtime, ctrl: Controller, image: torch.Tensor, question: str, budget_ms: float,
-                      max_new_tokens: int | None = None) -> Controlled:
+def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: torch.Tensor, question: str,
+                      budget_ms: float, max_new_tokens: int | None = None) -> Controlled:
     """Answer one request with the knobs the controller picks inside the model (module docstring).
 
     ``image`` is one decoded image, ``[1, H, W, 3]`` uint8 (:func:`knobctl.runtime.to_image_tensor`
-    gives ``[3, H, W]`` floats; either layout works)."""
+    gives ``[3, H, W]`` floats; either layout works). Callers that answer many requests pass
+    ``NumpyPolicy.from_controller(ctrl)`` once instead of the controller."""
+    policy = ctrl if isinstance(ctrl, NumpyPolicy) else NumpyPolicy.from_controller(ctrl)
     watch = Stopwatch.for_device(rt.device)
-    budget = torch.tensor([float(budget_ms)])  # [1]
+    budget = float(budget_ms)
     start = watch.mark()
     q_ids = rt.tokenizer([question], add_special_tokens=False)["input_ids"]
-    language = language_features(rt, q_ids).cpu()  # [1, 2H]
-    tier_index = int(ctrl.tier_logits(language, budget).argmax())
-    tier = ctrl.config.tiers[tier_index]
-    spent = watch.mark() - start
+    t1 = watch.mark()  # tokenizing is every request's work, and the prefill reuses it: not the controller's
+    language = language_feature_one(rt, q_ids[0])  # [2H]
+    tier_index = policy.choose_tier(language, budget)
+    tier = policy.config.tiers[tier_index]
+    spent = watch.mark() - t1
     visual = rt.encode_images(image if image.ndim == 4 else [image], tier)  # [1, T, H]
     inputs = rt.embed(visual, rt.prompt_from_ids(q_ids, visual.shape[1]))
     mask, pos = inputs["attention_mask"], inputs["position_ids"]
@@ -72,8 +76,8 @@ def answer_controlled(rt: Runtime, ctrl: Controller, image: torch.Tensor, questi
               past_key_values=first, use_cache=True)
     states = outs.sequence[DECISION_BLOCK]  # [1, L, H], before any norm
     t2 = watch.mark()
-    vision = vision_features(rt, states, inputs["input_ids"]).cpu()  # [1, 2H]
-    pair = ctrl.config.pairs[int(ctrl.pair_logits(vision, torch.tensor([tier_index]), language, budget).argmax())]
+    vision = vision_feature_one(rt, states, inputs["input_ids"])  # [2H]
+    pair = policy.config.pairs[policy.choose_pair(vision, tier_index, language, budget)]
     knobs = KnobConfig(tier, *pair)
     spent += watch.mark() - t2
     blocks = rt.spec.blocks_for(knobs.num_blocks, rt.num_layers)

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.controller import Controller
+from knobctl.controller import Controller, NumpyPolicy
 from knobctl.controller_eval import _r, best_static, mean_accuracy
 from knobctl.controller_training import CacheTables
 from knobctl.data import decode_images
@@ -133,7 +133,7 @@ class SpeedTracker:
             self.overheads.append(controller_ms)
 
 
-def calibrate(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, images: torch.Tensor, test: CacheTables,
+def calibrate(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor, test: CacheTables,
               count: int, max_new_tokens: int | None = None) -> tuple[list[float], list[float]]:
     """(measured / estimated ratios, controller times in ms) of ``count`` fixed-configuration
     requests (cheapest, middle, full in turn) and as many controller requests; nothing else is recorded."""
@@ -188,7 +188,7 @@ class Baselines:
         return out
 
 
-def run_requests(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, images: torch.Tensor, test: CacheTables,
+def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor, test: CacheTables,
                  baselines: Baselines, tracker: SpeedTracker, seed: int, rows: Sequence[int],
                  max_new_tokens: int | None = None, on_sample: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every request of the given test rows, shuffled per sample: (one row per request, one row
@@ -290,6 +290,7 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     from tqdm.auto import tqdm
 
     images = torch.from_numpy(decode_images(samples["image"].tolist(), size=rt.config.vision_config.image_size))
+    policy = NumpyPolicy.from_controller(ctrl)
     n = len(samples)
     for i in range(p.warmup_requests):  # one-off allocations stay out of the measurements
         answer_fixed(rt, images[i % n : i % n + 1], samples["question"].iloc[i % n], test.configs[-1])
@@ -297,7 +298,7 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     if saved.exists():  # a resumed run keeps its first start's calibration, hence its budgets
         ratios, overheads = json.loads(saved.read_text())
     else:
-        ratios, overheads = (calibrate(rt, ctrl, samples, images, test, p.calibration_requests) if p.calibrate
+        ratios, overheads = (calibrate(rt, policy, samples, images, test, p.calibration_requests) if p.calibrate
                              else ([1.0], [0.0]))
         write_json_atomic(saved, [ratios, overheads])
     tracker = SpeedTracker(ratios, overheads, p.speed_window, p.speed_quantile, live=p.calibrate)
@@ -309,7 +310,7 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     todo = [i for i in range(n) if samples["sample_id"].iloc[i] not in done]
     with tqdm(total=len(todo), desc="validate", unit="sample", disable=not progress) as bar:
         for c in range(0, len(todo), CHUNK):
-            requests, chosen = run_requests(rt, ctrl, samples, images, test, baselines, tracker, seed,
+            requests, chosen = run_requests(rt, policy, samples, images, test, baselines, tracker, seed,
                                             todo[c : c + CHUNK], on_sample=bar.update)
             for part, frame in ((choices, chosen), (store, requests)):  # a sample is done once its requests are
                 for record in frame.to_dict("records"):
