@@ -73,6 +73,8 @@ def validation_frames():
         dict(sample_id="b", kind="fixed", config="high/k8/b16", score=1.0, latency_ms=24.0, estimated_ms=23.0),
     ]).assign(budget_ms=lambda d: d["budget_ms"].where(d["kind"] == "controller"),
               controller_ms=lambda d: d["controller_ms"].fillna(0.0))
+    req["rollout_score"] = req["score"]
+    req.loc[6, "rollout_score"] = 1.0  # b's fixed low/k4/b12 answered differently in its test rollout
     rows = []
     for s in ("a", "b"):
         for b in (10.0, 20.0):

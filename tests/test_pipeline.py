@@ -136,6 +136,8 @@ def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
     s = metrics["summary"]
     assert s["samples"] == 3 and len(s["budgets"]) == 3 and s["budgets"] == sorted(s["budgets"])
     assert s["controller_overhead_ms"] > 0 and s["calibration"]["scale"] > 0
+    # batch-1 measured answers equal the batched test rollouts', so the oracle's choices are scored fairly
+    assert s["requests_differing_from_rollouts"] == 0
     for entry in metrics["per_budget"].values():
         assert entry["controller"] is not None and entry["oracle"]["accuracy"] >= entry["smallest"]["accuracy"]
         assert set(entry) == {"budget_ms", *METHODS}

@@ -109,6 +109,7 @@ def test_summary_numbers():
     assert s["static_to_oracle_gap_closed"] == 1.0  # gains 0 + 0.5 over gaps 0 + 0.5
     assert s["controller_overhead_ms"] == 1.0 and s["controller_overhead_share"] == round(1.0 / 14.5, 4)
     assert s["calibration"] == {"scale": 1.2, "overhead_ms": 0.8} and s["samples"] == 2
+    assert s["requests_differing_from_rollouts"] == 1
     assert s["measured_over_estimated_fixed_p10_p50_p90"][1] == round(float(np.median([0.8, 25 / 23, 0.8, 24 / 23])), 4)
     assert s["measured_over_estimated_median"] == pytest.approx(np.median(req["latency_ms"] / req["estimated_ms"]),
                                                                 abs=1e-4)

@@ -64,7 +64,9 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
             + " / ".join(f"{q:.2f}x" for q in s.get("measured_over_estimated_fixed_p10_p50_p90") or []) + " |",
             f"| starting plan (calibration burst, speed quantile): speed scale, controller time | "
             f"{cal['scale']:.2f}x, {cal['overhead_ms']:.2f} ms |",
-            f"| budget / budget given to the controller, median | {s['controller_budget_scale_median']:.2f}x |", ""]
+            f"| budget / budget given to the controller, median | {s['controller_budget_scale_median']:.2f}x |",
+            f"| measured requests whose answer scores differently from its cached test rollout "
+            f"(the oracle's premise) | {s.get('requests_differing_from_rollouts', '-')} of {s['requests']} |", ""]
     if train:
         out += ["## Controller training (cached rollouts, estimated latency)", "",
                 "| quantity | value |", "| --- | --- |",

@@ -224,7 +224,7 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
                 "budget_ms": budget, "controller_budget_ms": given, "config": knobs.label, "tier": knobs.tier,
                 "top_k": knobs.top_k, "num_blocks": knobs.num_blocks, "answer": answer,
                 "score": vqa_score(answer, answers), "latency_ms": ms, "controller_ms": ctrl_ms,
-                "estimated_ms": estimated, "order": pos,
+                "estimated_ms": estimated, "rollout_score": float(test.scores[i, column[knobs]]), "order": pos,
             })
         if on_sample is not None:
             on_sample()
@@ -277,6 +277,9 @@ def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[fl
             fixed["latency_ms"] / fixed["estimated_ms"], [0.1, 0.5, 0.9])] if len(fixed) else None,
         "calibration": {"scale": calibration[0], "overhead_ms": calibration[1]},
         "controller_budget_scale_median": _r(_given_scale(ctrl)),
+        # The oracle chooses with the test rollouts' scores and is scored by its measured requests;
+        # greedy decoding makes the two the same answer, and this counts the requests where they are not.
+        "requests_differing_from_rollouts": int((requests["score"] != requests["rollout_score"]).sum()),
     }
     return {"summary": summary, "per_budget": per_budget}
 
