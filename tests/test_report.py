@@ -33,6 +33,8 @@ def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
     assert "| 20.0 | 100.0% | 0.0% | 18.5 / 18.9 | low/k4/b12 | 50.0% |" in text
     assert "budget (ms)" in text and "mean / p95 (ms)" in text
     assert "(the oracle's premise) | 1 of 8 |" in text
+    assert "controller at least static at 1 of 2 budgets, mean gain +0.00 points" in text
+    assert "| 10.0 | 0.0% | 50.0% | 0.0% | 50.0% | 50.0% | 50.0% |" in text  # controller ... oracle, late = wrong
     assert "| cached rollouts per second | 68,759 |" in text and "| best static (high/k7/b16) | 95.0% |" in text
     for name in ("accuracy", "latency", "choices", "pareto"):
         assert f"(../plots/validate/{name}.png)" in text
