@@ -54,6 +54,15 @@ def probe_scores(t: CacheTables, tr: np.ndarray, ev: np.ndarray, c_reg: float) -
     return out
 
 
+def load_defaults() -> tuple[KnobGrid, AccuracyTable, LatencyEstimator, TrainParams, RewardWeights]:
+    """The repository's grid, cached rollouts, estimator, train_controller params and reward weights."""
+    params = load_params("params.yaml")
+    grid = KnobGrid.from_params(section(params, "knobs", "params.yaml"))
+    table, est = AccuracyTable.load("data/rollouts"), LatencyEstimator.load("models/latency_estimator")
+    return (grid, table, est, TrainParams.from_params(section(params, "train_controller", "params.yaml")),
+            RewardWeights.from_params(section(params, "reward", "params.yaml")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--splits", type=int, default=5)
@@ -61,11 +70,7 @@ def main() -> None:
     ap.add_argument("--controller", action="store_true", help="also train the controller on each split")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    params = load_params("params.yaml")
-    grid = KnobGrid.from_params(section(params, "knobs", "params.yaml"))
-    table, est = AccuracyTable.load("data/rollouts"), LatencyEstimator.load("models/latency_estimator")
-    p = TrainParams.from_params(section(params, "train_controller", "params.yaml"))
-    weights = RewardWeights.from_params(section(params, "reward", "params.yaml"))
+    grid, table, est, p, weights = load_defaults()
     methods = ["length-aware", "probe", *(["controller"] if args.controller else []), "oracle"]
     gains: dict[str, list[list[float]]] = {m: [] for m in methods}
     for split in range(args.splits):

@@ -21,13 +21,8 @@ import warnings
 import numpy as np
 import torch
 
-from controller_ceiling import probe_scores
-from knobctl.accuracy_table import AccuracyTable
-from knobctl.controller_training import TrainParams, build_tables, split_samples, train_controller
-from knobctl.estimator import LatencyEstimator
-from knobctl.grpo import RewardWeights
-from knobctl.knobs import KnobGrid
-from knobctl.params import load_params, section
+from controller_ceiling import load_defaults, probe_scores
+from knobctl.controller_training import build_tables, split_samples, train_controller
 
 
 def main() -> None:
@@ -36,11 +31,7 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=3)
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
-    params = load_params("params.yaml")
-    grid = KnobGrid.from_params(section(params, "knobs", "params.yaml"))
-    table, est = AccuracyTable.load("data/rollouts"), LatencyEstimator.load("models/latency_estimator")
-    base = TrainParams.from_params(section(params, "train_controller", "params.yaml"))
-    weights = RewardWeights.from_params(section(params, "reward", "params.yaml"))
+    grid, table, est, base, weights = load_defaults()
     for name, overrides in json.loads(args.variants).items():
         overrides = dict(overrides)
         probe, reward_overrides = overrides.pop("probe", False), overrides.pop("reward", {})
