@@ -99,6 +99,8 @@ def main() -> None:
         for m in methods:
             gains[m].append(per[m])
         print(f"split {split}: " + "  ".join(f"{m} {np.mean(per[m]):+.4f}" for m in methods), flush=True)
+        for m in methods:
+            print(f"    {m:>12} per budget: " + " ".join(f"{x:+.4f}" for x in per[m]), flush=True)
     print("mean gain over static per budget (columns: budgets with a static configuration, tightest first)")
     for m in methods:
         g = np.array(gains[m])  # [splits, budgets]
