@@ -116,3 +116,15 @@ def test_actions_without_entropy_are_the_same_draws():
     full = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2))
     lean = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2), with_entropy=False)
     assert torch.equal(full.config, lean.config) and torch.equal(full.logp, lean.logp) and lean.entropy == {}
+
+
+def test_draws_follow_the_policy():
+    ctrl, lang, vis, budget = small_policy()
+    with torch.no_grad():
+        a = sample_actions(ctrl, lang, vis, budget, 40_000, torch.Generator().manual_seed(3), with_entropy=False)
+        p1 = F.softmax(ctrl.tier_logits(lang, budget), -1)  # [3, 2]
+        p2 = F.softmax(ctrl.pair_logits(vis, torch.arange(2).expand(3, 2), lang[:, None].expand(-1, 2, -1),
+                                        budget[:, None].expand(-1, 2)), -1)  # [3, 2, 4]
+    expected = (p1[..., None] * p2).reshape(3, 8)  # [3, C]: P(tier) P(pair | tier)
+    freq = torch.stack([torch.bincount(a.config[r], minlength=8) for r in range(3)]).float() / 40_000
+    assert (freq - expected).abs().max() < 0.01  # 40,000 draws: about 5 standard errors
