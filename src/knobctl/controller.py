@@ -199,7 +199,8 @@ class NumpyPolicy:
     config: ControllerConfig
     frequencies: np.ndarray  # [F]
     stage1_in: tuple[np.ndarray, np.ndarray, np.ndarray]  # W language [D, h], W budget [1+2F, h], b [h]
-    stage2_in: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # W vision, W language, W budget, b per tier [T, h]
+    # W vision [Dv, h], W language [D, h], W budget [1+2F, h], b per tier [T, h]
+    stage2_in: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     stage1_rest: tuple[tuple[np.ndarray, np.ndarray], ...]
     stage2_rest: tuple[tuple[np.ndarray, np.ndarray], ...]
 
@@ -213,13 +214,14 @@ class NumpyPolicy:
         w1_lang = w1[: c.language_dim] / lang_s[:, None]  # [D, h]
         b1 = b1 - (lang_m / lang_s) @ w1[: c.language_dim]  # [h]
         (w2, b2), *rest2 = _linears(ctrl.stage2)
+        # stage 2's input is [vision, tier one-hot, language, budget code]
         dv, t, dl = c.vision_dim, len(c.tiers), c.language_dim
-        w2_vis = w2[:dv] / vis_s[:, None]  # [Dv, h]
-        w2_lang = w2[dv + t : dv + t + dl] / lang_s[:, None]  # [D, h]
-        b2 = b2 - (vis_m / vis_s) @ w2[:dv] - (lang_m / lang_s) @ w2[dv + t : dv + t + dl]  # [h]
-        per_tier = b2[None, :] + w2[dv : dv + t]  # [T, h]: the one-hot row is a bias per tier
+        w2_vis, w2_tier, w2_lang, w2_budget = np.split(w2, [dv, dv + t, dv + t + dl])
+        b2 = b2 - (vis_m / vis_s) @ w2_vis - (lang_m / lang_s) @ w2_lang  # [h]
+        per_tier = b2[None, :] + w2_tier  # [T, h]: the one-hot row is a bias per tier
         return cls(c, ctrl.frequencies.double().numpy(), (w1_lang, w1[c.language_dim :], b1),
-                   (w2_vis, w2_lang, w2[dv + t + dl :], per_tier), tuple(rest1), tuple(rest2))
+                   (w2_vis / vis_s[:, None], w2_lang / lang_s[:, None], w2_budget, per_tier),
+                   tuple(rest1), tuple(rest2))
 
     def budget_code(self, budget_ms: float) -> np.ndarray:
         c = self.config

@@ -63,7 +63,7 @@ def vision_feature_one(rt: Runtime, states: torch.Tensor, input_ids: torch.Tenso
     h = states[0].detach().float().cpu().numpy()  # [L, H]; a view on a float32 CPU model
     select = (input_ids[0] == rt.ids[IMAGE]).cpu().numpy()  # [L]
     mean = h[select].mean(0) if select.any() else np.zeros(h.shape[1], np.float32)  # [H]
-    return np.concatenate([mean, h[-1]]).astype(np.float32, copy=False)  # [2H]
+    return np.concatenate([mean, h[-1]])  # [2H]
 
 
 def language_feature_one(rt: Runtime, question_ids: Sequence[int]) -> np.ndarray:

@@ -154,11 +154,11 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     b, t = vision.shape[0], vision.shape[1]
     rows = torch.arange(b)[:, None]  # [B, 1]
     tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms), dim=-1)  # [B, T]
-    tier = _draw(tier_logp.detach().exp()[:, None].expand(-1, group_size, -1), generator)  # [B, G]
+    tier = _draw(tier_logp.detach().exp(), group_size, generator)  # [B, G]
     all_logp = F.log_softmax(ctrl.pair_logits(vision, torch.arange(t).expand(b, t), language[:, None].expand(-1, t, -1),
                                               budget_ms[:, None].expand(-1, t)), dim=-1)  # [B, T, P]
     pair_logp = all_logp[rows, tier]  # [B, G, P]
-    pair = _draw(pair_logp.detach().exp(), generator)  # [B, G]
+    pair = _draw(pair_logp.detach().exp(), 1, generator).squeeze(-1)  # [B, G]
     logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
     config = tier * all_logp.shape[-1] + pair  # [B, G]
     if not with_entropy:
@@ -175,11 +175,11 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy=entropy)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One index per row of probabilities [..., K] (inverse CDF): [...]."""
+def _draw(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` indices per row of probabilities [..., K], with replacement (inverse CDF): [..., count]."""
     cdf = probs.cumsum(-1)  # [..., K]
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator) * cdf[..., -1:]  # [..., 1]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # [...]
+    u = torch.rand(cdf.shape[:-1] + (count,), generator=generator) * cdf[..., -1:]  # [..., count]
+    return torch.searchsorted(cdf, u).clamp(max=probs.shape[-1] - 1)  # [..., count]
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

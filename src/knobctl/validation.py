@@ -133,8 +133,8 @@ class SpeedTracker:
             self.overheads.append(controller_ms)
 
 
-def calibrate(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor, test: CacheTables,
-              count: int, max_new_tokens: int | None = None) -> tuple[list[float], list[float]]:
+def calibrate(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor,
+              test: CacheTables, count: int, max_new_tokens: int | None = None) -> tuple[list[float], list[float]]:
     """(measured / estimated ratios, controller times in ms) of ``count`` fixed-configuration
     requests (cheapest, middle, full in turn) and as many controller requests; nothing else is recorded."""
     column = {k: j for j, k in enumerate(test.configs)}
@@ -188,8 +188,8 @@ class Baselines:
         return out
 
 
-def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor, test: CacheTables,
-                 baselines: Baselines, tracker: SpeedTracker, seed: int, rows: Sequence[int],
+def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor,
+                 test: CacheTables, baselines: Baselines, tracker: SpeedTracker, seed: int, rows: Sequence[int],
                  max_new_tokens: int | None = None, on_sample: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every request of the given test rows, shuffled per sample: (one row per request, one row
     per (sample, baseline, budget) naming the configuration that answers it).
