@@ -4,8 +4,8 @@ Each variant is a set of `train_controller` overrides (and optionally `reward` o
 `"probe": true` to replace the training samples' 0/1 scores by a per-configuration logistic
 probe's predicted accuracy, as in controller_ceiling.py). For each of --splits seeded
 train/evaluation splits it trains the controller (about 30 s) and prints, per evaluation budget
-with a static configuration, the mean gain in points, the overall mean, and the share of
-(split, budget) cells at or above static.
+with a static configuration, the mean gain in points, the overall mean, and the shares of
+(split, budget) cells at or above static and above it.
 
     python benchmarks/controller_variants.py '{"base": {}, "wd": {"weight_decay": 0.1, "dropout": 0.3}}' --splits 3
 """
@@ -47,7 +47,8 @@ def main() -> None:
             gains.append([r["gain_over_static"] for r in rows if r["gain_over_static"] is not None])
         g = np.array(gains) * 100  # [splits, budgets] points
         print(f"{name:>20}: " + " ".join(f"{x:+.2f}" for x in g.mean(0)) + f"  mean {g.mean():+.3f}  "
-              f"at or above static {(g >= 0).mean():.0%}  ({time.perf_counter() - start:.0f} s)", flush=True)
+              f"at or above static {(g >= 0).mean():.0%}, above {(g > 0).mean():.0%}  "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from knobctl.controller import Controller, ControllerConfig, NumpyPolicy
@@ -91,3 +93,64 @@ def test_numpy_policy_equals_the_torch_stages():
         torch.testing.assert_close(torch.from_numpy(np_pair).float(), p_logits[i], atol=1e-5, rtol=1e-5)
         assert policy.choose_tier(lang[i].numpy(), b) == int(tier[i])
     assert len(set(tier.tolist())) >= 2  # the comparison covers more than one tier's bias
+
+
+def masked(seed: int = 0) -> Controller:
+    """A fit-mask controller whose latency grows with tier, top_k, blocks and question length:
+    question lengths 5..8 tokens, 10 + 10 * tier + top_k / 4 + (blocks - 12) / 2 + length ms."""
+    torch.manual_seed(seed)
+    cfg = ControllerConfig(**{**CFG.__dict__, "fit_mask": True, "fit_text_tokens": (5, 8)})
+    ctrl = Controller(cfg)
+    base = torch.tensor([10 + 10 * cfg.tiers.index(k.tier) + k.top_k / 4 + (k.num_blocks - 12) / 2
+                         for k in cfg.configs])  # [C]
+    ctrl.fit_latency_ms.copy_(base[None] + torch.arange(5, 9)[:, None])  # [L, C]
+    return ctrl
+
+
+def test_fit_mask_allows_only_configurations_that_fit():
+    ctrl = masked()
+    lat = ctrl.fit_latency_ms  # [4, 18]
+    text = torch.tensor([5, 8, 2, 30, 6])  # 2 and 30 are outside the table: its first and last rows
+    budget = torch.tensor([27.0, 27.0, 16.5, 100.0, 1.0])
+    ok = ctrl.feasible(text, budget).reshape(5, -1)  # [B, C]
+    rows = torch.tensor([0, 3, 0, 3, 1])
+    assert torch.equal(ok[:4], lat[rows[:4]] <= budget[:4, None])
+    assert ok[3].all() and ok[4].sum() == 1 and ok[4, 0]  # nothing fits 1 ms: the cheapest alone
+    assert ok[0].sum() > ok[1].sum()  # the longer question affords fewer configurations
+    g = torch.Generator().manual_seed(1)
+    lang, vis = torch.randn(5, 6, generator=g), torch.randn(5, 3, 4, generator=g)
+    chosen = ctrl.choose(lang, vis, budget, text)
+    for i, k in enumerate(chosen[:4]):
+        assert lat[rows[i], CFG.configs.index(k)] <= budget[i]
+    assert chosen[4] == CFG.configs[0]
+    with pytest.raises(ValueError, match="pass text_tokens"):
+        ctrl.choose(lang, vis, budget)
+
+
+def test_fit_mask_is_the_argmax_among_allowed_in_torch_and_numpy(tmp_path):
+    ctrl = masked(2)
+    g = torch.Generator().manual_seed(0)
+    lang, vis = torch.randn(60, 6, generator=g), torch.randn(60, 3, 4, generator=g)
+    budget, text = torch.linspace(15.0, 45.0, 60), torch.randint(4, 10, (60,), generator=g)
+    ok = ctrl.feasible(text, budget)  # [B, T, P]
+    with torch.no_grad():
+        t_logits = ctrl.tier_logits(lang, budget).masked_fill(~ok.any(-1), -math.inf)  # [B, T]
+    chosen = ctrl.choose(lang, vis, budget, text)
+    ctrl.save(tmp_path / "m")
+    back, policy = Controller.load(tmp_path / "m"), NumpyPolicy.from_controller(ctrl)
+    assert back.choose(lang, vis, budget, text) == chosen
+    for i, k in enumerate(chosen):
+        t = int(t_logits[i].argmax())
+        assert CFG.tiers.index(k.tier) == t
+        with torch.no_grad():
+            p = ctrl.pair_logits(vis[i : i + 1, t], torch.tensor([t]), lang[i : i + 1], budget[i : i + 1])[0]
+        assert CFG.pairs.index((k.top_k, k.num_blocks)) == int(p.masked_fill(~ok[i, t], -math.inf).argmax())
+        allowed = policy.feasible(int(text[i]), float(budget[i]))
+        assert np.array_equal(allowed, ok[i].numpy())
+        assert policy.choose_tier(lang[i].double().numpy(), float(budget[i]), allowed.any(-1)) == t
+        assert policy.choose_pair(vis[i, t].double().numpy(), t, lang[i].double().numpy(), float(budget[i]),
+                                  allowed[t]) == CFG.pairs.index((k.top_k, k.num_blocks))
+    # the mask changes choices: without it, some of them would not fit
+    free = Controller(ControllerConfig(**{**ctrl.config.__dict__, "fit_mask": False}))
+    free.load_state_dict(ctrl.state_dict())
+    assert free.choose(lang, vis, budget) != chosen

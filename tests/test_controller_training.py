@@ -10,7 +10,7 @@ import torch
 
 from knobctl.accuracy_table import AccuracyTable
 from knobctl.controller_training import (
-    CacheTables, TrainParams, build_tables, complexity_of, evaluation_budgets, sample_budgets, split_samples,
+    FIT_MARGIN, CacheTables, TrainParams, build_tables, complexity_of, evaluation_budgets, sample_budgets, split_samples,
     train_controller,
 )
 from knobctl.grpo import RewardWeights
@@ -39,7 +39,8 @@ def toy_tables(n: int = 80, seed: int = 0) -> CacheTables:
     return CacheTables(sample_ids=np.array([f"s{i}" for i in range(n)]), question_types=np.array(["A", "B"])[kind],
                        configs=CONFIGS, tiers=("low", "high"), scores=torch.from_numpy(scores),
                        latency_ms=torch.from_numpy(latency), language=torch.from_numpy(language),
-                       vision=torch.from_numpy(vision), complexity=complexity_of(CONFIGS))
+                       vision=torch.from_numpy(vision), complexity=complexity_of(CONFIGS),
+                       text_tokens=torch.from_numpy(np.where(kind == 0, 4, 9)))
 
 
 FAST = dict(steps=400, batch_size=32, group_size=5, lr=3e-3, log_every=50, eval_budgets=4, eval_fraction=0.25,
@@ -54,6 +55,8 @@ def test_params_are_validated():
         TrainParams.from_params({"group_size": 1})
     with pytest.raises(ValueError, match="budget_range=\\[0.9, 0.2\\]"):
         TrainParams.from_params({"budget_range": [0.9, 0.2]})
+    with pytest.raises(ValueError, match="fit_mask='yes'; give true"):
+        TrainParams.from_params({"fit_mask": "yes"})
     with pytest.raises(ValueError, match="online_refresh.fraction=2"):
         TrainParams.from_params({"online_refresh": {"every": 10, "fraction": 2}})
 
@@ -69,14 +72,16 @@ def test_complexity_and_budgets():
     assert evaluation_budgets(t, torch.arange(8), 3)[0] == 10.0
 
 
-@pytest.mark.parametrize("loss", ["pairwise", "grpo"])
-def test_training_learns_per_sample_choices_that_beat_static(loss):
-    result = train_controller(toy_tables(), TrainParams(**FAST, loss=loss), RewardWeights(), seed=0, progress=False)
+@pytest.mark.parametrize(("loss", "fit_mask"), [("pairwise", True), ("grpo", True), ("pairwise", False)])
+def test_training_learns_per_sample_choices_that_beat_static(loss, fit_mask):
+    result = train_controller(toy_tables(), TrainParams(**FAST, loss=loss, fit_mask=fit_mask), RewardWeights(), seed=0,
+                              progress=False)
+    assert result.controller.config.fit_mask == fit_mask
     tight = [e for e in result.evaluation if 11.3 <= e["budget_ms"] < 16]  # A's high tier fits, B's does not
     assert tight
     for e in tight:
         assert e["static_config"].startswith("low") and e["static_accuracy"] < 0.6  # loses every A
-        assert e["controller_accuracy"] >= 0.9 and e["controller_violation_rate"] <= 0.1
+        assert e["controller_accuracy"] >= 0.9 and e["controller_violation_rate"] <= (0.0 if fit_mask else 0.1)
         assert e["oracle_accuracy"] == 1.0 and e["gain_over_static"] > 0.3
         assert 0.2 < e["gain_ci95_low"] <= e["gain_over_static"] <= e["gain_ci95_high"]
     assert result.curves["reward"].iloc[-1] > 1.3  # 1.5 = right and in budget everywhere
@@ -155,3 +160,6 @@ def test_build_tables_prices_each_sample_and_leaves_absent_configs_nan():
     t = build_tables(table, FakeEstimator(), list(CONFIGS))
     assert t.latency_ms[0, 0].item() == 502 and t.latency_ms[1, 4].item() == 1202
     assert torch.isnan(t.scores[:, 7]).all() and t.latency_ms[0, 7].item() == 1502  # priced with the row's median
+    # the fit table prices lengths 1 .. 5 + FIT_MARGIN at the typical answer length, as a request would be
+    assert t.text_tokens.tolist() == [5, 2] and t.fit_text_low == 1 and len(t.fit_latency_ms) == 5 + FIT_MARGIN
+    assert t.fit_latency_ms[4, 0].item() == 502 and t.fit_latency_ms[1, 7].item() == 1202

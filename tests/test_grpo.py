@@ -128,3 +128,21 @@ def test_draws_follow_the_policy():
     expected = (p1[..., None] * p2).reshape(3, 8)  # [3, C]: P(tier) P(pair | tier)
     freq = torch.stack([torch.bincount(a.config[r], minlength=8) for r in range(3)]).float() / 40_000
     assert (freq - expected).abs().max() < 0.01  # 40,000 draws: about 5 standard errors
+
+
+def test_masked_configurations_are_never_drawn_and_the_rest_renormalise():
+    ctrl, lang, vis, budget = small_policy()
+    ok = torch.tensor([[[True, False, True, False], [False, False, False, False]],  # tier 1 has nothing allowed
+                       [[False, False, False, True], [True, True, True, True]],
+                       [[False, False, False, False], [False, True, False, False]]])  # [B, T, P]
+    with torch.no_grad():
+        a = sample_actions(ctrl, lang, vis, budget, 20_000, torch.Generator().manual_seed(4), feasible=ok)
+        p1 = F.softmax(ctrl.tier_logits(lang, budget).masked_fill(~ok.any(-1), -math.inf), -1)  # [3, 2]
+        p2 = F.softmax(ctrl.pair_logits(vis, torch.arange(2).expand(3, 2), lang[:, None].expand(-1, 2, -1),
+                                        budget[:, None].expand(-1, 2)).masked_fill(~ok, -math.inf), -1)  # [3, 2, 4]
+    expected = torch.nan_to_num(p1[..., None] * p2).reshape(3, 8)  # [3, C]
+    freq = torch.stack([torch.bincount(a.config[r], minlength=8) for r in range(3)]).float() / 20_000
+    assert ok.reshape(3, 8).gather(1, a.config).all()  # no draw outside the mask
+    assert (freq - expected).abs().max() < 0.015
+    assert torch.isfinite(a.logp).all() and all(torch.isfinite(v).all() for v in a.entropy.values())
+    assert (a.config[2] == 5).all() and torch.allclose(a.logp[2], torch.zeros(20_000), atol=1e-6)  # one choice: logp 0

@@ -119,8 +119,10 @@ def test_repro_trains_the_controller(repo):
     import numpy as np
 
     chosen = ctrl.choose(np.stack(feats["language"]), np.stack(
-        [np.stack(feats[f"vision_{t}"]) for t in ctrl.config.tiers], axis=1), 30.0)
+        [np.stack(feats[f"vision_{t}"]) for t in ctrl.config.tiers], axis=1), 30.0, text_tokens=10)
     assert len(chosen) == 5 and all(isinstance(k, KnobConfig) for k in chosen)
+    assert ctrl.config.fit_mask and ctrl.fit_latency_ms.shape == (ctrl.config.fit_rows, 12)
+    assert (ctrl.fit_latency_ms > 0).all()
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics["steps"] == 20 and metrics["rollouts"] == 20 * 8 * 5 and len(metrics["eval"]) == 3
     assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(metrics["final"])

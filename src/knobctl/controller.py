@@ -22,6 +22,19 @@ the axis into sharp regions (a knob switches at a threshold). x is clamped to
 it everything does, so the boundary's choice is the right one there, whereas the
 sinusoids would wrap around to some unrelated budget.
 
+Fit mask (``fit_mask: true``, the default of train_controller). The controller carries the
+latency estimator's total for every configuration at every question length
+(``fit_latency_ms`` [L, C], question lengths ``fit_text_tokens[0]`` .. ``fit_text_tokens[1]``
+in tokens, at the table's answer length; longer or shorter questions take the nearest row).
+Given a request's question length and budget, both stages choose only among the
+configurations that fit: stage 1 among tiers with at least one fitting configuration, stage 2
+among the fitting pairs of the chosen tier. Where none fits, the cheapest configuration alone
+is allowed. The networks then learn which of the fitting configurations a request needs,
+not where the budget boundary lies: a boundary learned from samples is blurred, and is
+measured to cost both violations and the larger configurations that short questions afford.
+This is invalid-action masking from reinforcement learning, with "invalid" read off the
+estimator. The question length is known before stage 1 (the question is tokenized first).
+
 Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.json``
 (the config) in one folder.
 
@@ -66,10 +79,16 @@ class ControllerConfig:
     budget_frequencies: int = 6
     dropout: float = 0.0  # on both stages' inputs, in training only
     budget_x_range: tuple[float, float] = (-0.25, 1.1)  # x is clamped to the range training covered
+    fit_mask: bool = False  # choose only among configurations that fit (module docstring)
+    fit_text_tokens: tuple[int, int] = (0, 0)  # question lengths of the first and last fit_latency_ms rows
 
     @property
     def budget_dim(self) -> int:
         return 1 + 2 * self.budget_frequencies
+
+    @property
+    def fit_rows(self) -> int:
+        return self.fit_text_tokens[1] - self.fit_text_tokens[0] + 1
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -82,8 +101,11 @@ class ControllerConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> ControllerConfig:
-        tuples = ("tiers", "top_k", "num_blocks", "budget_x_range")
+        tuples = ("tiers", "top_k", "num_blocks", "budget_x_range", "fit_text_tokens")
         return cls(**{**data, **{k: tuple(data[k]) for k in tuples if k in data}})
+
+
+MASKED = -1e9  # logit of a configuration that does not fit: probability 0 without NaN in entropies
 
 
 def _mlp(inp: int, hidden: int, out: int, dropout: float) -> nn.Sequential:
@@ -105,6 +127,7 @@ class Controller(nn.Module):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
         self.register_buffer("frequencies", math.pi * 2.0 ** torch.arange(c.budget_frequencies, dtype=torch.float32))
+        self.register_buffer("fit_latency_ms", torch.zeros(c.fit_rows, len(c.tiers) * len(c.pairs)))
 
     def set_normalisers(self, language: torch.Tensor, vision: torch.Tensor) -> None:
         """Feature mean/std from training features [S, D] and [S, T, D] (all tiers pooled)."""
@@ -128,41 +151,65 @@ class Controller(nn.Module):
     def _vis(self, vision: torch.Tensor) -> torch.Tensor:
         return (vision - self.vision_mean) / self.vision_std
 
-    def tier_logits(self, language: torch.Tensor, budget_ms: torch.Tensor) -> torch.Tensor:
-        """Stage 1: language [B, D], budgets [B] -> [B, T]."""
-        return self.stage1(torch.cat([self._lang(language), self.budget_code(budget_ms)], dim=-1))
+    def feasible(self, text_tokens: torch.Tensor, budget_ms: torch.Tensor) -> torch.Tensor:
+        """Question lengths [B] (tokens) and budgets [B] -> [B, T, P]: True where the
+        configuration's estimated latency fits, or, where none does, at the cheapest alone."""
+        c = self.config
+        row = (torch.as_tensor(text_tokens, dtype=torch.long) - c.fit_text_tokens[0]).clamp(0, c.fit_rows - 1)  # [B]
+        lat = self.fit_latency_ms[row]  # [B, C]
+        fits = lat <= budget_ms[:, None]  # [B, C]
+        # min/eq, not one_hot(argmin): one_hot's scatter was a third of this method's time in training
+        cheapest = lat == lat.min(-1, keepdim=True).values  # [B, C]
+        ok = fits | (cheapest & ~fits.any(-1, keepdim=True))  # [B, C]
+        return ok.reshape(len(row), len(c.tiers), len(c.pairs))
+
+    def tier_logits(self, language: torch.Tensor, budget_ms: torch.Tensor, allowed: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Stage 1: language [B, D], budgets [B], optional allowed tiers [B, T] -> [B, T]."""
+        logits = self.stage1(torch.cat([self._lang(language), self.budget_code(budget_ms)], dim=-1))
+        return logits if allowed is None else logits.masked_fill(~allowed, MASKED)
 
     def pair_logits(self, vision: torch.Tensor, tier: torch.Tensor, language: torch.Tensor,
-                    budget_ms: torch.Tensor) -> torch.Tensor:
+                    budget_ms: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Stage 2: vision at the chosen tier [..., Dv], tier indices [...], language [..., D],
-        budgets [...] -> [..., P]."""
+        budgets [...], optional allowed pairs at that tier [..., P] -> [..., P]."""
         onehot = torch.nn.functional.one_hot(tier, len(self.config.tiers)).to(vision.dtype)  # [..., T]
-        return self.stage2(torch.cat([self._vis(vision), onehot, self._lang(language), self.budget_code(budget_ms)],
-                                     dim=-1))
+        logits = self.stage2(torch.cat([self._vis(vision), onehot, self._lang(language), self.budget_code(budget_ms)],
+                                       dim=-1))
+        return logits if allowed is None else logits.masked_fill(~allowed, MASKED)
 
     @torch.no_grad()
-    def choose_tier(self, language: torch.Tensor, budget_ms: torch.Tensor) -> torch.Tensor:
+    def choose_tier(self, language: torch.Tensor, budget_ms: torch.Tensor, allowed: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """Stage 1 argmax: tier indices [B]."""
-        return self.tier_logits(language, budget_ms).argmax(-1)
+        return self.tier_logits(language, budget_ms, allowed).argmax(-1)
 
     @torch.no_grad()
     def choose_pair(self, vision: torch.Tensor, tier: torch.Tensor, language: torch.Tensor,
-                    budget_ms: torch.Tensor) -> torch.Tensor:
+                    budget_ms: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Stage 2 argmax: pair indices [B] (into ``config.pairs``)."""
-        return self.pair_logits(vision, tier, language, budget_ms).argmax(-1)
+        return self.pair_logits(vision, tier, language, budget_ms, allowed).argmax(-1)
 
     @torch.no_grad()
-    def choose(self, language: torch.Tensor, vision: torch.Tensor, budget_ms: float | Sequence[float] | torch.Tensor
-               ) -> list[KnobConfig]:
+    def choose(self, language: torch.Tensor, vision: torch.Tensor, budget_ms: float | Sequence[float] | torch.Tensor,
+               text_tokens: int | Sequence[int] | torch.Tensor | None = None) -> list[KnobConfig]:
         """Argmax configurations from cached features: language [B, D], vision at every tier
-        [B, T, D] and budgets (a number or [B] ms). The live two-stage flow calls
+        [B, T, D], budgets (a number or [B] ms) and, for a controller with ``fit_mask``, the
+        questions' lengths in tokens (a number or [B]). The live two-stage flow calls
         :meth:`choose_tier`, computes the vision feature at that tier, then :meth:`choose_pair`."""
         language = torch.as_tensor(language, dtype=torch.float32)
         vision = torch.as_tensor(vision, dtype=torch.float32)
         budget = torch.as_tensor(budget_ms, dtype=torch.float32).expand(language.shape[0])  # [B]
-        tier = self.choose_tier(language, budget)  # [B]
-        at_tier = vision[torch.arange(len(tier)), tier]  # [B, D]
-        pair = self.choose_pair(at_tier, tier, language, budget)  # [B]
+        ok = None
+        if self.config.fit_mask:
+            if text_tokens is None:
+                raise ValueError("this controller chooses among configurations that fit (fit_mask): pass text_tokens, "
+                                 "each question's length in tokens")
+            ok = self.feasible(torch.as_tensor(text_tokens).expand(language.shape[0]), budget)  # [B, T, P]
+        rows = torch.arange(language.shape[0])
+        tier = self.choose_tier(language, budget, None if ok is None else ok.any(-1))  # [B]
+        at_tier = vision[rows, tier]  # [B, D]
+        pair = self.choose_pair(at_tier, tier, language, budget, None if ok is None else ok[rows, tier])  # [B]
         configs = self.config.configs
         return [configs[int(t) * len(self.config.pairs) + int(p)] for t, p in zip(tier, pair)]
 
@@ -177,7 +224,10 @@ class Controller(nn.Module):
         if not (directory / CONFIG).is_file():
             raise FileNotFoundError(f"{directory / CONFIG} not found; run `dvc repro train_controller`")
         model = cls(ControllerConfig.from_json(json.loads((directory / CONFIG).read_text())))
-        model.load_state_dict(load_file(directory / WEIGHTS))
+        state = load_file(directory / WEIGHTS)
+        if not model.config.fit_mask:  # saved before the fit mask existed
+            state.setdefault("fit_latency_ms", model.fit_latency_ms)
+        model.load_state_dict(state)
         return model.eval()
 
 
@@ -203,6 +253,7 @@ class NumpyPolicy:
     stage2_in: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     stage1_rest: tuple[tuple[np.ndarray, np.ndarray], ...]
     stage2_rest: tuple[tuple[np.ndarray, np.ndarray], ...]
+    fit_latency_ms: np.ndarray  # [L, T, P]
 
     @classmethod
     def from_controller(cls, ctrl: Controller) -> NumpyPolicy:
@@ -221,7 +272,20 @@ class NumpyPolicy:
         per_tier = b2[None, :] + w2_tier  # [T, h]: the one-hot row is a bias per tier
         return cls(c, ctrl.frequencies.double().numpy(), (w1_lang, w1[c.language_dim :], b1),
                    (w2_vis / vis_s[:, None], w2_lang / lang_s[:, None], w2_budget, per_tier),
-                   tuple(rest1), tuple(rest2))
+                   tuple(rest1), tuple(rest2),
+                   ctrl.fit_latency_ms.double().numpy().reshape(c.fit_rows, t, len(c.pairs)).copy())
+
+    def feasible(self, text_tokens: int, budget_ms: float) -> np.ndarray | None:
+        """[T, P] as :meth:`Controller.feasible` for one request; None without ``fit_mask``."""
+        c = self.config
+        if not c.fit_mask:
+            return None
+        lat = self.fit_latency_ms[min(max(text_tokens - c.fit_text_tokens[0], 0), c.fit_rows - 1)]  # [T, P]
+        ok = lat <= budget_ms
+        if not ok.any():
+            ok = np.zeros_like(ok)
+            ok.flat[lat.argmin()] = True
+        return ok
 
     def budget_code(self, budget_ms: float) -> np.ndarray:
         c = self.config
@@ -247,8 +311,13 @@ class NumpyPolicy:
         h = vision @ w_vis + language @ w_lang + self.budget_code(budget_ms) @ w_budget + b[tier]  # [h]
         return self._rest(h, self.stage2_rest)
 
-    def choose_tier(self, language: np.ndarray, budget_ms: float) -> int:
-        return int(self.tier_logits(language, budget_ms).argmax())
+    def choose_tier(self, language: np.ndarray, budget_ms: float, allowed: np.ndarray | None = None) -> int:
+        """Stage 1 argmax among ``allowed`` tiers ([T] bool, or all)."""
+        logits = self.tier_logits(language, budget_ms)
+        return int(logits.argmax() if allowed is None else np.where(allowed, logits, -np.inf).argmax())
 
-    def choose_pair(self, vision: np.ndarray, tier: int, language: np.ndarray, budget_ms: float) -> int:
-        return int(self.pair_logits(vision, tier, language, budget_ms).argmax())
+    def choose_pair(self, vision: np.ndarray, tier: int, language: np.ndarray, budget_ms: float,
+                    allowed: np.ndarray | None = None) -> int:
+        """Stage 2 argmax among ``allowed`` pairs ([P] bool, or all)."""
+        logits = self.pair_logits(vision, tier, language, budget_ms)
+        return int(logits.argmax() if allowed is None else np.where(allowed, logits, -np.inf).argmax())

@@ -71,7 +71,8 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
     train_acc = mean_accuracy(tables.scores[train_idx])  # [C], the same at every budget
     for budget in budgets:
         b = torch.full((len(eval_idx),), budget)
-        ci = torch.tensor([column[k] for k in ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b)])  # [E]
+        chosen = ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b, tables.text_tokens[eval_idx])
+        ci = torch.tensor([column[k] for k in chosen])  # [E]
         c_acc, c_lat = acc_filled[rows_e, ci], lat[rows_e, ci]
         static = best_static(tables.latency_ms[train_idx], train_acc, budget)
         fit_cells = lat <= budget  # [E, C]

@@ -1,10 +1,12 @@
 """Controller training against the cache: lookup tables, budgets, the training loop and its evaluation.
 
 Each step draws ``batch_size`` training samples, one latency budget per sample (a group),
-``group_size`` configurations per group from the policy, looks their accuracy and latency up
-in ``[S, C]`` tensors, computes rewards and one loss (:mod:`knobctl.grpo`), and takes an Adam
-step. Latency is the LightGBM estimator's total for the sample's own question length and
-cached answer length, until an online refresh replaces a cell with a measured value.
+``group_size`` configurations per group from the policy (with ``fit_mask``, only among those
+whose estimated latency for the sample's question length fits: :mod:`knobctl.controller`),
+looks their accuracy and latency up in ``[S, C]`` tensors, computes rewards and one loss
+(:mod:`knobctl.grpo`), and takes an AdamW step. Latency is the LightGBM estimator's total for
+the sample's own question length and cached answer length, until an online refresh replaces a
+cell with a measured value.
 
 The table's samples are split (seeded) into training and evaluation samples; the metrics
 (:mod:`knobctl.controller_eval`) score the argmax policy on the evaluation samples.
@@ -26,7 +28,9 @@ from knobctl.accuracy_table import AccuracyTable
 from knobctl.controller import Controller, ControllerConfig
 from knobctl.controller_eval import _r, drift, evaluate, evaluation_budgets
 from knobctl.estimator import LatencyEstimator
-from knobctl.grpo import LOSSES, PAIR_WEIGHTS, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions, zero_variance
+from knobctl.grpo import (
+    ADVANTAGE_SCALES, LOSSES, PAIR_WEIGHTS, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions, zero_variance,
+)
 from knobctl.knobs import TIER_ORDER, KnobConfig
 from knobctl.params import dataclass_from_section, require_int
 
@@ -39,11 +43,13 @@ class TrainParams:
     group_size: int = 5
     lr: float = 1e-4
     weight_decay: float = 0.0
-    loss: str = "pairwise"
+    loss: str = "grpo"
     pair_weight: str = "sign"
     entropy_coef: float = 0.0
+    advantage_scale: str = "std"
     hidden: int = 64
     dropout: float = 0.0
+    fit_mask: bool = True
     budget_mode: str = "relative"
     budget_range: tuple[float, float] = (0.0, 1.0)
     eval_budgets: int = 8
@@ -59,8 +65,14 @@ class TrainParams:
         require_int(p.group_size, "train_controller.group_size", 2)
         if p.pair_weight not in PAIR_WEIGHTS:
             raise ValueError(f"train_controller.pair_weight={p.pair_weight!r}; allowed: {', '.join(PAIR_WEIGHTS)}")
+        if p.advantage_scale not in ADVANTAGE_SCALES:
+            raise ValueError(f"train_controller.advantage_scale={p.advantage_scale!r}; allowed: "
+                             f"{', '.join(ADVANTAGE_SCALES)}")
         if p.loss not in LOSSES:
             raise ValueError(f"train_controller.loss={p.loss!r}; allowed: {', '.join(LOSSES)}")
+        if not isinstance(p.fit_mask, bool):
+            raise ValueError(f"train_controller.fit_mask={p.fit_mask!r}; give true (choose among configurations whose "
+                             "estimated latency fits) or false (the networks alone learn the budget boundary)")
         if p.budget_mode not in ("relative", "absolute"):
             raise ValueError(f"train_controller.budget_mode={p.budget_mode!r}; allowed: relative (fractions of each "
                              "sample's estimated latency range), absolute (ms)")
@@ -105,10 +117,27 @@ class CacheTables:
     vision: torch.Tensor  # [S, T, D]
     complexity: torch.Tensor  # [C] 0..1 (grpo docstring)
     refreshed: torch.Tensor = field(default=None)  # [S, C] how often a cell was refreshed online
+    text_tokens: torch.Tensor = field(default=None)  # [S] question length in tokens
+    # [L, C] estimated latency per question length (fit_text_low + row) at the table's answer length:
+    # what a fit-mask controller knows at request time (knobctl.controller docstring)
+    fit_latency_ms: torch.Tensor = field(default=None)
+    fit_text_low: int = 0
 
     def __post_init__(self) -> None:
+        # contiguous: training reads cells through flat views and online fills write through them
+        self.scores, self.latency_ms = self.scores.contiguous(), self.latency_ms.contiguous()
         if self.refreshed is None:
             self.refreshed = torch.zeros(self.scores.shape, dtype=torch.int32)
+        if self.text_tokens is None:
+            self.text_tokens = torch.zeros(len(self.sample_ids), dtype=torch.long)
+        if self.fit_latency_ms is None:  # tables built by hand: each length's median row, lengths in between filled
+            lengths = torch.arange(int(self.text_tokens.min()), int(self.text_tokens.max()) + 1)
+            rows = [self.latency_ms[self.text_tokens == n] for n in lengths.tolist()]
+            table, last = [], None
+            for r in rows:
+                last = r.median(0).values if len(r) else last
+                table.append(last)
+            self.fit_latency_ms, self.fit_text_low = torch.stack(table), int(lengths[0])
 
 
 def complexity_of(configs: tuple[KnobConfig, ...]) -> torch.Tensor:
@@ -120,6 +149,9 @@ def complexity_of(configs: tuple[KnobConfig, ...]) -> torch.Tensor:
 
     parts = [scaled([getattr(k, f) for k in configs]) for f in ("tier", "top_k", "num_blocks")]
     return torch.from_numpy(np.mean(parts, axis=0).astype(np.float32))
+
+
+FIT_MARGIN = 16  # question lengths priced beyond the table's shortest and longest (tokens)
 
 
 def build_tables(table: AccuracyTable, est: LatencyEstimator, configs: list[KnobConfig]) -> CacheTables:
@@ -141,16 +173,27 @@ def build_tables(table: AccuracyTable, est: LatencyEstimator, configs: list[Knob
         out = np.where(np.isnan(out), np.nanmedian(out, axis=1, keepdims=True), out)  # a missing cell: its row's median
     out = np.nan_to_num(out, nan=1.0).astype(int)
     tiers = np.array([k.tier for k in configs], dtype=object)
-    total = est.predict_total(np.broadcast_to(tiers, (s, c)), np.broadcast_to([k.top_k for k in configs], (s, c)),
-                              np.broadcast_to([k.num_blocks for k in configs], (s, c)),
-                              np.broadcast_to(text[:, None], (s, c)), out)
+
+    def price(text_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+        """Estimated total ms of every configuration: lengths [N] and answer tokens [N, C] -> [N, C]."""
+        n = len(text_tokens)
+        return est.predict_total(np.broadcast_to(tiers, (n, c)), np.broadcast_to([k.top_k for k in configs], (n, c)),
+                                 np.broadcast_to([k.num_blocks for k in configs], (n, c)),
+                                 np.broadcast_to(text_tokens[:, None], (n, c)), output_tokens).reshape(n, c)
+
+    total = price(text, out)  # [S, C]
+    # Request time knows the question's length, not the answer's: the fit table prices every
+    # length (the table's, with room on both sides) at the table's typical answer length.
+    lengths = np.arange(max(int(text.min()) - FIT_MARGIN, 1), int(text.max()) + FIT_MARGIN + 1)  # [L]
+    fit = price(lengths, np.full((len(lengths), c), int(np.median(out))))  # [L, C]
     return CacheTables(
         sample_ids=table.sample_ids, question_types=table.question_types, configs=tuple(configs),
         tiers=tuple(dict.fromkeys(k.tier for k in configs)),
         scores=torch.from_numpy(scores.astype(np.float32)),
-        latency_ms=torch.from_numpy(total.reshape(s, c).astype(np.float32)),
+        latency_ms=torch.from_numpy(total.astype(np.float32)),
         language=torch.from_numpy(table.language), vision=torch.from_numpy(table.vision),
-        complexity=complexity_of(table.configs),
+        complexity=complexity_of(table.configs), text_tokens=torch.from_numpy(text.astype(np.int64)),
+        fit_latency_ms=torch.from_numpy(fit.astype(np.float32)), fit_text_low=int(lengths[0]),
     )
 
 
@@ -185,9 +228,11 @@ class TrainResult:
 
 
 def make_controller(tables: CacheTables, train_idx: torch.Tensor, hidden: int, dropout: float = 0.0,
-                    budget_range: tuple[float, float] = (0.0, 1.0), budget_mode: str = "relative") -> Controller:
+                    budget_range: tuple[float, float] = (0.0, 1.0), budget_mode: str = "relative",
+                    fit_mask: bool = False) -> Controller:
     """A fresh controller sized for the tables, its normalisers and budget scale from the training
-    samples; the budget code is clamped to the range training draws budgets from."""
+    samples; the budget code is clamped to the range training draws budgets from. With
+    ``fit_mask`` it carries the tables' fit latency per question length."""
     full, cheapest = int(tables.complexity.argmax()), int(tables.complexity.argmin())
     low = float(tables.latency_ms[train_idx, cheapest].median())
     high = float(tables.latency_ms[train_idx, full].median())
@@ -198,12 +243,16 @@ def make_controller(tables: CacheTables, train_idx: torch.Tensor, hidden: int, d
         top_k=tuple(sorted({k.top_k for k in tables.configs})),
         num_blocks=tuple(sorted({k.num_blocks for k in tables.configs})),
         budget_low_ms=round(low, 3), budget_high_ms=round(high, 3), hidden=hidden, dropout=dropout,
-        budget_x_range=(round(x_range[0], 4), round(x_range[1], 4)),
+        budget_x_range=(round(x_range[0], 4), round(x_range[1], 4)), fit_mask=fit_mask,
+        fit_text_tokens=((tables.fit_text_low, tables.fit_text_low + len(tables.fit_latency_ms) - 1) if fit_mask
+                         else (0, 0)),
     )
     if tuple(config.configs) != tables.configs:
         raise ValueError("the tables' configurations are not the full tiers x top_k x num_blocks grid in grid order")
     ctrl = Controller(config)
     ctrl.set_normalisers(tables.language[train_idx], tables.vision[train_idx])
+    if fit_mask:
+        ctrl.fit_latency_ms.copy_(tables.fit_latency_ms)
     return ctrl
 
 
@@ -213,36 +262,43 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
-    ctrl = make_controller(tables, train_idx, p.hidden, p.dropout, p.budget_range, p.budget_mode)
+    ctrl = make_controller(tables, train_idx, p.hidden, p.dropout, p.budget_range, p.budget_mode, p.fit_mask)
     # fused: one kernel for all parameters instead of a loop over them; 1.2x a whole step on the 2-core CPU
     opt = torch.optim.AdamW(ctrl.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     refresh = RefreshParams.from_params(p.online_refresh) if p.online_refresh else None
     online = _Online(tables, fetch_factory)
     curves: list[dict[str, Any]] = []
     zero_groups = torch.zeros((), dtype=torch.long)
+    n_configs = tables.scores.shape[1]
     start = time.perf_counter()
     for step in tqdm(range(1, p.steps + 1), desc="train_controller", unit="step", disable=not progress):
         idx = train_idx[torch.randint(len(train_idx), (p.batch_size,), generator=gen)]  # [B]
         budget = sample_budgets(tables, idx, p, gen)  # [B]
         log_now = step % p.log_every == 0 or step == p.steps
+        feasible = ctrl.feasible(tables.text_tokens[idx], budget) if p.fit_mask else None  # [B, T, P]
         acts = sample_actions(ctrl, tables.language[idx], tables.vision[idx], budget, p.group_size, gen,
-                              with_entropy=log_now or (p.loss == "grpo" and p.entropy_coef > 0))
+                              with_entropy=log_now or (p.loss == "grpo" and p.entropy_coef > 0), feasible=feasible)
         rows = idx[:, None].expand_as(acts.config)  # [B, G]
-        missing = torch.isnan(tables.scores[rows, acts.config])  # [B, G]
-        if missing.any():
+        cells = idx[:, None] * n_configs + acts.config  # [B, G] flat: one 1-D lookup per table, not a 2-D one
+        acc = tables.scores.view(-1)[cells]  # [B, G]
+        missing = torch.isnan(acc)  # [B, G]
+        filled = bool(missing.any())
+        if filled:
             online.fill(rows[missing], acts.config[missing], step, "missing")
         if refresh is not None and step % refresh.every == 0:
             n = max(1, int(round(refresh.fraction * rows.numel())))
             pick = torch.randperm(rows.numel(), generator=gen)[:n]
             online.fill(rows.reshape(-1)[pick], acts.config.reshape(-1)[pick], step, "refresh")
-        acc = tables.scores[rows, acts.config]  # [B, G]
-        lat = tables.latency_ms[rows, acts.config]  # [B, G]
+            filled = True
+        if filled:  # the fills wrote into the tables
+            acc = tables.scores.view(-1)[cells]  # [B, G]
+        lat = tables.latency_ms.view(-1)[cells]  # [B, G]
         r = reward(weights, acc, lat, budget[:, None], tables.complexity[acts.config])  # [B, G]
         if p.loss == "pairwise":
             loss, _ = pairwise_loss(r, acts.logp, p.pair_weight)
         else:
             entropy = acts.entropy["tier"][:, None] + acts.entropy["pair"] if acts.entropy else torch.zeros(())
-            loss = grpo_loss(r, acts.logp, entropy, p.entropy_coef)
+            loss = grpo_loss(r, acts.logp, entropy, p.entropy_coef, scale=p.advantage_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -25,7 +25,7 @@ Reward of configuration c for a sample under budget b (all terms unitless):
 
 Departures from the methods the losses are named after, on purpose:
 
-* ``pairwise`` (the default; the seed project's group-relative ranking loss): for every
+* ``pairwise`` (the seed project's group-relative ranking loss, and its default): for every
   ordered pair (i, j) of a group with r_i > r_j, -log sigmoid(logp_i - logp_j), i.e.
   -log sigmoid((logp_i - logp_j) * sign(r_i - r_j)); averaged over all ranked pairs of the
   batch (not per group), so a group's weight grows with its number of distinct rewards.
@@ -33,13 +33,20 @@ Departures from the methods the losses are named after, on purpose:
   Bradley-Terry ranking loss on the policy's log-probabilities, not a policy gradient.
   ``pair_weight: margin`` (not the seed's) weights each pair by |r_i - r_j|, so a pair that
   differs by a right answer counts more than one that differs by a millisecond.
-* ``grpo``: advantages (r - group mean) / (group std + eps), loss -mean(advantage * logp)
-  minus an optional entropy bonus. Unlike GRPO in DeepSeekMath there is no PPO ratio or
+* ``grpo`` (the default): advantages (r - group mean) / (group std + eps), loss
+  -mean(advantage * logp) minus an optional entropy bonus. ``advantage_scale: none`` drops
+  the division by the std, as Dr. GRPO does (measured worse here: dividing by a small std
+  amplifies the complexity preference in groups that are all right, and that preference is
+  what generalises; fitting each sample's 0/1 outcomes does not). Unlike GRPO in DeepSeekMath there is no PPO ratio or
   clipping and no KL penalty to a reference policy: each batch is sampled from the current
   policy and used for one gradient step, so the importance ratio is exactly 1, and the
   "reference" of a two-head classifier has no pretrained prior worth staying near.
 * The "completions" are knob configurations drawn from a factorised two-stage policy, and
   logp is the joint log-probability of both stages' actions.
+* With the fit mask (``train_controller.fit_mask``, the default), the policy samples only
+  configurations whose estimated latency fits the group's budget (invalid-action masking;
+  :mod:`knobctl.controller`), so the violation term acts only where nothing fits and the
+  cheapest configuration is forced; the loss ranks configurations that are all feasible.
 """
 
 from __future__ import annotations
@@ -115,12 +122,18 @@ def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor, weight: str = "sign
     return loss, pairs
 
 
+ADVANTAGE_SCALES = ("std", "none")
+
+
 def grpo_loss(rewards: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, entropy_coef: float = 0.0,
-              eps: float = 1e-6) -> torch.Tensor:
-    """Group-normalised advantages [B, G] times log-probs, minus ``entropy_coef`` * mean entropy."""
+              eps: float = 1e-6, scale: str = "std") -> torch.Tensor:
+    """Group-relative advantages [B, G] times log-probs, minus ``entropy_coef`` * mean entropy.
+    ``scale="std"`` divides each group's advantages by its reward std; ``"none"`` keeps r - mean."""
     mean = rewards.mean(1, keepdim=True)  # [B, 1]
-    std = rewards.std(1, keepdim=True, unbiased=False)  # [B, 1]
-    advantage = ((rewards - mean) / (std + eps)).detach()  # [B, G]
+    centred = rewards - mean  # [B, G]
+    if scale == "std":
+        centred = centred / (rewards.std(1, keepdim=True, unbiased=False) + eps)  # [B, G]
+    advantage = centred.detach()  # [B, G]
     return -(advantage * logp).mean() - entropy_coef * entropy.mean()
 
 
@@ -141,10 +154,13 @@ class Actions:
 
 
 def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
-                   group_size: int, generator: torch.Generator, with_entropy: bool = True) -> Actions:
+                   group_size: int, generator: torch.Generator, with_entropy: bool = True,
+                   feasible: torch.Tensor | None = None) -> Actions:
     """Draw ``group_size`` configurations per row from both stages: language [B, D], vision at
-    every tier [B, T, D], budgets [B]. ``with_entropy=False`` skips the entropies (empty dict),
-    which only logging and the GRPO bonus need.
+    every tier [B, T, D], budgets [B], and with a fit mask the allowed configurations
+    [B, T, P] (:meth:`Controller.feasible`; masked ones get probability 0 in both stages).
+    ``with_entropy=False`` skips the entropies (empty dict), which only logging and the GRPO
+    bonus need.
 
     Stage 2 runs once per (sample, tier), T rows per sample, and each draw takes its tier's
     row: fewer rows than one per draw (T = 3 < G = 5) and the same logits. With input dropout,
@@ -153,10 +169,11 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     at a fraction of its cost on CPU (its exponential draws were 8% of a step)."""
     b, t = vision.shape[0], vision.shape[1]
     rows = torch.arange(b)[:, None]  # [B, 1]
-    tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms), dim=-1)  # [B, T]
+    tier_ok = None if feasible is None else feasible.any(-1)  # [B, T]
+    tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms, tier_ok), dim=-1)  # [B, T]
     tier = _draw(tier_logp.detach().exp(), group_size, generator)  # [B, G]
     all_logp = F.log_softmax(ctrl.pair_logits(vision, torch.arange(t).expand(b, t), language[:, None].expand(-1, t, -1),
-                                              budget_ms[:, None].expand(-1, t)), dim=-1)  # [B, T, P]
+                                              budget_ms[:, None].expand(-1, t), feasible), dim=-1)  # [B, T, P]
     pair_logp = all_logp[rows, tier]  # [B, G, P]
     pair = _draw(pair_logp.detach().exp(), 1, generator).squeeze(-1)  # [B, G]
     logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
@@ -179,7 +196,8 @@ def _draw(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.
     """``count`` indices per row of probabilities [..., K], with replacement (inverse CDF): [..., count]."""
     cdf = probs.cumsum(-1)  # [..., K]
     u = torch.rand(cdf.shape[:-1] + (count,), generator=generator) * cdf[..., -1:]  # [..., count]
-    return torch.searchsorted(cdf, u).clamp(max=probs.shape[-1] - 1)  # [..., count]
+    # right=True: the first index whose cdf exceeds u, so a zero-probability (masked) entry is never drawn, even at u = 0
+    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)  # [..., count]
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 For a request (image, question, budget):
 
 1. tokenize the question; Stage 1 picks the tier from the question's token embeddings
-   (:func:`knobctl.features.language_feature_one`, no transformer block);
+   (:func:`knobctl.features.language_feature_one`, no transformer block); with a fit mask,
+   only among tiers where some configuration fits at this question's length;
 2. the vision tower encodes the image at that tier only;
 3. the prompt's prefill runs the decision block alone (model top-k, its own KV cache), and
    Stage 2 picks (top_k, num_blocks) from that block's output
@@ -64,7 +65,8 @@ def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: torch.
     q_ids = rt.tokenizer([question], add_special_tokens=False)["input_ids"]
     t1 = watch.mark()  # tokenizing is every request's work, and the prefill reuses it: not the controller's
     language = language_feature_one(rt, q_ids[0])  # [2H]
-    tier_index = policy.choose_tier(language, budget)
+    ok = policy.feasible(len(q_ids[0]), budget)  # [T, P] what fits this question's length, or None
+    tier_index = policy.choose_tier(language, budget, None if ok is None else ok.any(-1))
     tier = policy.config.tiers[tier_index]
     spent = watch.mark() - t1
     visual = rt.encode_images(image if image.ndim == 4 else [image], tier)  # [1, T, H]
@@ -77,7 +79,8 @@ def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: torch.
     states = outs.sequence[DECISION_BLOCK]  # [1, L, H], before any norm
     t2 = watch.mark()
     vision = vision_feature_one(rt, states, inputs["input_ids"])  # [2H]
-    pair = policy.config.pairs[policy.choose_pair(vision, tier_index, language, budget)]
+    pair = policy.config.pairs[policy.choose_pair(vision, tier_index, language, budget,
+                                                  None if ok is None else ok[tier_index])]
     knobs = KnobConfig(tier, *pair)
     spent += watch.mark() - t2
     blocks = rt.spec.blocks_for(knobs.num_blocks, rt.num_layers)
