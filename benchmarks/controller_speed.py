@@ -71,7 +71,8 @@ def main() -> None:
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:,.0f} rollouts/s" for k, v in rates.items()))
     med = {k: statistics.median(v) for k, v in rates.items()}
     best = max(v for k, v in med.items() if k != "online")
-    print(f"cached on {device_name(torch.device('cpu'))}, online on {device_name(rt.device)}: median " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items())
+    print(f"cached on {device_name(torch.device('cpu'))}, online on {device_name(rt.device)}: median "
+          + ", ".join(f"{k} {v:,.0f}" for k, v in med.items())
           + f" rollouts/s; cached/online {best / med['online']:,.0f}x")
 
 

@@ -10,8 +10,8 @@ import torch
 
 from knobctl.accuracy_table import AccuracyTable
 from knobctl.controller_training import (
-    FIT_MARGIN, CacheTables, TrainParams, build_tables, complexity_of, evaluation_budgets, sample_budgets, split_samples,
-    train_controller,
+    FIT_MARGIN, CacheTables, TrainParams, build_tables, complexity_of, evaluation_budgets, sample_budgets,
+    split_samples, train_controller,
 )
 from knobctl.grpo import RewardWeights
 from knobctl.knobs import KnobConfig, KnobGrid

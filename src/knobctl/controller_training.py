@@ -29,7 +29,8 @@ from knobctl.controller import Controller, ControllerConfig
 from knobctl.controller_eval import _r, drift, evaluate, evaluation_budgets
 from knobctl.estimator import LatencyEstimator
 from knobctl.grpo import (
-    ADVANTAGE_SCALES, LOSSES, PAIR_WEIGHTS, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions, zero_variance,
+    ADVANTAGE_SCALES, LOSSES, PAIR_WEIGHTS, RewardWeights, grpo_loss, pairwise_loss, reward, sample_actions,
+    zero_variance,
 )
 from knobctl.knobs import TIER_ORDER, KnobConfig
 from knobctl.params import dataclass_from_section, require_int

@@ -37,8 +37,8 @@ Departures from the methods the losses are named after, on purpose:
   -mean(advantage * logp) minus an optional entropy bonus. ``advantage_scale: none`` drops
   the division by the std, as Dr. GRPO does (measured worse here: dividing by a small std
   amplifies the complexity preference in groups that are all right, and that preference is
-  what generalises; fitting each sample's 0/1 outcomes does not). Unlike GRPO in DeepSeekMath there is no PPO ratio or
-  clipping and no KL penalty to a reference policy: each batch is sampled from the current
+  what generalises; fitting each sample's 0/1 outcomes does not). Unlike GRPO in
+  DeepSeekMath there is no PPO ratio or clipping and no KL penalty to a reference policy: each batch is sampled from the current
   policy and used for one gradient step, so the importance ratio is exactly 1, and the
   "reference" of a two-head classifier has no pretrained prior worth staying near.
 * The "completions" are knob configurations drawn from a factorised two-stage policy, and
@@ -196,7 +196,8 @@ def _draw(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.
     """``count`` indices per row of probabilities [..., K], with replacement (inverse CDF): [..., count]."""
     cdf = probs.cumsum(-1)  # [..., K]
     u = torch.rand(cdf.shape[:-1] + (count,), generator=generator) * cdf[..., -1:]  # [..., count]
-    # right=True: the first index whose cdf exceeds u, so a zero-probability (masked) entry is never drawn, even at u = 0
+    # right=True: the first index whose cdf exceeds u, so a zero-probability (masked) entry
+    # is never drawn, even at u = 0
     return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)  # [..., count]
 
 
