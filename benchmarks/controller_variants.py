@@ -5,7 +5,7 @@ Each variant is a set of `train_controller` overrides (and optionally `reward` o
 probe's predicted accuracy, as in controller_ceiling.py). For each of --splits seeded
 train/evaluation splits it trains the controller (about 30 s) and prints, per evaluation budget
 with a static configuration, the mean gain in points, the overall mean, and the shares of
-(split, budget) cells at or above static and above it.
+(split, budget) cells at or above static and above it, after each split's own gains.
 
     python benchmarks/controller_variants.py '{"base": {}, "wd": {"weight_decay": 0.1, "dropout": 0.3}}' --splits 3
 """
@@ -46,6 +46,8 @@ def main() -> None:
             rows = train_controller(t, p, w, split, progress=False).evaluation
             gains.append([r["gain_over_static"] for r in rows if r["gain_over_static"] is not None])
         g = np.array(gains) * 100  # [splits, budgets] points
+        for split, row in enumerate(g):
+            print(f"{name:>20}  split {split}: " + " ".join(f"{x:+.2f}" for x in row), flush=True)
         print(f"{name:>20}: " + " ".join(f"{x:+.2f}" for x in g.mean(0)) + f"  mean {g.mean():+.3f}  "
               f"at or above static {(g >= 0).mean():.0%}, above {(g > 0).mean():.0%}  "
               f"({time.perf_counter() - start:.0f} s)", flush=True)

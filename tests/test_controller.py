@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,9 +16,9 @@ CFG = ControllerConfig(language_dim=6, vision_dim=4, tiers=("low", "medium", "hi
                        num_blocks=(12, 14, 16), budget_low_ms=0.0, budget_high_ms=50.0, hidden=16, budget_frequencies=2)
 
 
-def make(seed: int = 0) -> Controller:
+def make(seed: int = 0, activation: str = "gelu") -> Controller:
     torch.manual_seed(seed)
-    return Controller(CFG)
+    return Controller(ControllerConfig(**{**CFG.__dict__, "activation": activation}))
 
 
 def test_configs_follow_the_grid_order():
@@ -62,20 +63,42 @@ def test_normalisers_standardise_the_training_features():
     torch.testing.assert_close(zv.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
 
 
-def test_save_and_load_round_trip(tmp_path):
-    ctrl = make(3)
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_save_and_load_round_trip(tmp_path, activation):
+    ctrl = make(3, activation)
     ctrl.set_normalisers(torch.randn(20, 6), torch.randn(20, 3, 4))
     ctrl.save(tmp_path / "c")
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["controller.json", "controller.safetensors"]
     back = Controller.load(tmp_path / "c")
     lang, vis, budget = torch.randn(5, 6), torch.randn(5, 3, 4), torch.full((5,), 40.0)
-    assert back.config == CFG
+    assert back.config == ctrl.config and back.config.activation == activation
     torch.testing.assert_close(back.tier_logits(lang, budget), ctrl.tier_logits(lang, budget), rtol=0, atol=0)
     assert back.choose(lang, vis, budget) == ctrl.choose(lang, vis, budget)
 
 
-def test_numpy_policy_equals_the_torch_stages():
-    ctrl = make(3)
+def test_a_config_saved_before_the_activation_option_loads_as_gelu(tmp_path):
+    ctrl = make(3, "gelu")
+    ctrl.save(tmp_path / "c")
+    path = tmp_path / "c" / "controller.json"
+    data = json.loads(path.read_text())
+    del data["activation"]
+    path.write_text(json.dumps(data))
+    back = Controller.load(tmp_path / "c")
+    lang, budget = torch.randn(5, 6) * 3, torch.full((5,), 40.0)
+    assert back.config.activation == "gelu"
+    torch.testing.assert_close(back.tier_logits(lang, budget), ctrl.tier_logits(lang, budget), rtol=0, atol=0)
+    relu = make(3, "relu")
+    assert not torch.allclose(relu.tier_logits(lang, budget), ctrl.tier_logits(lang, budget))  # same weights
+
+
+def test_an_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match="activation='tanh'; allowed: gelu, relu"):
+        make(0, "tanh")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_numpy_policy_equals_the_torch_stages(activation):
+    ctrl = make(3, activation)
     g = torch.Generator().manual_seed(0)
     # Non-trivial normalisers, so that folding them into the weights is exercised.
     ctrl.set_normalisers(torch.randn(50, 6, generator=g) * 3 + 1, torch.randn(50, 3, 4, generator=g) * 0.5 - 2)

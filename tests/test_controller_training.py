@@ -57,6 +57,8 @@ def test_params_are_validated():
         TrainParams.from_params({"budget_range": [0.9, 0.2]})
     with pytest.raises(ValueError, match="fit_mask='yes'; give true"):
         TrainParams.from_params({"fit_mask": "yes"})
+    with pytest.raises(ValueError, match="train_controller.activation='silu'; allowed: gelu, relu"):
+        TrainParams.from_params({"activation": "silu"})
     with pytest.raises(ValueError, match="online_refresh.fraction=2"):
         TrainParams.from_params({"online_refresh": {"every": 10, "fraction": 2}})
 

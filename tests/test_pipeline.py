@@ -21,7 +21,8 @@ TINY = {
     "knobs": {"top_k": [4, 8], "num_blocks": [12, 16]},
     "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
     "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
-    "train_controller": {"steps": 20, "batch_size": 8, "log_every": 5, "eval_budgets": 3, "eval_fraction": 0.4},
+    "train_controller": {"steps": 20, "batch_size": 8, "group_size": 4, "log_every": 5, "eval_budgets": 3,
+                         "eval_fraction": 0.4},
     "validate": {"num_samples": 3, "num_budgets": 3, "warmup_requests": 1, "calibration_requests": 3, "batch_size": 3},
     "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
     "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
@@ -124,7 +125,7 @@ def test_repro_trains_the_controller(repo):
     assert ctrl.config.fit_mask and ctrl.fit_latency_ms.shape == (ctrl.config.fit_rows, 12)
     assert (ctrl.fit_latency_ms > 0).all()
     metrics = json.loads((repo / "metrics/train.json").read_text())
-    assert metrics["steps"] == 20 and metrics["rollouts"] == 20 * 8 * 5 and len(metrics["eval"]) == 3
+    assert metrics["steps"] == 20 and metrics["rollouts"] == 20 * 8 * 4 and len(metrics["eval"]) == 3
     assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(metrics["final"])
     curves = pd.read_csv(repo / "plots/train/curves.csv")
     assert curves["step"].tolist() == [5, 10, 15, 20]

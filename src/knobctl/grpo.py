@@ -34,7 +34,10 @@ Departures from the methods the losses are named after, on purpose:
   ``pair_weight: margin`` (not the seed's) weights each pair by |r_i - r_j|, so a pair that
   differs by a right answer counts more than one that differs by a millisecond.
 * ``grpo`` (the default): advantages (r - group mean) / (group std + eps), loss
-  -mean(advantage * logp) minus an optional entropy bonus. ``advantage_scale: none`` drops
+  -mean(advantage * logp) minus an entropy bonus (``entropy_coef``, default 0.05, on the
+  policy's entropy: stage 1's plus stage 2's at the drawn tier). train_controller's default
+  group is G = 16 configurations, not the seed's 5: on the whole val split, G = 5 without the
+  bonus settles early on configurations whose training accuracy trails the best by 0.1 point. ``advantage_scale: none`` drops
   the division by the std, as Dr. GRPO does (measured worse here: dividing by a small std
   amplifies the complexity preference in groups that are all right, and that preference is
   what generalises; fitting each sample's 0/1 outcomes does not). Unlike GRPO in
