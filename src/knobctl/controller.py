@@ -37,7 +37,8 @@ estimator. The question length is known before stage 1 (the question is tokenize
 
 Both stages are two-hidden-layer MLPs. ``activation: relu`` (train_controller's default)
 trains about 1.1x faster than the exact erf GELU the first controllers used, with the same
-held-out choices (docs/BENCHMARKS.md, "ReLU"); a controller saved without the key is GELU.
+held-out choices (docs/BENCHMARKS.md, "ReLU, the whole val split and G = 16"); a controller
+saved without the key is GELU.
 
 Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.json``
 (the config) in one folder.

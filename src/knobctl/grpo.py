@@ -37,13 +37,14 @@ Departures from the methods the losses are named after, on purpose:
   -mean(advantage * logp) minus an entropy bonus (``entropy_coef``, default 0.05, on the
   policy's entropy: stage 1's plus stage 2's at the drawn tier). train_controller's default
   group is G = 16 configurations, not the seed's 5: on the whole val split, G = 5 without the
-  bonus settles early on configurations whose training accuracy trails the best by 0.1 point. ``advantage_scale: none`` drops
-  the division by the std, as Dr. GRPO does (measured worse here: dividing by a small std
-  amplifies the complexity preference in groups that are all right, and that preference is
-  what generalises; fitting each sample's 0/1 outcomes does not). Unlike GRPO in
-  DeepSeekMath there is no PPO ratio or clipping and no KL penalty to a reference policy: each batch is sampled from the current
-  policy and used for one gradient step, so the importance ratio is exactly 1, and the
-  "reference" of a two-head classifier has no pretrained prior worth staying near.
+  bonus settles early on configurations whose training accuracy trails the best by 0.1 point.
+  ``advantage_scale: none`` drops the division by the std, as Dr. GRPO does (measured worse
+  here: dividing by a small std amplifies the complexity preference in groups that are all
+  right, and that preference is what generalises; fitting each sample's 0/1 outcomes does not).
+  Unlike GRPO in DeepSeekMath there is no PPO ratio or clipping and no KL penalty to a reference
+  policy: each batch is sampled from the current policy and used for one gradient step, so the
+  importance ratio is exactly 1, and the "reference" of a two-head classifier has no pretrained
+  prior worth staying near.
 * The "completions" are knob configurations drawn from a factorised two-stage policy, and
   logp is the joint log-probability of both stages' actions.
 * With the fit mask (``train_controller.fit_mask``, the default), the policy samples only
