@@ -1,7 +1,7 @@
 """Check data/rollouts against an independent evaluation of the same samples through rt.answer.
 
 For each named configuration (default: the full one, the smallest and one in between) it
-scores the table's samples with knobctl.base_training.evaluate (rt.answer in batches of 256,
+scores the table's samples with knobctl.base.training.evaluate (rt.answer in batches of 256,
 then the VQA metric) and compares with the table's mean score, in points, and answer by answer.
 
     python benchmarks/accuracy_table_check.py [--configs high/k8/b16 low/k4/b12 medium/k6/b14]
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from knobctl.base_training import evaluate
+from knobctl.base.training import evaluate
 from knobctl.io import read_provenance
 from knobctl.knobs import KnobConfig
-from knobctl.runtime import load_runtime
+from knobctl.model.runtime import load_runtime
 
 
 def main() -> None:

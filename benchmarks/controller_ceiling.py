@@ -29,13 +29,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from knobctl.accuracy_table import AccuracyTable
-from knobctl.controller_eval import FIT_SHARE, evaluate, evaluation_budgets
-from knobctl.controller_training import CacheTables, TrainParams, build_tables, split_samples, train_controller
-from knobctl.estimator import LatencyEstimator
-from knobctl.grpo import RewardWeights
+from knobctl.controller.evaluation import FIT_SHARE, evaluate, evaluation_budgets
+from knobctl.controller.losses import RewardWeights
+from knobctl.controller.tables import CacheTables, build_tables
+from knobctl.controller.training import TrainParams, split_samples, train_controller
 from knobctl.knobs import KnobGrid
+from knobctl.latency.estimator import LatencyEstimator
 from knobctl.params import load_params, section
+from knobctl.table.accuracy_table import AccuracyTable
 
 
 def probe_scores(t: CacheTables, tr: np.ndarray, ev: np.ndarray, c_reg: float) -> np.ndarray:

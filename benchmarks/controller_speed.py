@@ -27,14 +27,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.accuracy_table import AccuracyTable
-from knobctl.controller_training import TrainParams, build_tables, train_controller
-from knobctl.estimator import LatencyEstimator
-from knobctl.grpo import RewardWeights
+from knobctl.controller.losses import RewardWeights
+from knobctl.controller.tables import build_tables
+from knobctl.controller.training import TrainParams, train_controller
 from knobctl.io import read_provenance
 from knobctl.knobs import KnobGrid
-from knobctl.online import OnlineOracle
-from knobctl.runtime import device_name, load_runtime
+from knobctl.latency.estimator import LatencyEstimator
+from knobctl.model.runtime import device_name, load_runtime
+from knobctl.table.accuracy_table import AccuracyTable
+from knobctl.table.online import OnlineOracle
 
 
 def main() -> None:

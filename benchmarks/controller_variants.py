@@ -20,9 +20,10 @@ import warnings
 
 import numpy as np
 import torch
-
 from controller_ceiling import load_defaults, probe_scores
-from knobctl.controller_training import build_tables, split_samples, train_controller
+
+from knobctl.controller.tables import build_tables
+from knobctl.controller.training import split_samples, train_controller
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
         gains, start = [], time.perf_counter()
         for split in range(args.splits):
             t = build_tables(table, est, grid.configs())
-            tr, ev = split_samples(len(t.sample_ids), p.eval_fraction, split)
+            tr, _ = split_samples(len(t.sample_ids), p.eval_fraction, split)
             if probe:  # the training samples' scores become the probe's in-sample predictions
                 everyone = np.arange(len(t.sample_ids))
                 t.scores[tr] = torch.from_numpy(probe_scores(t, tr.numpy(), everyone, 0.01)[tr.numpy()]).float()

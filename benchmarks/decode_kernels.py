@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from knobctl.knobs import KnobConfig
-from knobctl.profiling import Case, RuntimeMeasurer
-from knobctl.runtime import load_runtime
+from knobctl.latency.profiling import Case, RuntimeMeasurer
+from knobctl.model.runtime import load_runtime
 
 CONFIGS = [KnobConfig("high", 8, 16), KnobConfig("high", 4, 16), KnobConfig("high", 8, 12), KnobConfig("low", 4, 12)]
 

@@ -25,11 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.estimator import LatencyEstimator
 from knobctl.knobs import KnobGrid
+from knobctl.latency.estimator import LatencyEstimator
+from knobctl.latency.profiling import Case, ProfileParams, RuntimeMeasurer, load_profiled_runtime
+from knobctl.latency.request import request_ms
+from knobctl.model.decoding import generate
+from knobctl.model.presets import EOS
+from knobctl.model.timing import Stopwatch
 from knobctl.params import apply_overrides, load_params, section, seed_of
-from knobctl.presets import EOS
-from knobctl.profiling import Case, ProfileParams, RuntimeMeasurer, Stopwatch, load_profiled_runtime, request_ms
 
 
 def main() -> None:
@@ -53,7 +56,7 @@ def main() -> None:
 
     if Path(args.data).is_file():
         row = pd.read_parquet(args.data).iloc[int(rng.integers(0, 1000))]
-        from knobctl.runtime import to_image_tensor
+        from knobctl.model.images import to_image_tensor
 
         image = (to_image_tensor(row["image"]) * 255).round().to(torch.uint8).permute(1, 2, 0)
         question = row["question"]
@@ -67,7 +70,7 @@ def main() -> None:
     def out_tokens(knobs) -> int:
         with rt.knobs_applied(knobs), torch.inference_mode():
             visual = rt.encode_images(images, knobs.tier)
-            tokens = rt.generate(rt.embed(visual, rt.prompt_ids([question], visual.shape[1])), rt.spec.max_new_tokens)
+            tokens = generate(rt, rt.embed(visual, rt.prompt_ids([question], visual.shape[1])), rt.spec.max_new_tokens)
         row = tokens[0].tolist()
         return row.index(rt.ids[EOS]) + 1 if rt.ids[EOS] in row else len(row)
 

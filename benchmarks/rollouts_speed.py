@@ -16,10 +16,10 @@ import time
 import pandas as pd
 import torch
 
-from knobctl.data import decode_images
 from knobctl.knobs import KnobGrid
-from knobctl.rollouts import RolloutParams, rollout_part, select_samples
-from knobctl.runtime import device_name, load_runtime
+from knobctl.model.runtime import device_name, load_runtime
+from knobctl.table.rollouts import RolloutParams, rollout_part, select_samples
+from knobctl.vqa.sources import decode_images
 
 
 def main() -> None:

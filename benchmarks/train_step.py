@@ -12,10 +12,11 @@ import time
 
 import torch
 
-from knobctl.base_training import ModelParams, batch_loss, build_tiny, encode_split
-from knobctl.data import DataParams, prepare
+from knobctl.base.training import batch_loss, build_tiny, encode_split
 from knobctl.knobs import KnobConfig
+from knobctl.model.presets import ModelParams
 from knobctl.params import load_params, section
+from knobctl.vqa.sources import DataParams, prepare
 
 
 def main() -> None:

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.controller import Controller, NumpyPolicy
-from knobctl.data import decode_images
-from knobctl.runtime import load_runtime
-from knobctl.two_stage import answer_controlled, answer_fixed
+from knobctl.controller.policy import Controller, NumpyPolicy
+from knobctl.controller.two_stage import answer_controlled
+from knobctl.model.runtime import load_runtime
+from knobctl.model.timing import answer_fixed
+from knobctl.vqa.sources import decode_images
 
 
 def main() -> None:

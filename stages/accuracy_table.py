@@ -9,22 +9,14 @@ Shard it over processes or machines that share the cache folder, then merge:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from knobctl.accuracy_table import PartPlan, merge_parts, per_config_table, run_parts, summarize
-from knobctl.features import __doc__ as FEATURES_DOC
-from knobctl.io import checkpoint_hash, file_hash, params_hash, provenance, write_csv_atomic, write_json_atomic
-from knobctl.io import write_parquet_atomic
-from knobctl.knobs import KnobGrid
-from knobctl.params import apply_overrides, load_params, section, seed_of
-from knobctl.rollouts import RolloutParams, select_configs, select_samples
-from knobctl.runtime import DTYPES, device_name, load_runtime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override accuracy_table keys")
@@ -37,16 +29,37 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=0)
     ap.add_argument("--num-shards", type=int, default=1)
     ap.add_argument("--merge-only", action="store_true", help="only join the finished parts of every shard")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from knobctl.execution import use_threads
+    from knobctl.io import (
+        checkpoint_hash,
+        file_hash,
+        params_hash,
+        provenance,
+        write_csv_atomic,
+        write_json_atomic,
+        write_parquet_atomic,
+    )
+    from knobctl.knobs import KnobGrid
+    from knobctl.model.features import FEATURE_DEFINITIONS
+    from knobctl.model.runtime import DTYPES, device_name, load_runtime
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+    from knobctl.table.accuracy_table import PartPlan, merge_parts, per_config_table, run_parts, summarize
+    from knobctl.table.rollouts import RolloutParams, select_configs, select_samples
+
     params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "accuracy_table", args.params), args.set, "accuracy_table")
     p = RolloutParams.from_params(own)
     configs = select_configs(grid, p.configs)
+    use_threads(p.num_threads)
     split_path = Path(args.data) / f"{p.split}.parquet"
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
     rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype])
+    rt.validate_grid(grid)
     model_hash = checkpoint_hash(args.model)
     run_key = params_hash({"rollouts": p.__dict__, "configs": [k.label for k in configs], "seed": seed,
                            "model": model_hash, "data": file_hash(split_path)})
@@ -65,7 +78,7 @@ def main() -> None:
                       model=args.model, model_hash=model_hash, seed=seed, split=p.split, samples=len(samples),
                       configs=[k.label for k in configs], tiers=rt.tier_table(),
                       max_new_tokens=p.max_new_tokens or rt.spec.max_new_tokens,
-                      feature_dim=int(2 * rt.config.text_config.hidden_size), features=FEATURES_DOC.strip())
+                      feature_dim=int(2 * rt.config.text_config.hidden_size), features=FEATURE_DEFINITIONS)
     out = Path(args.out)
     write_parquet_atomic(out / "rollouts.parquet", rows, meta)
     write_parquet_atomic(out / "features.parquet", feats, meta)

@@ -3,46 +3,43 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import pandas as pd
-
-from knobctl.base_training import evaluate
-from knobctl.io import write_json_atomic
-from knobctl.knobs import KnobGrid
-from knobctl.params import load_params, section
-from knobctl.runtime import load_runtime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--metrics", default="metrics/base_test.json")
-    args = ap.parse_args()
+    ap.add_argument("--plots", default="plots/base/test_corners.csv")
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from knobctl.base.evaluation import EvalParams, corner_frame, corner_metrics, evaluate
+    from knobctl.execution import use_threads
+    from knobctl.io import write_csv_atomic, write_json_atomic
+    from knobctl.knobs import KnobGrid
+    from knobctl.model.runtime import load_runtime
+    from knobctl.params import load_params, section
+
     params = load_params(args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
-    own = section(params, "eval_base", args.params)
-    batch_size = int(own.get("batch_size", 256))
-    rt = load_runtime(args.model, device=own.get("device", "auto"))
+    own = EvalParams.from_params(section(params, "eval_base", args.params))
+    use_threads(own.num_threads)
+    rt = load_runtime(args.model, device=own.device)
+    rt.validate_grid(grid)
     test = pd.read_parquet(Path(args.data) / "test.parquet")
-    results = evaluate(rt, test, grid.corners(), batch_size=batch_size, desc="test corners")
-    accs = {label: r["accuracy"] for label, r in results.items()}
-    write_json_atomic(
-        args.metrics,
-        {
-            "split": "test",
-            "full_accuracy": accs[grid.full.label],
-            "smallest_accuracy": accs[grid.smallest.label],
-            "corner_range": [min(accs.values()), max(accs.values())],
-            "corners": results,
-        },
-    )
-    print(
-        f"eval_base: test accuracy full {accs[grid.full.label]:.3f}, smallest {accs[grid.smallest.label]:.3f}, "
-        f"corners {min(accs.values()):.3f}..{max(accs.values()):.3f}"
-    )
+    results = evaluate(rt, test, grid.corners(), batch_size=own.batch_size, desc="test corners")
+    metrics = {**corner_metrics(results, grid.full, grid.smallest), "split": "test", "questions": len(test)}
+    write_json_atomic(args.metrics, metrics)
+    write_csv_atomic(args.plots, corner_frame(results))
+    h = metrics["headline"]
+    print(f"eval_base: test accuracy full {h['full_accuracy']:.3f}, smallest {h['smallest_accuracy']:.3f}, "
+          f"corners {h['corner_min']:.3f}..{h['corner_max']:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import pandas as pd
-
-from knobctl.estimator import EstimatorParams, LatencyEstimator
-from knobctl.estimator_eval import evaluate
-from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
-from knobctl.params import load_params, section, seed_of
-from knobctl.profiling import PARTS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--profile", default="data/profile/summary.parquet")
     ap.add_argument("--out", default="models/latency_estimator")
     ap.add_argument("--metrics", default="metrics/estimator.json")
     ap.add_argument("--plots", default="plots/estimator")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
+    from knobctl.latency.estimator import EstimatorParams, LatencyEstimator
+    from knobctl.latency.estimator_eval import evaluate
+    from knobctl.latency.request import PARTS
+    from knobctl.params import load_params, section, seed_of
+
     params = load_params(args.params)
     seed = seed_of(params, args.params)
     p = EstimatorParams.from_params(section(params, "fit_estimator", args.params))

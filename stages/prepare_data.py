@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from knobctl.data import SPLITS, DataParams, prepare
-from knobctl.io import provenance, write_parquet_atomic
-from knobctl.params import load_params, section, seed_of
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/vqa")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from knobctl.io import atomic_dir, provenance, write_parquet_atomic
+    from knobctl.params import load_params, section, seed_of
+    from knobctl.vqa.sources import SPLITS, DataParams, prepare
+
     params = load_params(args.params)
     own = section(params, "prepare_data", args.params)
     seed = seed_of(params, args.params)
-    tables = prepare(DataParams.from_params(own), seed)
-    meta = provenance({"prepare_data": own, "seed": seed}, volatile=False, source=own.get("source", "easy_vqa"))
-    for split in SPLITS:
-        write_parquet_atomic(Path(args.out) / f"{split}.parquet", tables[split], {**meta, "split": split})
+    p = DataParams.from_params(own)
+    tables = prepare(p, seed)
+    meta = provenance({"prepare_data": own, "seed": seed}, volatile=False, source=p.source)
+    with atomic_dir(args.out) as tmp:  # all three splits or none
+        for split in SPLITS:
+            write_parquet_atomic(tmp / f"{split}.parquet", tables[split], {**meta, "split": split})
     counts = {s: {"questions": len(t), "images": int(t["image_id"].nunique())} for s, t in tables.items()}
     print(f"prepare_data: wrote {args.out}: {json.dumps(counts)}")
 

@@ -1,27 +1,20 @@
 """Stage profile_latency: vision / prefill / per-token decode latency over the knob grid.
 
 Runs on its own too (no dvc needed), e.g. on a GPU machine:
-    PYTHONPATH=src python stages/profile_latency.py --set source=molmoe-1b-shape dtype=bfloat16
+    python stages/profile_latency.py --set source=molmoe-1b-shape dtype=bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from knobctl.io import checkpoint_hash, params_hash, provenance, write_json_atomic, write_parquet_atomic
-from knobctl.knobs import KnobGrid
-from knobctl.params import apply_overrides, load_params, section, seed_of
-from knobctl.parts import PartStore
-from knobctl.profile_stats import median_cv, round_speed, summarize, with_speed
-from knobctl.profiling import ROW_COLUMNS, ProfileParams, load_profiled_runtime, profile_runtime
-from knobctl.runtime import device_name
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -29,13 +22,24 @@ def main() -> None:
     ap.add_argument("--out", default="data/profile")
     ap.add_argument("--metrics", default="metrics/profile.json")
     ap.add_argument("--cache", default=".knobctl_cache/profile")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from knobctl.execution import use_threads
+    from knobctl.io import checkpoint_hash, params_hash, provenance, write_json_atomic, write_parquet_atomic
+    from knobctl.knobs import KnobGrid
+    from knobctl.latency.profiling import ROW_COLUMNS, ProfileParams, load_profiled_runtime, profile_runtime
+    from knobctl.latency.stats import median_cv, round_speed, summarize, with_speed
+    from knobctl.model.runtime import device_name
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+    from knobctl.parts import PartStore
+
     params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "profile_latency", args.params), args.set, "profile_latency")
     p = ProfileParams.from_params(own)
+    threads = use_threads(p.num_threads)
     rt = load_profiled_runtime(p)
+    rt.validate_grid(grid)
     model_hash = checkpoint_hash(p.source)
     run_key = params_hash({"profile": p.__dict__, "knobs": [k.label for k in grid.configs()], "seed": seed,
                            "model": model_hash})
@@ -48,8 +52,7 @@ def main() -> None:
     meta = provenance(own, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
                       model=p.source, model_hash=model_hash, batch_size=p.batch_size, seed=seed,
                       experts_implementation=rt.model.config.text_config._experts_implementation,
-                      num_threads=torch.get_num_threads(), tiers=rt.tier_table(), rounds=p.rounds,
-                      warmup_rounds=p.warmup_rounds)
+                      num_threads=threads, tiers=rt.tier_table(), rounds=p.rounds, warmup_rounds=p.warmup_rounds)
     out = Path(args.out)
     write_parquet_atomic(out / "latency.parquet", rows, meta)
     write_parquet_atomic(out / "summary.parquet", summary, meta)

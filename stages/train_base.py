@@ -4,33 +4,41 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from knobctl.base_training import ModelParams, TrainBaseParams, evaluate, train_base
-from knobctl.io import write_json_atomic
-from knobctl.knobs import KnobGrid
-from knobctl.params import load_params, section, seed_of
-from knobctl.runtime import save_runtime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--out", default="models/base")
     ap.add_argument("--metrics", default="metrics/base.json")
+    ap.add_argument("--plots", default="plots/base/val_corners.csv")
     ap.add_argument("--checkpoint", default=".knobctl_cache/train_base", help="resume folder (not a DVC output)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from knobctl.base.evaluation import corner_frame, corner_metrics, evaluate
+    from knobctl.base.training import TrainBaseParams, train_base
+    from knobctl.execution import use_threads
+    from knobctl.io import write_csv_atomic, write_json_atomic
+    from knobctl.knobs import KnobGrid
+    from knobctl.model.presets import ModelParams
+    from knobctl.model.runtime import save_runtime
+    from knobctl.params import ParamsError, load_params, section, seed_of
+
     params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     model = ModelParams.from_params(section(params, "model", args.params))
     own = TrainBaseParams.from_params(section(params, "train_base", args.params))
     if model.preset != "tiny":
-        raise ValueError(f"model.preset={model.preset!r}: train_base trains only the tiny preset")
+        raise ParamsError(f"model.preset={model.preset!r}: train_base trains only the tiny preset")
+    use_threads(own.num_threads)
     t0 = time.perf_counter()
     train = pd.read_parquet(Path(args.data) / "train.parquet")
     val = pd.read_parquet(Path(args.data) / "val.parquet")
@@ -39,22 +47,15 @@ def main() -> None:
         val = val.sample(own.eval_max_samples, random_state=seed)
     results = evaluate(rt, val, grid.corners(), batch_size=own.eval_batch_size, desc="val corners")
     save_runtime(rt, args.out)
-    full, small = results[grid.full.label], results[grid.smallest.label]
-    accs = [r["accuracy"] for r in results.values()]
-    summary.update(
-        stage_seconds=round(time.perf_counter() - t0, 1),
-        split="val",
-        full_accuracy=full["accuracy"],
-        smallest_accuracy=small["accuracy"],
-        corner_range=[min(accs), max(accs)],
-        corners=results,
-    )
-    write_json_atomic(args.metrics, summary)
+    corners = corner_metrics(results, grid.full, grid.smallest)
+    metrics = {"headline": {**corners["headline"], "final_loss": summary["final_loss"]}, **summary,
+               "stage_seconds": round(time.perf_counter() - t0, 1), "split": "val", "corners": corners["corners"]}
+    write_json_atomic(args.metrics, metrics)
+    write_csv_atomic(args.plots, corner_frame(results))
     shutil.rmtree(args.checkpoint, ignore_errors=True)
-    print(
-        f"train_base: {own.steps} steps in {summary['stage_seconds']} s; val accuracy full {grid.full.label} "
-        f"{full['accuracy']:.3f}, smallest {grid.smallest.label} {small['accuracy']:.3f}"
-    )
+    h = metrics["headline"]
+    print(f"train_base: {own.steps} steps in {metrics['stage_seconds']} s; val accuracy full {grid.full.label} "
+          f"{h['full_accuracy']:.3f}, smallest {grid.smallest.label} {h['smallest_accuracy']:.3f}")
 
 
 if __name__ == "__main__":

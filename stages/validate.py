@@ -7,26 +7,14 @@ and a rerun with the same inputs measures only the samples not done yet.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from knobctl.accuracy_table import AccuracyTable
-from knobctl.controller import Controller
-from knobctl.controller_training import build_tables
-from knobctl.estimator import LatencyEstimator
-from knobctl.io import checkpoint_hash, file_hash, params_hash, provenance, write_json_atomic, write_parquet_atomic
-from knobctl.knobs import KnobGrid
-from knobctl.params import apply_overrides, load_params, section, seed_of
-from knobctl.parts import PartStore
-from knobctl.rollouts import RolloutParams, rollout_part, select_samples
-from knobctl.runtime import device_name, load_runtime
-from knobctl.validation import ValidateParams, run_validation, summarize
-from knobctl.validation_plots import write_plots
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override validate keys")
@@ -39,37 +27,69 @@ def main() -> None:
     ap.add_argument("--metrics", default="metrics/validate.json")
     ap.add_argument("--plots", default="plots/validate")
     ap.add_argument("--cache", default=".knobctl_cache/validate")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    import pandas as pd
+
+    from knobctl.controller.policy import Controller
+    from knobctl.controller.tables import build_tables
+    from knobctl.execution import use_threads
+    from knobctl.io import (
+        checkpoint_hash,
+        file_hash,
+        params_hash,
+        provenance,
+        write_json_atomic,
+        write_parquet_atomic,
+    )
+    from knobctl.knobs import KnobGrid
+    from knobctl.latency.estimator import LatencyEstimator
+    from knobctl.model.runtime import device_name, load_runtime
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+    from knobctl.parts import PartStore
+    from knobctl.table.accuracy_table import AccuracyTable
+    from knobctl.table.rollouts import RolloutParams, rollout_part, select_samples
+    from knobctl.validate.measure import ValidateParams, run_validation
+    from knobctl.validate.plots import write_plots
+    from knobctl.validate.summary import summarize, validation_metrics
+
     params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "validate", args.params), args.set, "validate")
     p = ValidateParams.from_params(own)
-    split_path = Path(args.data) / "test.parquet"
-    samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, "test")
-    rt = load_runtime(args.model, device=p.device)
+    use_threads(p.num_threads)
+    # Every input must speak the params' knob grid before any request is timed.
     ctrl = Controller.load(args.controller)
+    ctrl.check_grid(grid, args.controller)
+    val_table = AccuracyTable.load(args.rollouts)
+    val_table.check_grid(grid, args.rollouts)
     est = LatencyEstimator.load(args.estimator)
+    rt = load_runtime(args.model, device=p.device)
+    rt.validate_grid(grid)
+    split_path = Path(args.data) / "test.parquet"
+    samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, "test", key="validate.num_samples")
     start = time.perf_counter()
     # The oracle's accuracy: every configuration on these test samples, the accuracy table's way.
     rows, feats = rollout_part(rt, samples, grid.configs(), RolloutParams(
         split="test", num_samples=p.num_samples, batch_size=p.batch_size, part_size=p.num_samples))
     test = build_tables(AccuracyTable.from_frames(rows, feats), est, grid.configs())
-    val = build_tables(AccuracyTable.load(args.rollouts), est, grid.configs())
+    val = build_tables(val_table, est, grid.configs())
     run_key = params_hash({"validate": p.__dict__, "seed": seed, "model": checkpoint_hash(args.model),
                            "controller": checkpoint_hash(args.controller), "data": file_hash(split_path),
                            "estimator": {f.name: file_hash(f) for f in sorted(Path(args.estimator).iterdir())}})
     store = PartStore(Path(args.cache) / run_key, flush_every=10**9)  # flushed per chunk of samples
     requests, chosen, budgets, calibration = run_validation(rt, ctrl, samples, test, val, p, seed, store)
-    metrics = summarize(requests, chosen, budgets, calibration)
+    full = summarize(requests, chosen, budgets, calibration)
     meta = provenance(own, device=device_name(rt.device), model=args.model, controller=args.controller, seed=seed,
                       samples=len(samples), budgets=list(budgets))
-    write_parquet_atomic(Path(args.out) / "requests.parquet", requests, meta)
-    write_parquet_atomic(Path(args.out) / "baselines.parquet", chosen, meta)
-    write_json_atomic(args.metrics, metrics)
+    out = Path(args.out)
+    write_parquet_atomic(out / "requests.parquet", requests, meta)
+    write_parquet_atomic(out / "baselines.parquet", chosen, meta)
+    write_json_atomic(out / "summary.json", full)
+    write_json_atomic(args.metrics, validation_metrics(full))
     write_plots(requests, chosen, test, Path(args.plots))
     store.clear()
-    s = metrics["summary"]
+    s = full["summary"]
     gain = "none (no static fits)" if s["mean_gain_over_static"] is None else f"{s['mean_gain_over_static']:+.4f}"
     print(f"validate: {s['requests']} requests on {s['samples']} samples in {time.perf_counter() - start:.0f} s; "
           f">= best static at {s['budgets_at_least_static']} of {s['budgets_with_static']} budgets, mean gain "

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from knobctl.presets import TinyDims
-from knobctl.runtime import Runtime, load_runtime
+from knobctl.model.presets import TinyDims
+from knobctl.model.runtime import Runtime, load_runtime
 
 TEST_DIMS = TinyDims(hidden_size=32, expert_intermediate=16, vision_hidden=32, vision_layers=1, vision_intermediate=64, num_heads=2, vision_heads=2)
 VOCAB = ["what color is the shape ?", "is there a red circle in the image ?", "blue green triangle rectangle yes no"]
@@ -58,19 +58,19 @@ def validation_frames():
     """Two samples, two budgets (10, 20 ms); hand-made measured requests."""
     req = pd.DataFrame([
         # controller: sample a right at both budgets, over budget at 10 ms; sample b wrong at 10, right at 20
-        dict(sample_id="a", kind="controller", budget_ms=10.0, config="low/k4/b12", score=1.0, latency_ms=12.0,
-             controller_ms=1.0, estimated_ms=10.0, controller_budget_ms=9.0),
-        dict(sample_id="a", kind="controller", budget_ms=20.0, config="high/k4/b12", score=1.0, latency_ms=19.0,
-             controller_ms=1.0, estimated_ms=20.0, controller_budget_ms=19.0),
-        dict(sample_id="b", kind="controller", budget_ms=10.0, config="low/k4/b12", score=0.0, latency_ms=9.0,
-             controller_ms=1.0, estimated_ms=10.0, controller_budget_ms=9.0),
-        dict(sample_id="b", kind="controller", budget_ms=20.0, config="high/k4/b12", score=1.0, latency_ms=18.0,
-             controller_ms=1.0, estimated_ms=20.0, controller_budget_ms=19.0),
+        {"sample_id": "a", "kind": "controller", "budget_ms": 10.0, "config": "low/k4/b12", "score": 1.0, "latency_ms": 12.0,
+             "controller_ms": 1.0, "estimated_ms": 10.0, "controller_budget_ms": 9.0},
+        {"sample_id": "a", "kind": "controller", "budget_ms": 20.0, "config": "high/k4/b12", "score": 1.0, "latency_ms": 19.0,
+             "controller_ms": 1.0, "estimated_ms": 20.0, "controller_budget_ms": 19.0},
+        {"sample_id": "b", "kind": "controller", "budget_ms": 10.0, "config": "low/k4/b12", "score": 0.0, "latency_ms": 9.0,
+             "controller_ms": 1.0, "estimated_ms": 10.0, "controller_budget_ms": 9.0},
+        {"sample_id": "b", "kind": "controller", "budget_ms": 20.0, "config": "high/k4/b12", "score": 1.0, "latency_ms": 18.0,
+             "controller_ms": 1.0, "estimated_ms": 20.0, "controller_budget_ms": 19.0},
         # fixed configurations, measured once per sample
-        dict(sample_id="a", kind="fixed", config="low/k4/b12", score=1.0, latency_ms=8.0, estimated_ms=10.0),
-        dict(sample_id="a", kind="fixed", config="high/k8/b16", score=1.0, latency_ms=25.0, estimated_ms=23.0),
-        dict(sample_id="b", kind="fixed", config="low/k4/b12", score=0.0, latency_ms=8.0, estimated_ms=10.0),
-        dict(sample_id="b", kind="fixed", config="high/k8/b16", score=1.0, latency_ms=24.0, estimated_ms=23.0),
+        {"sample_id": "a", "kind": "fixed", "config": "low/k4/b12", "score": 1.0, "latency_ms": 8.0, "estimated_ms": 10.0},
+        {"sample_id": "a", "kind": "fixed", "config": "high/k8/b16", "score": 1.0, "latency_ms": 25.0, "estimated_ms": 23.0},
+        {"sample_id": "b", "kind": "fixed", "config": "low/k4/b12", "score": 0.0, "latency_ms": 8.0, "estimated_ms": 10.0},
+        {"sample_id": "b", "kind": "fixed", "config": "high/k8/b16", "score": 1.0, "latency_ms": 24.0, "estimated_ms": 23.0},
     ]).assign(budget_ms=lambda d: d["budget_ms"].where(d["kind"] == "controller"),
               controller_ms=lambda d: d["controller_ms"].fillna(0.0))
     req["rollout_score"] = req["score"]
@@ -78,10 +78,10 @@ def validation_frames():
     rows = []
     for s in ("a", "b"):
         for b in (10.0, 20.0):
-            rows += [dict(sample_id=s, method="static", budget_ms=b, config="low/k4/b12"),
-                     dict(sample_id=s, method="full", budget_ms=b, config="high/k8/b16"),
-                     dict(sample_id=s, method="smallest", budget_ms=b, config="low/k4/b12"),
-                     dict(sample_id=s, method="random", budget_ms=b, config="low/k4/b12"),
-                     dict(sample_id=s, method="oracle", budget_ms=b,
-                          config="high/k8/b16" if (s, b) == ("b", 20.0) else "low/k4/b12")]
+            rows += [{"sample_id": s, "method": "static", "budget_ms": b, "config": "low/k4/b12"},
+                     {"sample_id": s, "method": "full", "budget_ms": b, "config": "high/k8/b16"},
+                     {"sample_id": s, "method": "smallest", "budget_ms": b, "config": "low/k4/b12"},
+                     {"sample_id": s, "method": "random", "budget_ms": b, "config": "low/k4/b12"},
+                     {"sample_id": s, "method": "oracle", "budget_ms": b,
+                          "config": "high/k8/b16" if (s, b) == ("b", 20.0) else "low/k4/b12"}]
     return req, pd.DataFrame(rows)

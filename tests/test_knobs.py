@@ -1,6 +1,7 @@
 import pytest
 
 from knobctl.knobs import KnobConfig, KnobGrid
+from knobctl.params import ParamsError
 
 
 def test_default_grid_has_75_configs_in_stable_order():
@@ -30,8 +31,9 @@ def test_grid_from_params_orders_tiers_and_sorts_values():
     "section, fragment",
     [
         ({"tiers": ["ultra"]}, "unknown tier 'ultra'"),
-        ({"top_k": [0, 4]}, "knobs.top_k holds 0"),
+        ({"top_k": [0, 4]}, "knobs.top_k=[0, 4]: every entry must be a positive integer (0 is not)"),
         ({"top_k": []}, "non-empty list"),
+        ({"top_k": "4"}, "knobs.top_k='4': expected a list"),
         ({"num_blocks": [12, 12]}, "duplicates"),
         ({"bogus": 1}, "unknown keys ['bogus']"),
     ],
@@ -61,7 +63,9 @@ def test_validate_for_model_shape(cfg, fragment):
 
 def test_grid_the_model_cannot_run():
     grid = KnobGrid(top_k=(4, 8, 10))
-    with pytest.raises(ValueError, match="only 8 experts"):
-        grid.validate_for(num_experts=8, num_layers=16, tiers=("low", "medium", "high"))
-    with pytest.raises(ValueError, match="tier 'medium' is not defined"):
+    with pytest.raises(ParamsError, match=r"knobs.top_k=\[4, 8, 10\]: m has only 8 experts per MoE block"):
+        grid.validate_for(num_experts=8, num_layers=16, tiers=("low", "medium", "high"), source="m")
+    with pytest.raises(ParamsError, match=r"knobs.num_blocks=\[12, 17\]: the model has only 16 blocks"):
+        KnobGrid(num_blocks=(12, 17)).validate_for(num_experts=8, num_layers=16, tiers=("low", "medium", "high"))
+    with pytest.raises(ParamsError, match=r"knobs.tiers=\['low', 'medium', 'high'\]: the model defines only low, high"):
         KnobGrid().validate_for(num_experts=8, num_layers=16, tiers=("low", "high"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from knobctl.io import read_provenance
-from knobctl.profile_stats import summarize
-from knobctl.profiling import PARTS
+from knobctl.latency.request import PARTS
+from knobctl.latency.stats import summarize
 
 META_KEYS = ("device", "dtype", "model", "model_hash", "split", "samples", "batch_size", "rounds", "torch",
              "transformers", "git_commit", "timestamp")

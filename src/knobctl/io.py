@@ -61,6 +61,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def round4(x: Any) -> float:
+    """A metric as a plain float rounded to 4 decimals (JSON-friendly, stable across runs)."""
+    return round(float(x), 4)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -9,11 +9,11 @@ fails the same way, with a message naming the value and what is allowed.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from knobctl.params import check_keys
+from knobctl.params import ParamsError, build, require
 
 #: Tier names in increasing order of visual tokens.
 TIER_ORDER: tuple[str, ...] = ("low", "medium", "high")
@@ -53,43 +53,41 @@ class KnobConfig:
         return {"tier": self.tier, "top_k": self.top_k, "num_blocks": self.num_blocks}
 
 
-def _int_list(name: str, values: Any) -> tuple[int, ...]:
-    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
-        raise ValueError(f"knobs.{name} must be a non-empty list of integers, got {values!r}")
-    out = []
+def _int_axis(name: str, values: tuple[int, ...]) -> tuple[int, ...]:
+    """A top_k or num_blocks axis, sorted; every entry a positive integer, none repeated."""
+    require(isinstance(values, (tuple, list)) and len(values) > 0, f"knobs.{name}", values,
+            "give a non-empty list of integers")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"knobs.{name} holds {v!r}; every entry must be a positive integer")
-        out.append(v)
-    if len(set(out)) != len(out):
-        raise ValueError(f"knobs.{name} has duplicates: {values!r}")
-    return tuple(sorted(out))
+        require(not isinstance(v, bool) and isinstance(v, int) and v >= 1, f"knobs.{name}", list(values),
+                f"every entry must be a positive integer ({v!r} is not)")
+    require(len(set(values)) == len(values), f"knobs.{name}", list(values), "it has duplicates")
+    return tuple(sorted(values))
 
 
 @dataclass(frozen=True)
 class KnobGrid:
-    """The cartesian grid of tiers x top_k x num_blocks (75 configurations by default)."""
+    """The cartesian grid of tiers x top_k x num_blocks (the ``knobs:`` section; 75 configurations by default).
+
+    Tiers are kept in cost order (low, medium, high) and the integer axes sorted, whatever order
+    params.yaml lists them in."""
 
     tiers: tuple[str, ...] = TIER_ORDER
     top_k: tuple[int, ...] = (4, 5, 6, 7, 8)
     num_blocks: tuple[int, ...] = (12, 13, 14, 15, 16)
 
+    def __post_init__(self) -> None:
+        require(isinstance(self.tiers, (tuple, list)) and len(self.tiers) > 0, "knobs.tiers", self.tiers,
+                f"give a non-empty list of tiers ({', '.join(TIER_ORDER)})")
+        for t in self.tiers:
+            require(t in TIER_ORDER, "knobs.tiers", list(self.tiers), f"unknown tier {t!r}; allowed: {', '.join(TIER_ORDER)}")
+        object.__setattr__(self, "tiers", tuple(t for t in TIER_ORDER if t in self.tiers))
+        object.__setattr__(self, "top_k", _int_axis("top_k", self.top_k))
+        object.__setattr__(self, "num_blocks", _int_axis("num_blocks", self.num_blocks))
+
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> KnobGrid:
         """Build from the ``knobs:`` section of params.yaml, naming any bad key or value."""
-        check_keys(section, ("tiers", "top_k", "num_blocks"), "knobs")
-        tiers = section.get("tiers", list(TIER_ORDER))
-        if not isinstance(tiers, Sequence) or isinstance(tiers, str) or not tiers:
-            raise ValueError(f"knobs.tiers must be a non-empty list, got {tiers!r}")
-        for t in tiers:
-            if t not in TIER_ORDER:
-                raise ValueError(f"knobs.tiers holds unknown tier {t!r}; allowed: {', '.join(TIER_ORDER)}")
-        ordered = tuple(t for t in TIER_ORDER if t in tiers)
-        return cls(
-            tiers=ordered,
-            top_k=_int_list("top_k", section.get("top_k", [4, 5, 6, 7, 8])),
-            num_blocks=_int_list("num_blocks", section.get("num_blocks", [12, 13, 14, 15, 16])),
-        )
+        return build(cls, section, "knobs")
 
     def configs(self) -> list[KnobConfig]:
         """All configurations, tier-major then top_k then num_blocks (a stable order)."""
@@ -119,14 +117,34 @@ class KnobGrid:
                 seen.append(cfg)
         return seen
 
-    def validate_for(self, *, num_experts: int, num_layers: int, tiers: Iterable[str]) -> None:
-        """Raise ValueError naming the first value of the grid the model cannot run."""
+    def validate_for(self, *, num_experts: int, num_layers: int, tiers: Iterable[str], source: str = "the model"
+                     ) -> None:
+        """Raise a ParamsError naming the first value of the grid the model cannot run."""
         tiers = tuple(tiers)
         for t in self.tiers:
-            KnobConfig(t, self.top_k[0], self.num_blocks[0]).validate_for(
-                num_experts=num_experts, num_layers=num_layers, tiers=tiers
-            )
-        if self.top_k[-1] > num_experts:
-            raise ValueError(f"knobs.top_k holds {self.top_k[-1]}, but the model has only {num_experts} experts")
-        if self.num_blocks[-1] > num_layers:
-            raise ValueError(f"knobs.num_blocks holds {self.num_blocks[-1]}, but the model has only {num_layers} blocks")
+            require(t in tiers, "knobs.tiers", list(self.tiers), f"{source} defines only {', '.join(tiers)}")
+        require(self.top_k[-1] <= num_experts, "knobs.top_k", list(self.top_k),
+                f"{source} has only {num_experts} experts per MoE block")
+        require(self.num_blocks[-1] <= num_layers, "knobs.num_blocks", list(self.num_blocks),
+                f"{source} has only {num_layers} blocks")
+
+    def describe(self) -> str:
+        return describe_configs(self.configs())
+
+
+def describe_configs(configs: Iterable[KnobConfig]) -> str:
+    """A set of configurations in a few words: its size and the values of each knob."""
+    configs = list(configs)
+    tiers = [t for t in TIER_ORDER if any(k.tier == t for k in configs)]
+    top_k = sorted({k.top_k for k in configs})
+    blocks = sorted({k.num_blocks for k in configs})
+    return f"{len(configs)} configurations: tiers {tiers}, top_k {top_k}, num_blocks {blocks}"
+
+
+def check_configs_in_grid(configs: Iterable[KnobConfig], grid: KnobGrid, what: str, fix: str) -> None:
+    """Raise a ParamsError naming both grids unless every configuration of ``what`` is in ``grid``."""
+    configs = list(configs)
+    outside = [k for k in configs if k not in set(grid.configs())]
+    if outside:
+        raise ParamsError(f"{what} holds configurations outside params.yaml's knobs grid (first: {outside[0].label}); "
+                          f"it has {describe_configs(configs)}, knobs has {grid.describe()}. {fix}")

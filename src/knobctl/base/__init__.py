@@ -1,0 +1,1 @@
+"""Training and evaluating the embedded default model (train_base, eval_base)."""

@@ -1,0 +1,78 @@
+"""VQA accuracy of a model at chosen knob configurations, overall and per question type (eval_base, train_base)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from knobctl.execution import progress_bar
+from knobctl.knobs import KnobConfig
+from knobctl.model.runtime import Runtime
+from knobctl.params import build, require_device, require_int
+from knobctl.vqa.metric import vqa_score
+from knobctl.vqa.sources import decode_images
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """The ``eval_base:`` section of params.yaml."""
+
+    batch_size: int = 256
+    device: str = "auto"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        require_int(self.batch_size, "eval_base.batch_size")
+        require_int(self.num_threads, "eval_base.num_threads", 0)
+        require_device(self.device, "eval_base.device")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> EvalParams:
+        return build(cls, section, "eval_base")
+
+
+def evaluate(
+    rt: Runtime, df: pd.DataFrame, configs: Sequence[KnobConfig], batch_size: int = 256, desc: str = "eval"
+) -> dict[str, Any]:
+    """VQA accuracy of each configuration overall and per question type."""
+    images = torch.from_numpy(decode_images(df["image"].tolist(), size=rt.config.vision_config.image_size))
+    questions = df["question"].tolist()
+    results: dict[str, Any] = {}
+    for cfg in progress_bar(configs, desc=desc, unit="config"):
+        preds = rt.answer(images, questions, cfg, batch_size=batch_size)
+        scores = np.array([vqa_score(p, a) for p, a in zip(preds, df["answers"])])
+        per_type = pd.Series(scores).groupby(df["question_type"].to_numpy()).mean()
+        results[cfg.label] = {
+            **cfg.as_dict(),
+            "accuracy": round(float(scores.mean()), 4),
+            "per_question_type": {k: round(float(v), 4) for k, v in per_type.items()},
+            "n": len(scores),
+        }
+    return results
+
+
+def corner_metrics(results: dict[str, Any], full: KnobConfig, smallest: KnobConfig) -> dict[str, Any]:
+    """The metrics of an evaluation at the grid's corners: a headline block and the accuracy per corner
+    (the per-question-type detail is in :func:`corner_frame`'s CSV)."""
+    accs = {label: r["accuracy"] for label, r in results.items()}
+    return {
+        "headline": {"full_accuracy": accs[full.label], "smallest_accuracy": accs[smallest.label],
+                     "corner_min": min(accs.values()), "corner_max": max(accs.values())},
+        "corners": accs,
+    }
+
+
+def corner_frame(results: dict[str, Any]) -> pd.DataFrame:
+    """One row per (corner, question type) with its accuracy and question count, for ``dvc plots``."""
+    rows = []
+    for label, r in results.items():
+        knobs = {k: r[k] for k in ("tier", "top_k", "num_blocks")}
+        rows.append({"config": label, **knobs, "question_type": "all", "accuracy": r["accuracy"], "n": r["n"]})
+        rows += [{"config": label, **knobs, "question_type": t, "accuracy": a, "n": None}
+                 for t, a in r["per_question_type"].items()]
+    return pd.DataFrame(rows)

@@ -1,0 +1,210 @@
+"""Reward, group-relative losses and the vectorised sampling step of controller training.
+
+A *group* is one sample under one latency budget; the policy samples G configurations for
+it (both stages, with replacement), each gets a reward, and the loss compares rewards
+within the group only. Everything is batched tensor work: no Python loop over samples,
+groups or pairs.
+
+Reward of configuration c for a sample under budget b (all terms unitless):
+
+* ``accuracy``: the cached VQA score of (sample, c), 0..1;
+* ``latency``: estimated (or measured) request latency of (sample, c) divided by the budget;
+  1.0 means "exactly the budget";
+* ``violation``: max(0, latency_ms - budget_ms) / budget_ms, the relative overshoot;
+* ``efficiency``: accuracy if the request fits the budget, else 0 (a right answer in time);
+* ``complexity``: the configuration's size, the mean of its three knob positions each scaled
+  to 0..1 over the grid (low tier / smallest top_k / fewest blocks = 0, the full one = 1).
+  A negative ``epsilon`` (the default, -0.02) turns the penalty into a small preference for
+  the larger of two configurations that are both right and in budget: without it such ties
+  give no gradient, and the argmax for most samples ends up arbitrary (measured below the
+  best static configuration); with a positive one, the pairwise loss collapses onto the
+  cheapest configuration.
+
+    reward = alpha * accuracy - beta * latency - gamma * violation + delta * efficiency
+             - epsilon * complexity
+
+Departures from the methods the losses are named after, on purpose:
+
+* ``pairwise`` (the seed project's group-relative ranking loss, and its default): for every
+  ordered pair (i, j) of a group with r_i > r_j, -log sigmoid(logp_i - logp_j), i.e.
+  -log sigmoid((logp_i - logp_j) * sign(r_i - r_j)); averaged over all ranked pairs of the
+  batch (not per group), so a group's weight grows with its number of distinct rewards.
+  Tied pairs (equal rewards, e.g. the same configuration drawn twice) give nothing. It is a
+  Bradley-Terry ranking loss on the policy's log-probabilities, not a policy gradient.
+  ``pair_weight: margin`` (not the seed's) weights each pair by |r_i - r_j|, so a pair that
+  differs by a right answer counts more than one that differs by a millisecond.
+* ``grpo`` (the default): advantages (r - group mean) / (group std + eps), loss
+  -mean(advantage * logp) minus an entropy bonus (``entropy_coef``, default 0.05, on the
+  policy's entropy: stage 1's plus stage 2's at the drawn tier). train_controller's default
+  group is G = 16 configurations, not the seed's 5: on the whole val split, G = 5 without the
+  bonus settles early on configurations whose training accuracy trails the best by 0.1 point.
+  ``advantage_scale: none`` drops the division by the std, as Dr. GRPO does (measured worse
+  here: dividing by a small std amplifies the complexity preference in groups that are all
+  right, and that preference is what generalises; fitting each sample's 0/1 outcomes does not).
+  Unlike GRPO in DeepSeekMath there is no PPO ratio or clipping and no KL penalty to a reference
+  policy: each batch is sampled from the current policy and used for one gradient step, so the
+  importance ratio is exactly 1, and the "reference" of a two-head classifier has no pretrained
+  prior worth staying near.
+* The "completions" are knob configurations drawn from a factorised two-stage policy, and
+  logp is the joint log-probability of both stages' actions.
+* With the fit mask (``train_controller.fit_mask``, the default), the policy samples only
+  configurations whose estimated latency fits the group's budget (invalid-action masking;
+  :mod:`knobctl.controller.policy`), so the violation term acts only where nothing fits and the
+  cheapest configuration is forced; the loss ranks configurations that are all feasible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from knobctl.controller.policy import Controller
+from knobctl.params import build, require
+
+LOSSES = ("pairwise", "grpo")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """The ``reward`` section of params.yaml (terms in the module docstring)."""
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    gamma: float = 2.0
+    delta: float = 0.5
+    epsilon: float = -0.02
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            require(not isinstance(value, bool) and isinstance(value, (int, float)), f"reward.{name}", value,
+                    "every weight is a number")
+            if name in ("alpha", "gamma", "delta"):
+                require(value >= 0, f"reward.{name}", value, "it must be >= 0 (its sign is in the formula); only "
+                        "beta and epsilon may be negative (a preference for slower or larger configurations)")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> RewardWeights:
+        return build(cls, section, "reward")
+
+
+def reward_terms(accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
+                 complexity: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The five terms, all of one shape (broadcast)."""
+    fits = (latency_ms <= budget_ms).to(accuracy.dtype)
+    return {
+        "accuracy": accuracy,
+        "latency": latency_ms / budget_ms,
+        "violation": (latency_ms - budget_ms).clamp(min=0) / budget_ms,
+        "efficiency": accuracy * fits,
+        "complexity": complexity.expand_as(accuracy),
+    }
+
+
+def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
+           complexity: torch.Tensor) -> torch.Tensor:
+    t = reward_terms(accuracy, latency_ms, budget_ms, complexity)
+    return (w.alpha * t["accuracy"] - w.beta * t["latency"] - w.gamma * t["violation"]
+            + w.delta * t["efficiency"] - w.epsilon * t["complexity"])
+
+
+PAIR_WEIGHTS = ("sign", "margin")
+
+
+def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor, weight: str = "sign") -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards and log-probs [B, G] -> (mean loss over ranked pairs, number of ranked pairs).
+
+    ``weight="margin"`` multiplies each pair's term by r_i - r_j and divides by their sum."""
+    gap = rewards[:, :, None] - rewards[:, None, :]  # [B, G, G]: r_i - r_j
+    better = gap > 0  # [B, G, G]
+    margin = logp[:, :, None] - logp[:, None, :]  # [B, G, G]: logp_i - logp_j
+    pairs = better.sum()
+    w = better.to(logp.dtype) if weight == "sign" else gap.clamp(min=0)  # [B, G, G]
+    loss = (F.softplus(-margin) * w).sum() / w.sum().clamp(min=1e-12)  # -log sigmoid(x) = softplus(-x)
+    return loss, pairs
+
+
+ADVANTAGE_SCALES = ("std", "none")
+
+
+def grpo_loss(rewards: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, entropy_coef: float = 0.0,
+              eps: float = 1e-6, scale: str = "std") -> torch.Tensor:
+    """Group-relative advantages [B, G] times log-probs, minus ``entropy_coef`` * mean entropy.
+    ``scale="std"`` divides each group's advantages by its reward std; ``"none"`` keeps r - mean."""
+    mean = rewards.mean(1, keepdim=True)  # [B, 1]
+    centred = rewards - mean  # [B, G]
+    if scale == "std":
+        centred = centred / (rewards.std(1, keepdim=True, unbiased=False) + eps)  # [B, G]
+    advantage = centred.detach()  # [B, G]
+    return -(advantage * logp).mean() - entropy_coef * entropy.mean()
+
+
+def zero_variance(rewards: torch.Tensor) -> torch.Tensor:
+    """[B] True where every configuration of the group got the same reward (no gradient)."""
+    return rewards.max(1).values == rewards.min(1).values
+
+
+@dataclass(frozen=True)
+class Actions:
+    """G sampled configurations per group, their joint log-probability and the policy's entropies."""
+
+    tier: torch.Tensor  # [B, G] tier index
+    pair: torch.Tensor  # [B, G] (top_k, num_blocks) pair index
+    config: torch.Tensor  # [B, G] configuration index = tier * P + pair
+    logp: torch.Tensor  # [B, G] log P1(tier) + log P2(pair | tier)
+    entropy: dict[str, torch.Tensor]  # tier [B], top_k / num_blocks / pair [B, G] (marginals of stage 2)
+
+
+def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
+                   group_size: int, generator: torch.Generator, with_entropy: bool = True,
+                   feasible: torch.Tensor | None = None) -> Actions:
+    """Draw ``group_size`` configurations per row from both stages: language [B, D], vision at
+    every tier [B, T, D], budgets [B], and with a fit mask the allowed configurations
+    [B, T, P] (:meth:`Controller.feasible`; masked ones get probability 0 in both stages).
+    ``with_entropy=False`` skips the entropies (empty dict), which only logging and the GRPO
+    bonus need.
+
+    Stage 2 runs once per (sample, tier), T rows per sample, and each draw takes its tier's
+    row: fewer rows than one per draw (T = 3 < G = 5) and the same logits. With input dropout,
+    the draws of one tier share a mask. Both stages sample by inverse CDF (one uniform per
+    draw against the cumulative probabilities), the same distribution as ``torch.multinomial``
+    at a fraction of its cost on CPU (its exponential draws were 8% of a step)."""
+    b, t = vision.shape[0], vision.shape[1]
+    rows = torch.arange(b)[:, None]  # [B, 1]
+    tier_ok = None if feasible is None else feasible.any(-1)  # [B, T]
+    tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms, tier_ok), dim=-1)  # [B, T]
+    tier = _draw(tier_logp.detach().exp(), group_size, generator)  # [B, G]
+    all_logp = F.log_softmax(ctrl.pair_logits(vision, torch.arange(t).expand(b, t), language[:, None].expand(-1, t, -1),
+                                              budget_ms[:, None].expand(-1, t), feasible), dim=-1)  # [B, T, P]
+    pair_logp = all_logp[rows, tier]  # [B, G, P]
+    pair = _draw(pair_logp.detach().exp(), 1, generator).squeeze(-1)  # [B, G]
+    logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
+    config = tier * all_logp.shape[-1] + pair  # [B, G]
+    if not with_entropy:
+        return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy={})
+    n_k, n_b = len(ctrl.config.top_k), len(ctrl.config.num_blocks)
+    joint = all_logp.exp().reshape(b, t, n_k, n_b)  # [B, T, K, N]
+    per_tier = {
+        "pair": -(all_logp.exp() * all_logp).sum(-1),  # [B, T]
+        "top_k": _entropy(joint.sum(3)),  # [B, T]
+        "num_blocks": _entropy(joint.sum(2)),  # [B, T]
+    }
+    entropy = {"tier": -(tier_logp.exp() * tier_logp).sum(-1),  # [B]
+               **{k: v.gather(1, tier) for k, v in per_tier.items()}}  # [B, G] each, at the drawn tier
+    return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy=entropy)
+
+
+def _draw(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` indices per row of probabilities [..., K], with replacement (inverse CDF): [..., count]."""
+    cdf = probs.cumsum(-1)  # [..., K]
+    u = torch.rand(cdf.shape[:-1] + (count,), generator=generator) * cdf[..., -1:]  # [..., count]
+    # right=True: the first index whose cdf exceeds u, so a zero-probability (masked) entry
+    # is never drawn, even at u = 0
+    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)  # [..., count]
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp(min=1e-12).log()).sum(-1)

@@ -1,0 +1,369 @@
+"""The knob-aware runtime: a HF Llava/OLMoE model, its tokenizer and its knob spec.
+
+Knobs change the computation itself:
+
+* ``top_k``: the router of every MoE block after the first sets ``top_k``, so each token
+  is sent to (and computed by) exactly ``top_k`` experts there. The first block is the
+  decision point: Stage 2 chooses ``top_k`` from its output, so it always runs at the
+  model's own top-k (8 for the presets), in prefill and decode alike;
+* ``num_blocks``: the language model's ``layers`` list is swapped for the chosen blocks,
+  so the others are never called; the final norm and LM head follow the last block run;
+* ``tier``: images are resized/cropped to the tier's layout before the vision tower,
+  so both the vision tower's input and the visual tokens entering the LLM shrink.
+
+Knobs are applied inside :meth:`Runtime.knobs_applied` and restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast
+
+from knobctl.knobs import KnobConfig, KnobGrid
+from knobctl.model.decoding import generate
+from knobctl.model.images import ImageLike, Images, as_batch, batch_pixels, tier_pixels
+from knobctl.model.presets import BOS, EOS, IMAGE, PAD, PRESETS, SEP, ModelSpec, TierSpec, TinyDims, preset_config
+
+#: dtype names accepted in params.yaml.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: The block after which Stage 2 decides; it always runs, at the model's own top-k.
+DECISION_BLOCK = 0
+
+
+def _is_router(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "top_k", None), int) and hasattr(module, "num_experts")
+
+
+@dataclass(frozen=True)
+class BlockOutputs:
+    """What :meth:`Runtime.block_outputs` recorded, keyed by block index."""
+
+    last: dict[int, torch.Tensor]  # block -> [B, H] at the last position
+    sequence: dict[int, torch.Tensor]  # block -> [B, L, H]
+
+
+@dataclass
+class Runtime:
+    """A loaded model ready to answer with any knob configuration of its grid."""
+
+    model: LlavaForConditionalGeneration
+    tokenizer: PreTrainedTokenizerFast
+    spec: ModelSpec
+    source: str
+
+    def __post_init__(self) -> None:
+        self.spec.validate(self.num_layers)
+        self._all_layers: nn.ModuleList = self.lm.layers
+        self._block_routers = [[m for m in layer.modules() if _is_router(m)] for layer in self._all_layers]
+        self._routers = [r for routers in self._block_routers for r in routers]
+        if not self._routers:
+            raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
+        vocab = self.tokenizer.get_vocab()
+        self.ids = {tok: vocab[tok] for tok in (PAD, BOS, EOS, SEP, IMAGE)}
+        if self.ids[IMAGE] != self.config.image_token_id:
+            raise ValueError(
+                f"{self.source}: tokenizer id of {IMAGE} is {self.ids[IMAGE]} but config.image_token_id is "
+                f"{self.config.image_token_id}"
+            )
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def config(self) -> LlavaConfig:
+        return self.model.config
+
+    @property
+    def lm(self) -> nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.text_config.num_hidden_layers
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.text_config.num_experts
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.vision_config.patch_size
+
+    def visual_tokens(self, tier: str) -> int:
+        """Visual tokens that enter the LLM at a tier."""
+        return self.tier(tier).num_tokens(self.patch_size)
+
+    def tier(self, name: str) -> TierSpec:
+        if name not in self.spec.tiers:
+            raise ValueError(f"tier {name!r} is not defined for {self.source}; it has: {', '.join(self.spec.tiers)}")
+        return self.spec.tiers[name]
+
+    def tier_table(self) -> dict[str, dict[str, int]]:
+        """What each tier costs in inputs: visual tokens, images (global + crops), pixels per side,
+        and the prompt's length without the question (visual tokens plus the special tokens)."""
+        return {
+            name: {"visual_tokens": self.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size,
+                   "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
+            for name, t in self.spec.tiers.items()
+        }
+
+    def validate(self, knobs: KnobConfig) -> None:
+        knobs.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.spec.tiers)
+
+    def validate_grid(self, grid: KnobGrid) -> None:
+        """Raise a ParamsError naming the first value of the ``knobs:`` grid this model cannot run."""
+        grid.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.spec.tiers,
+                          source=self.source)
+
+    # ------------------------------------------------------------------ knobs
+    @contextlib.contextmanager
+    def knobs_applied(self, knobs: KnobConfig) -> Iterator[None]:
+        """Within the scope, routers after the decision block pick ``top_k`` experts and only the
+        chosen blocks run."""
+        self.validate(knobs)
+        saved_k = [r.top_k for r in self._routers]
+        try:
+            for i, routers in enumerate(self._block_routers):
+                if i == DECISION_BLOCK:
+                    continue
+                for r in routers:
+                    r.top_k = knobs.top_k
+            with self.blocks_run(self.spec.blocks_for(knobs.num_blocks, self.num_layers)):
+                yield
+        finally:
+            for r, k in zip(self._routers, saved_k):
+                r.top_k = k
+
+    @contextlib.contextmanager
+    def blocks_run(self, indices: Sequence[int]) -> Iterator[None]:
+        """Within the scope the language model runs only these blocks, in this order."""
+        saved = self.lm.layers
+        try:
+            self.lm.layers = nn.ModuleList([self._all_layers[i] for i in indices])
+            yield
+        finally:
+            self.lm.layers = saved
+
+    @contextlib.contextmanager
+    def block_outputs(self, keep_sequence: Sequence[int] = ()) -> Iterator[BlockOutputs]:
+        """Record each block's output (before the final norm) while the scope runs forwards.
+
+        Every block keeps its last position ([B, H]: with left padding, every row's last
+        prompt token); blocks in ``keep_sequence`` keep the whole sequence ([B, L, H]).
+        The latest forward overwrites earlier ones.
+        """
+        outs = BlockOutputs(last={}, sequence={})
+
+        def record(index: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output  # [B, L, H]
+                outs.last[index] = hidden[:, -1]
+                if index in keep_sequence:
+                    outs.sequence[index] = hidden
+            return hook
+
+        handles = [layer.register_forward_hook(record(i)) for i, layer in enumerate(self._all_layers)]
+        try:
+            yield outs
+        finally:
+            for h in handles:
+                h.remove()
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head on block outputs [..., H] -> logits [..., V] (an early exit)."""
+        return self.model.lm_head(self.lm.norm(hidden))
+
+    # ------------------------------------------------------------------ vision
+    def pixel_values(self, images: ImageLike | Images, tier: str) -> torch.Tensor:
+        """Normalised pixels for the vision tower: [B * num_images, 3, S, S] (one image or a batch:
+        :func:`knobctl.model.images.as_batch`)."""
+        spec = self.tier(tier)
+        batch = batch_pixels(images)
+        if isinstance(batch, torch.Tensor):
+            pix = tier_pixels(batch, spec)
+        else:
+            pix = torch.cat([tier_pixels(im, spec) for im in batch])
+        mean = torch.tensor(self.spec.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.image_std).view(1, 3, 1, 1)
+        return ((pix - mean) / std).to(self.device, self.model.dtype)
+
+    def encode_images(self, images: ImageLike | Images, tier: str) -> torch.Tensor:
+        """Vision tower + optional pooling + projector: [B, T_visual, H_llm]."""
+        spec = self.tier(tier)
+        pix = self.pixel_values(images, tier)  # [B*n, 3, S, S]
+        inner = self.model.model
+        layer = self.config.vision_feature_layer
+        out = inner.vision_tower(pix, output_hidden_states=layer != -1, interpolate_pos_encoding=True)
+        feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]  # [B*n, 1+P, Dv]
+        if self.config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        if spec.pool > 1:
+            n, p, d = feats.shape
+            side = round(p**0.5)
+            grid = feats.transpose(1, 2).reshape(n, d, side, side)
+            feats = F.avg_pool2d(grid, spec.pool).flatten(2).transpose(1, 2)  # [B*n, P/pool^2, Dv]
+        proj = inner.multi_modal_projector(feats)  # [B*n, t, H]
+        return proj.reshape(-1, spec.num_images * proj.shape[1], proj.shape[-1])  # [B, T, H]
+
+    # ------------------------------------------------------------------ text
+    def prompt_ids(self, questions: Sequence[str], num_visual: int) -> list[list[int]]:
+        """[BOS] <image> x num_visual question-words [SEP], one list per question."""
+        words = self.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
+        return self.prompt_from_ids(words, num_visual)
+
+    def prompt_from_ids(self, questions: Sequence[Sequence[int]], num_visual: int) -> list[list[int]]:
+        """The prompt layout of :meth:`prompt_ids` around already-tokenized questions."""
+        head = [self.ids[BOS]] + [self.ids[IMAGE]] * num_visual
+        return [head + list(q) + [self.ids[SEP]] for q in questions]
+
+    def embed(self, visual: torch.Tensor, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Left-padded embeddings with visual features scattered into the image slots."""
+        width = max(len(s) for s in sequences)
+        pad = self.ids[PAD]
+        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self.device)  # [B, L]
+        lengths = torch.tensor([len(s) for s in sequences], device=self.device)  # [B]
+        mask = (torch.arange(width, device=self.device) >= width - lengths[:, None]).long()  # [B, L]
+        embeds = self.lm.embed_tokens(ids)  # [B, L, H]
+        slots = (ids == self.ids[IMAGE]).unsqueeze(-1)  # [B, L, 1]
+        embeds = embeds.masked_scatter(slots, visual.to(embeds.dtype))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+        return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        texts = []
+        for row in tokens.tolist():
+            if self.ids[EOS] in row:
+                row = row[: row.index(self.ids[EOS])]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    @torch.inference_mode()
+    def answer(
+        self,
+        images: ImageLike | Images,
+        questions: str | Sequence[str],
+        knobs: KnobConfig,
+        max_new_tokens: int | None = None,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """Greedy answers, batched; one per (image, question) pair (one image and one question
+        string answer a single request)."""
+        images = as_batch(images)
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions; pass one image per question")
+        steps = max_new_tokens or self.spec.max_new_tokens
+        self.model.eval()
+        answers: list[str] = []
+        with self.knobs_applied(knobs):
+            for start in range(0, len(questions), batch_size):
+                imgs = images[start : start + batch_size]
+                qs = questions[start : start + batch_size]
+                visual = self.encode_images(imgs, knobs.tier)
+                inputs = self.embed(visual, self.prompt_ids(qs, visual.shape[1]))
+                answers.extend(self.decode(generate(self, inputs, steps)))
+        return answers
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable accelerator or CPU model, for the table's metadata."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_runtime(
+    source: str | Path,
+    *,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    block_order: str | Sequence[int] | None = None,
+    vocab: Sequence[str] = (),
+    dims: TinyDims | None = None,
+    experts_implementation: str | None = None,
+) -> Runtime:
+    """Load a preset (random weights) or a local checkpoint directory; never a hub download.
+
+    ``trust_remote_code`` stays off unless the caller sets it. ``block_order`` overrides
+    the checkpoint's block policy ('first' or a ranked list of block indices).
+    ``experts_implementation`` picks HF's MoE experts kernel (eager, grouped_mm,
+    batched_mm); None keeps the checkpoint's. A preset is built directly on the device
+    in ``dtype``, so a true-size preset never initialises 7 B parameters on the CPU.
+    """
+    from knobctl.model.tokenizer import build_word_tokenizer
+
+    dev = resolve_device(device)
+    path = Path(source)
+    if str(source) in PRESETS and not path.is_dir():
+        tokenizer = build_word_tokenizer(vocab)
+        config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
+        saved_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype or torch.float32)
+        try:
+            with dev:
+                model = LlavaForConditionalGeneration(config)
+        finally:
+            torch.set_default_dtype(saved_dtype)
+    elif path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path} has no config.json; a checkpoint directory is what save_pretrained writes")
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
+        )
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        spec = ModelSpec.load(path)
+        if spec is None:
+            raise ValueError(f"{path} has no knobctl.json (tier layout); copy one from a preset and edit it")
+    else:
+        raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    if block_order is not None:
+        from knobctl.model.presets import parse_block_order
+
+        spec = ModelSpec(**{**spec.__dict__, "block_order": parse_block_order(block_order)})
+    model.to(dev)
+    if dtype is not None:
+        model.to(dtype)
+    if experts_implementation is not None:
+        model.model.language_model.set_experts_implementation(experts_implementation)
+    model.eval()
+    return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source))
+
+
+def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:
+    """save_pretrained (safetensors + config), tokenizer.json and knobctl.json, atomically."""
+    from knobctl.io import atomic_dir
+
+    with atomic_dir(directory) as tmp:
+        rt.model.save_pretrained(tmp, safe_serialization=True)
+        rt.tokenizer.save_pretrained(tmp)
+        rt.spec.save(tmp)
+        for name, obj in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,195 @@
+"""The accuracy table on disk: sharded, resumable part files, their merge and its summary.
+
+The selected samples are cut into parts of ``part_size`` in a fixed order; part ``i``
+belongs to shard ``i % num_shards``. A part is two atomic files in the run's cache
+folder (keyed by a hash of everything that determines the rows): ``features-NNNNN`` is
+written first, ``rows-NNNNN`` last, so a part counts as done only when both exist. A
+rerun skips done parts, and since each part's rows depend only on its own samples, a run
+killed mid-way and resumed, or split over shards, merges into the same table as one
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from knobctl.execution import progress_bar
+from knobctl.io import round4 as _r
+from knobctl.io import write_parquet_atomic
+from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid, check_configs_in_grid
+from knobctl.model.runtime import Runtime
+from knobctl.table.rollouts import RolloutParams, rollout_part
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """Where the parts of one run live and which samples each part holds."""
+
+    directory: Path
+    num_samples: int
+    part_size: int
+
+    @property
+    def num_parts(self) -> int:
+        return -(-self.num_samples // self.part_size)
+
+    def rows_path(self, i: int) -> Path:
+        return self.directory / f"rows-{i:05d}.parquet"
+
+    def features_path(self, i: int) -> Path:
+        return self.directory / f"features-{i:05d}.parquet"
+
+    def done(self, i: int) -> bool:
+        return self.rows_path(i).exists() and self.features_path(i).exists()
+
+    def shard_parts(self, shard: int, num_shards: int) -> list[int]:
+        if num_shards < 1 or not 0 <= shard < num_shards:
+            raise ValueError(f"--shard {shard} --num-shards {num_shards}: need 0 <= shard < num_shards")
+        return [i for i in range(self.num_parts) if i % num_shards == shard]
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.num_parts) if not self.done(i)]
+
+    def clear(self) -> None:
+        """Remove the parts once they are merged into the final tables."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def run_parts(
+    rt: Runtime, samples: pd.DataFrame, configs: Sequence[KnobConfig], p: RolloutParams, plan: PartPlan,
+    parts: Sequence[int], progress: bool = True,
+) -> int:
+    """Roll out the given parts that are not done yet; returns the number of rollouts run."""
+    todo = [i for i in parts if not plan.done(i)]
+    sizes = {i: len(samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]) for i in todo}
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    with progress_bar(total=sum(sizes.values()) * len(configs), desc="rollouts", unit="rollout",
+                      disable=not progress) as bar:
+        for i in todo:
+            part = samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]
+            rows, feats = rollout_part(rt, part, configs, p, on_batch=lambda n: bar.update(n * len(configs)))
+            write_parquet_atomic(plan.features_path(i), feats)
+            write_parquet_atomic(plan.rows_path(i), rows)
+    return sum(sizes.values()) * len(configs)
+
+
+def merge_parts(plan: PartPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every part's rows and features, in sample order; names the parts still missing."""
+    missing = plan.missing()
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {plan.num_parts} parts are not done in {plan.directory} (first: {missing[:5]}); "
+            "run the shards that own them (part i belongs to shard i % num_shards), then merge"
+        )
+    rows = pd.concat([pd.read_parquet(plan.rows_path(i)) for i in range(plan.num_parts)], ignore_index=True)
+    feats = pd.concat([pd.read_parquet(plan.features_path(i)) for i in range(plan.num_parts)], ignore_index=True)
+    return rows, feats
+
+
+@dataclass(frozen=True)
+class AccuracyTable:
+    """The merged table as dense arrays, for tensor lookups in controller training.
+
+    Rows of every array follow ``sample_ids``; configuration columns follow ``configs``
+    (grid order); tier columns follow ``tiers``. Error cells hold NaN scores and -1 lengths.
+    """
+
+    sample_ids: np.ndarray  # [S]
+    question_types: np.ndarray  # [S]
+    configs: tuple[KnobConfig, ...]  # C
+    tiers: tuple[str, ...]  # T
+    scores: np.ndarray  # [S, C] VQA score
+    input_tokens: np.ndarray  # [S, C]
+    output_tokens: np.ndarray  # [S, C]
+    language: np.ndarray  # [S, D]
+    vision: np.ndarray  # [S, T, D]
+
+    @classmethod
+    def from_frames(cls, rows: pd.DataFrame, feats: pd.DataFrame) -> AccuracyTable:
+        ids = feats["sample_id"].to_numpy()
+        first = rows[rows["sample_id"] == ids[0]]
+        configs = tuple(KnobConfig(t, int(k), int(b)) for t, k, b in first[["tier", "top_k", "num_blocks"]].itertuples(
+            index=False, name=None))
+        s, c = len(ids), len(configs)
+        if len(rows) != s * c or not (rows["sample_id"].to_numpy().reshape(s, c) == ids[:, None]).all():
+            raise ValueError(f"rollouts hold {len(rows)} rows, not {s} samples x {c} configurations in sample order; "
+                             "rebuild them with `dvc repro accuracy_table`")
+        tiers = tuple(dict.fromkeys(k.tier for k in configs))
+        return cls(
+            sample_ids=ids, question_types=feats["question_type"].to_numpy(), configs=configs, tiers=tiers,
+            scores=rows["score"].to_numpy(dtype=np.float32).reshape(s, c),
+            input_tokens=rows["input_tokens"].to_numpy().reshape(s, c),
+            output_tokens=rows["output_tokens"].to_numpy().reshape(s, c),
+            language=np.stack(feats["language"].to_numpy()).astype(np.float32),
+            vision=np.stack([np.stack(feats[f"vision_{t}"].to_numpy()) for t in tiers], axis=1).astype(np.float32),
+        )
+
+    def check_grid(self, grid: KnobGrid, source: str | Path = "data/rollouts") -> None:
+        """Refuse a table built for another knob grid (every configuration must be in ``grid``; a subset is
+        fine: missing cells are fetched online)."""
+        check_configs_in_grid(self.configs, grid, str(source), "Rebuild it with `dvc repro accuracy_table` or set "
+                              "knobs: to the table's grid.")
+
+    @classmethod
+    def load(cls, directory: str | Path = "data/rollouts") -> AccuracyTable:
+        directory = Path(directory)
+        return cls.from_frames(pd.read_parquet(directory / "rollouts.parquet"),
+                               pd.read_parquet(directory / "features.parquet"))
+
+
+def summarize(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> dict[str, Any]:
+    """metrics/accuracy_table.json: a headline block (full, smallest, best static configuration, per-sample
+    oracle: each sample's best configuration), the table's size and accuracy per question type. Accuracy per
+    configuration is in :func:`per_config_table`'s CSV."""
+    ok = rows[rows["error"].isna()]
+    labels = [k.label for k in configs]
+    per_config = ok.groupby("config")["score"].mean().reindex(labels)
+    oracle = ok.groupby("sample_id")["score"].max()
+    full, smallest = max(configs, key=_size), min(configs, key=_size)
+    by_type: dict[str, Any] = {}
+    for qtype, group in ok.groupby("question_type"):
+        accs = group.groupby("config")["score"].mean().reindex(labels)
+        by_type[str(qtype)] = {
+            "samples": int(group["sample_id"].nunique()),
+            "full": _r(accs[full.label]), "smallest": _r(accs[smallest.label]),
+            "mean_over_configs": _r(accs.mean()), "oracle": _r(group.groupby("sample_id")["score"].max().mean()),
+        }
+    best = per_config.idxmax()
+    return {
+        "headline": {"full_accuracy": _r(per_config[full.label]), "smallest_accuracy": _r(per_config[smallest.label]),
+                     "best_static_accuracy": _r(per_config[best]), "oracle_accuracy": _r(oracle.mean())},
+        "samples": int(rows["sample_id"].nunique()),
+        "configurations": len(configs),
+        "rollouts": len(rows),
+        "error_rows": int(rows["error"].notna().sum()),
+        "error_samples": int(rows.loc[rows["error"].notna(), "sample_id"].nunique()),
+        "full_config": full.label,
+        "full_accuracy": _r(per_config[full.label]),
+        "smallest_config": smallest.label,
+        "smallest_accuracy": _r(per_config[smallest.label]),
+        "best_static": {"config": str(best), "accuracy": _r(per_config[best])},
+        "oracle_accuracy": _r(oracle.mean()),
+        "oracle_gain_over_full": _r(oracle.mean() - per_config[full.label]),
+        "mean_output_tokens": _r(ok["output_tokens"].mean()),
+        "per_question_type": by_type,
+    }
+
+
+def per_config_table(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> pd.DataFrame:
+    """Accuracy per configuration, for ``dvc plots``."""
+    ok = rows[rows["error"].isna()]
+    acc = ok.groupby("config")["score"].mean()
+    return pd.DataFrame([{**k.as_dict(), "config": k.label, "accuracy": _r(acc.get(k.label, float("nan")))}
+                         for k in configs])
+
+
+def _size(k: KnobConfig) -> tuple[int, int, int]:
+    return TIER_ORDER.index(k.tier), k.top_k, k.num_blocks
+

@@ -1,0 +1,1 @@
+"""Validation on the real model with real clocks, its plots and reports/summary.md."""

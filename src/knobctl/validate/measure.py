@@ -1,0 +1,260 @@
+"""Validation on the real model with real clocks: the controller against baselines, per budget.
+
+Methods, at every budget, on the same held-out test samples:
+
+* ``controller``: the two-stage flow inside the model (:mod:`knobctl.controller.two_stage`), one
+  request per (sample, budget), controller included in the latency;
+* ``static``: one configuration per budget for the whole run, chosen on the *val* tables with
+  estimated latency (:func:`knobctl.controller.evaluation.best_static`: the most accurate one that
+  fits 95% of val samples, at the speed scale of the calibration burst); a budget where none
+  fits has no static baseline;
+* ``full`` and ``smallest``: the largest and the cheapest configuration of the grid;
+* ``random``: per (sample, budget), a seeded uniform pick among the configurations whose
+  estimated latency for that request fits (the cheapest if none does);
+* ``oracle``: per (sample, budget), the most accurate configuration on the test rollouts
+  (the accuracy-table machinery run on these samples) whose estimated latency fits; an upper
+  bound, not a method (it knows the answers).
+
+Baselines are fixed configurations, so each distinct (sample, configuration) is measured
+once and shared between the methods and budgets that use it; a sample's requests run in a
+seeded shuffled order, so a slow spell of the machine hits every method alike.
+A request *violates* its budget when its measured latency exceeds it.
+
+Speed correction (``calibrate: true``, the default). The estimator prices requests at the
+speed the machine had when it was profiled, and the controller adds its own time, which no
+profile contains. On a shared machine the speed also drifts by tens of percent within
+minutes. So a :class:`SpeedTracker` starts from a burst of ``calibration_requests``
+requests (fixed configurations and the controller) and then follows every measured request:
+``scale`` = the ``speed_quantile`` quantile (default 0.9) of measured / estimated latency
+over the recent fixed-configuration requests, ``overhead_ms`` = the same quantile of recent
+controller times. A high quantile plans for a slow request rather than a typical one: the
+request-to-request jitter here is 10-20%, and planning with the median puts a
+configuration chosen at the edge of its budget over it about half the time. The controller is given
+``(budget - overhead_ms) / scale`` as its budget in the estimator's milliseconds; the
+static, random and oracle baselines of a sample are chosen with the same current ``scale``
+(a configuration fits when ``scale`` x its estimate does). Default budgets span the
+*measured* range: the burst's ``scale`` (at the same quantile) times the estimated one. ``calibrate: false``
+uses the estimates as they are. The metrics report both numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from knobctl.controller.evaluation import best_static, mean_accuracy
+from knobctl.controller.policy import Controller, NumpyPolicy
+from knobctl.controller.tables import CacheTables, budgets_between
+from knobctl.controller.two_stage import answer_controlled
+from knobctl.execution import progress_bar
+from knobctl.io import write_json_atomic
+from knobctl.model.runtime import Runtime
+from knobctl.model.timing import answer_fixed
+from knobctl.params import build, require, require_device, require_int
+from knobctl.parts import PartStore
+from knobctl.validate.summary import BASELINES
+from knobctl.vqa.metric import vqa_score
+from knobctl.vqa.sources import decode_images
+
+CHUNK = 10  # samples per flushed part of a run
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """The ``validate`` section of params.yaml."""
+
+    num_samples: int = 200
+    budgets: tuple[float, ...] | None = None
+    num_budgets: int = 8
+    warmup_requests: int = 10
+    calibrate: bool = True
+    calibration_requests: int = 60
+    speed_quantile: float = 0.9
+    speed_window: int = 25
+    batch_size: int = 50
+    device: str = "auto"
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "num_budgets", "batch_size", "calibration_requests", "speed_window"):
+            require_int(getattr(self, name), f"validate.{name}")
+        require_int(self.warmup_requests, "validate.warmup_requests", 0)
+        require_int(self.num_threads, "validate.num_threads", 0)
+        require(0 < self.speed_quantile <= 1, "validate.speed_quantile", self.speed_quantile,
+                "give a quantile in (0, 1], e.g. 0.9")
+        require(isinstance(self.calibrate, bool), "validate.calibrate", self.calibrate, "write true or false")
+        require(self.budgets is None or (len(self.budgets) > 0 and all(b > 0 for b in self.budgets)),
+                "validate.budgets", self.budgets, "give positive numbers in ms, or null for num_budgets budgets "
+                "spread over the model's estimated latency range")
+        require_device(self.device, "validate.device")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> ValidateParams:
+        return build(cls, section, "validate")
+
+
+class SpeedTracker:
+    """The machine's speed against the estimator and the controller's own time, tracked live.
+
+    Starts from a calibration burst; every fixed-configuration request then adds its
+    measured / estimated ratio and every controller request its controller time, and each
+    estimate is the ``quantile`` of the last ``window`` observations.
+    """
+
+    def __init__(self, ratios: Sequence[float] = (1.0,), overheads: Sequence[float] = (0.0,), window: int = 25,
+                 quantile: float = 0.5, live: bool = True):
+        self.ratios, self.overheads = deque(ratios, maxlen=window), deque(overheads, maxlen=window)
+        self.quantile, self.live = quantile, live
+
+    @property
+    def scale(self) -> float:
+        return float(np.quantile(self.ratios, self.quantile))
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(np.quantile(self.overheads, self.quantile))
+
+    def controller_budget(self, budget_ms: float) -> float:
+        """The budget to give the controller, in the estimator's milliseconds."""
+        return (budget_ms - self.overhead_ms) / self.scale
+
+    def observe(self, measured_ms: float, estimated_ms: float, controller_ms: float | None = None) -> None:
+        if not self.live:
+            return
+        if controller_ms is None:
+            self.ratios.append(measured_ms / estimated_ms)
+        else:
+            self.overheads.append(controller_ms)
+
+
+def calibrate(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor,
+              test: CacheTables, count: int, max_new_tokens: int | None = None) -> tuple[list[float], list[float]]:
+    """(measured / estimated ratios, controller times in ms) of ``count`` fixed-configuration
+    requests (cheapest, middle, full in turn) and as many controller requests; nothing else is recorded."""
+    column = {k: j for j, k in enumerate(test.configs)}
+    order = torch.argsort(test.latency_ms.median(0).values)  # [C] cheapest first
+    picks = [test.configs[int(order[i])] for i in (0, len(order) // 2, len(order) - 1)]
+    mid = float(test.latency_ms[:, order[len(order) // 2]].median())
+    ratios, overheads = [], []
+    for n in range(count):
+        i = n % len(samples)
+        image, question = images[i : i + 1], samples["question"].iloc[i]
+        knobs = picks[n % len(picks)]
+        _, ms = answer_fixed(rt, image, question, knobs, max_new_tokens)
+        ratios.append(ms / float(test.latency_ms[i, column[knobs]]))
+        overheads.append(answer_controlled(rt, ctrl, image, question, mid, max_new_tokens).controller_ms)
+    return [round(r, 5) for r in ratios], [round(o, 5) for o in overheads]
+
+
+class Baselines:
+    """Each baseline's configuration (grid column) for one test sample at every budget. Static is
+    fixed per budget from ``static_scale``; random and oracle follow the current speed ``scale``
+    of :meth:`choose`: a configuration fits when ``scale`` x its estimate does."""
+
+    def __init__(self, test: CacheTables, val: CacheTables, budgets: Sequence[float], seed: int,
+                 static_scale: float = 1.0):
+        self.test, self.budgets, self.seed = test, tuple(float(b) for b in budgets), seed
+        val_acc = mean_accuracy(val.scores)  # [C]
+        self.static = [best_static(val.latency_ms * static_scale, val_acc, b) for b in self.budgets]
+        self.scores = torch.nan_to_num(test.scores, nan=-1.0)  # [S, C]; an error cell never wins
+        self.cheapest, self.full = int(test.complexity.argmin()), int(test.complexity.argmax())
+
+    def choose(self, row: int, scale: float) -> dict[str, list[int]]:
+        """baseline -> one column per budget (-1 where the baseline has none)."""
+        gen = np.random.default_rng([self.seed, row])
+        lat = self.test.latency_ms[row] * scale  # [C]
+        out: dict[str, list[int]] = {m: [] for m in BASELINES}
+        for b, static in zip(self.budgets, self.static):
+            ok = torch.nonzero(lat <= b).flatten()  # [F]
+            out["static"].append(-1 if static is None else static)
+            out["full"].append(self.full)
+            out["smallest"].append(self.cheapest)
+            out["random"].append(int(ok[gen.integers(len(ok))]) if len(ok) else self.cheapest)
+            out["oracle"].append(int(ok[self.scores[row, ok].argmax()]) if len(ok) else self.cheapest)
+        return out
+
+
+def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor,
+                 test: CacheTables, baselines: Baselines, tracker: SpeedTracker, seed: int, rows: Sequence[int],
+                 max_new_tokens: int | None = None, on_sample: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every request of the given test rows, shuffled per sample: (one row per request, one row
+    per (sample, baseline, budget) naming the configuration that answers it).
+
+    ``samples`` (columns sample_id, question, answers, question_type) and ``images``
+    ([S, H, W, 3] uint8, decoded before any clock starts) follow the test tables' rows."""
+    out: list[dict[str, Any]] = []
+    chosen: list[dict[str, Any]] = []
+    column = {k: j for j, k in enumerate(test.configs)}
+    for i in rows:
+        row = samples.iloc[i]
+        image, answers = images[i : i + 1], list(row["answers"])
+        choice = baselines.choose(i, tracker.scale)
+        chosen += [{"sample_id": row["sample_id"], "method": m, "budget_ms": b, "config": test.configs[c].label}
+                   for m, cols in choice.items() for b, c in zip(baselines.budgets, cols) if c >= 0]
+        needed = sorted({c for cols in choice.values() for c in cols if c >= 0})
+        jobs = [("controller", b) for b in baselines.budgets] + [("fixed", c) for c in needed]
+        order = np.random.default_rng([seed, int(i)]).permutation(len(jobs))
+        for pos in order.tolist():
+            kind, what = jobs[pos]
+            if kind == "controller":
+                given = tracker.controller_budget(what)
+                res = answer_controlled(rt, ctrl, image, row["question"], given, max_new_tokens)
+                answer, knobs, ms, ctrl_ms, budget = res.answer, res.knobs, res.latency_ms, res.controller_ms, what
+            else:
+                knobs, given, ctrl_ms, budget = test.configs[what], float("nan"), 0.0, float("nan")
+                answer, ms = answer_fixed(rt, image, row["question"], knobs, max_new_tokens)
+            estimated = float(test.latency_ms[i, column[knobs]])
+            tracker.observe(ms, estimated, ctrl_ms if kind == "controller" else None)
+            out.append({
+                "sample_id": row["sample_id"], "question_type": row["question_type"], "kind": kind,
+                "budget_ms": budget, "controller_budget_ms": given, "config": knobs.label, "tier": knobs.tier,
+                "top_k": knobs.top_k, "num_blocks": knobs.num_blocks, "answer": answer,
+                "score": vqa_score(answer, answers), "latency_ms": ms, "controller_ms": ctrl_ms,
+                "estimated_ms": estimated, "rollout_score": float(test.scores[i, column[knobs]]), "order": pos,
+            })
+        if on_sample is not None:
+            on_sample()
+    return pd.DataFrame(out), pd.DataFrame(chosen)
+
+
+def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: CacheTables, val: CacheTables,
+                   p: ValidateParams, seed: int, store: PartStore,
+                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, tuple[float, ...], tuple[float, float]]:
+    """Warm up, calibrate (or reload a killed run's calibration), then measure the samples the
+    store does not hold yet, one flushed part per chunk. Returns (requests, chosen, budgets,
+    (starting scale, starting overhead_ms))."""
+    images = torch.from_numpy(decode_images(samples["image"].tolist(), size=rt.config.vision_config.image_size))
+    policy = NumpyPolicy.from_controller(ctrl)
+    n = len(samples)
+    for i in range(p.warmup_requests):  # one-off allocations stay out of the measurements
+        answer_fixed(rt, images[i % n : i % n + 1], samples["question"].iloc[i % n], test.configs[-1])
+    saved = store.directory / "calibration.json"
+    if saved.exists():  # a resumed run keeps its first start's calibration, hence its budgets
+        ratios, overheads = json.loads(saved.read_text())
+    else:
+        ratios, overheads = (calibrate(rt, policy, samples, images, test, p.calibration_requests) if p.calibrate
+                             else ([1.0], [0.0]))
+        write_json_atomic(saved, [ratios, overheads])
+    tracker = SpeedTracker(ratios, overheads, p.speed_window, p.speed_quantile, live=p.calibrate)
+    budgets = p.budgets or budgets_between(test.latency_ms, p.num_budgets, tracker.scale)
+    baselines = Baselines(test, val, budgets, seed, static_scale=tracker.scale)
+    calibration = (round(tracker.scale, 4), round(tracker.overhead_ms, 4))
+    choices = PartStore(store.directory / "choices", flush_every=10**9)
+    done = set(store.read().get("sample_id", []))
+    todo = [i for i in range(n) if samples["sample_id"].iloc[i] not in done]
+    with progress_bar(total=len(todo), desc="validate", unit="sample", disable=not progress) as bar:
+        for c in range(0, len(todo), CHUNK):
+            requests, chosen = run_requests(rt, policy, samples, images, test, baselines, tracker, seed,
+                                            todo[c : c + CHUNK], on_sample=bar.update)
+            for part, frame in ((choices, chosen), (store, requests)):  # a sample is done once its requests are
+                for record in frame.to_dict("records"):
+                    part.append(record)
+                part.flush()
+    return store.read(), choices.read(), tuple(budgets), calibration

@@ -1,0 +1,109 @@
+"""metrics/validate.json from the measured requests: per budget and method, and the run's summary.
+
+Each method's answer to a (sample, budget) is one measured request (:mod:`knobctl.validate.measure`;
+the baselines are fixed configurations, so one request serves every method and budget that uses
+it). A request *violates* its budget when its measured latency exceeds it; accuracy within budget
+counts a late answer as wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from knobctl.io import round4 as _r
+
+METHODS = ("controller", "static", "full", "smallest", "random", "oracle")
+BASELINES = METHODS[1:]
+
+
+def method_rows(requests: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, budget, sample): the request that answers it (baselines share them),
+    with ``over``: whether it missed that budget."""
+    ctrl = requests[requests["kind"] == "controller"].assign(method="controller")
+    fixed = requests[requests["kind"] == "fixed"].drop(columns=["budget_ms"])
+    base = chosen.merge(fixed, on=["sample_id", "config"], how="left", validate="many_to_one")
+    rows = pd.concat([ctrl, base], ignore_index=True)
+    return rows.assign(over=rows["latency_ms"] > rows["budget_ms"])
+
+
+def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[float],
+              calibration: tuple[float, float]) -> dict[str, Any]:
+    """metrics/validate.json: per budget and method, and the summary the issue asks for."""
+    rows = method_rows(requests, chosen)
+    per_budget: dict[str, dict[str, Any]] = {}
+    for b in budgets:
+        at = rows[np.isclose(rows["budget_ms"], b)]
+        entry: dict[str, Any] = {"budget_ms": b}
+        for m in METHODS:
+            r = at[at["method"] == m]
+            entry[m] = None if r.empty else {
+                "accuracy": _r(r["score"].mean()), "latency_mean_ms": _r(r["latency_ms"].mean()),
+                "latency_p95_ms": _r(r["latency_ms"].quantile(0.95)), "violation_rate": _r(r["over"].mean()),
+                # an answer that missed its budget counts as wrong: what a latency SLO delivers
+                "accuracy_within_budget": _r((r["score"] * ~r["over"]).mean()),
+                **({"config": r["config"].iloc[0]} if m in ("static", "full", "smallest") else {}),
+            }
+        per_budget[f"{b:.2f}ms"] = entry
+    with_static = [e for e in per_budget.values() if e["static"] is not None]
+    gains = [e["controller"]["accuracy"] - e["static"]["accuracy"] for e in with_static]
+    gains_in = [e["controller"]["accuracy_within_budget"] - e["static"]["accuracy_within_budget"] for e in with_static]
+    gap = sum(e["oracle"]["accuracy"] - e["static"]["accuracy"] for e in with_static)
+    ctrl, fixed = requests[requests["kind"] == "controller"], requests[requests["kind"] == "fixed"]
+    est = requests["estimated_ms"] / requests["latency_ms"] - 1
+    summary = {
+        "samples": int(requests["sample_id"].nunique()), "budgets": list(budgets), "requests": len(requests),
+        "mean_gain_over_static": _r(np.mean(gains)) if gains else None,
+        "budgets_at_least_static": sum(g >= 0 for g in gains), "budgets_with_static": len(gains),
+        "mean_gain_over_static_within_budget": _r(np.mean(gains_in)) if gains_in else None,
+        "budgets_at_least_static_within_budget": sum(g >= 0 for g in gains_in),
+        "worst_violation_rate": _r(max(e["controller"]["violation_rate"] for e in per_budget.values())),
+        # Undefined when the oracle is not above static in total (float sums of equal accuracies
+        # are not exactly 0, hence the tolerance).
+        "static_to_oracle_gap_closed": _r(sum(gains) / gap) if gap > 1e-6 else None,
+        "controller_overhead_ms": _r(ctrl["controller_ms"].median()),
+        "controller_overhead_share": _r(ctrl["controller_ms"].median() / ctrl["latency_ms"].mean()),
+        "estimator_mape": _r(est.abs().mean()),
+        "measured_over_estimated_median": _r((requests["latency_ms"] / requests["estimated_ms"]).median()),
+        "measured_over_estimated_fixed_p10_p50_p90": [_r(q) for q in np.quantile(
+            fixed["latency_ms"] / fixed["estimated_ms"], [0.1, 0.5, 0.9])] if len(fixed) else None,
+        "calibration": {"scale": calibration[0], "overhead_ms": calibration[1]},
+        "controller_budget_scale_median": _r(_given_scale(ctrl)),
+        # The oracle chooses with the test rollouts' scores and is scored by its measured requests;
+        # greedy decoding makes the two the same answer, and this counts the requests where they are not.
+        "requests_differing_from_rollouts": int((requests["score"] != requests["rollout_score"]).sum()),
+    }
+    return {"summary": summary, "per_budget": per_budget}
+
+
+def _given_scale(ctrl: pd.DataFrame) -> float:
+    """Median budget / budget given to the controller (the live speed and overhead correction)."""
+    return float((ctrl["budget_ms"] / ctrl["controller_budget_ms"]).median()) if len(ctrl) else float("nan")
+
+
+HEADLINE = ("budgets_at_least_static", "budgets_with_static", "mean_gain_over_static",
+            "budgets_at_least_static_within_budget", "mean_gain_over_static_within_budget", "worst_violation_rate",
+            "controller_overhead_share")
+
+
+def validation_metrics(full: dict[str, Any]) -> dict[str, Any]:
+    """metrics/validate.json from :func:`summarize`'s result: a headline block, the run's scalars, and a few
+    numbers per budget keyed by the budget's position (b0 = the tightest). The budgets in ms follow the
+    machine's measured speed, so they differ between runs; positions do not. Every method's detail per budget
+    stays in data/validate/summary.json (the report's source) and plots/validate/*.csv."""
+    s = full["summary"]
+    budgets = {}
+    for i, e in enumerate(full["per_budget"].values()):
+        ctrl, static = e["controller"], e["static"]
+        budgets[f"b{i}"] = {
+            "budget_ms": e["budget_ms"], "controller_accuracy": ctrl["accuracy"],
+            "static_accuracy": static["accuracy"] if static else None,
+            "controller_violation_rate": ctrl["violation_rate"],
+            "controller_accuracy_within_budget": ctrl["accuracy_within_budget"],
+            "static_accuracy_within_budget": static["accuracy_within_budget"] if static else None,
+        }
+    rest = {k: v for k, v in s.items() if k not in HEADLINE and k != "budgets"}
+    return {"headline": {k: s[k] for k in HEADLINE}, **rest, "budgets": budgets}

@@ -1,0 +1,1 @@
+"""VQA data: the sources prepare_data reads and the official VQAv2 accuracy metric."""

@@ -1,0 +1,154 @@
+"""Reward terms, the pairwise and GRPO losses (against hand values and naive loops), sampling."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from knobctl.controller.losses import (
+    RewardWeights,
+    grpo_loss,
+    pairwise_loss,
+    reward,
+    reward_terms,
+    sample_actions,
+    zero_variance,
+)
+from knobctl.controller.policy import Controller, ControllerConfig
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_pairwise_loss_hand_computed():
+    r = torch.tensor([[1.0, 0.0, 0.5]])
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    loss, pairs = pairwise_loss(r, logp)
+    # Ranked pairs (i, j) with r_i > r_j: (0, 1): logp diff 1; (0, 2): -0.5; (2, 1): 1.5.
+    expected = (softplus(-1.0) + softplus(0.5) + softplus(-1.5)) / 3
+    assert pairs == 3 and loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_margin_weighted_pairs():
+    r = torch.tensor([[1.0, 0.0, 0.5]])
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    loss, pairs = pairwise_loss(r, logp, "margin")
+    expected = (1.0 * softplus(-1.0) + 0.5 * softplus(0.5) + 0.5 * softplus(-1.5)) / 2.0
+    assert pairs == 3 and loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ties_give_no_pairs_and_no_gradient():
+    r = torch.tensor([[1.0, 1.0, 0.0], [0.3, 0.3, 0.3]])
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.5, -2.0]], requires_grad=True)
+    loss, pairs = pairwise_loss(r, logp)
+    assert pairs == 2  # (0, 2) and (1, 2); the tied (0, 1) and the all-equal second group give none
+    assert loss.item() == pytest.approx((softplus(-2.0) + softplus(-1.0)) / 2, rel=1e-6)
+    loss.backward()
+    assert torch.all(logp.grad[1] == 0) and zero_variance(r).tolist() == [False, True]
+    empty, n = pairwise_loss(torch.ones(2, 4), torch.randn(2, 4))
+    assert n == 0 and empty.item() == 0.0
+
+
+def test_vectorised_losses_equal_naive_loops():
+    g = torch.Generator().manual_seed(0)
+    r = (torch.rand(6, 5, generator=g) * 4).round() / 4  # ties on purpose
+    logp = torch.randn(6, 5, generator=g)
+    total, count = 0.0, 0
+    for b in range(6):
+        for i, j in itertools.permutations(range(5), 2):
+            if r[b, i] > r[b, j]:
+                total += -math.log(1 / (1 + math.exp(-(logp[b, i] - logp[b, j]).item())))
+                count += 1
+    loss, pairs = pairwise_loss(r, logp)
+    assert pairs == count and loss.item() == pytest.approx(total / count, rel=1e-5)
+    entropy = torch.rand(6, 5, generator=g)
+    naive = 0.0
+    for b in range(6):
+        mean = sum(r[b].tolist()) / 5
+        std = math.sqrt(sum((x - mean) ** 2 for x in r[b].tolist()) / 5)
+        naive += sum(-((x - mean) / (std + 1e-6)) * lp for x, lp in zip(r[b].tolist(), logp[b].tolist()))
+    naive = naive / 30 - 0.1 * entropy.mean().item()
+    assert grpo_loss(r, logp, entropy, 0.1).item() == pytest.approx(naive, rel=1e-5)
+
+
+def test_reward_terms_and_weights():
+    acc, lat, budget, cx = torch.tensor([1.0, 1.0]), torch.tensor([120.0, 80.0]), torch.tensor(100.0), torch.tensor(0.5)
+    t = reward_terms(acc, lat, budget, cx)
+    assert t["latency"].tolist() == pytest.approx([1.2, 0.8])
+    assert t["violation"].tolist() == pytest.approx([0.2, 0.0]) and t["efficiency"].tolist() == [0.0, 1.0]
+    w = RewardWeights(alpha=1.0, beta=0.1, gamma=2.0, delta=0.5, epsilon=0.05)
+    assert reward(w, acc, lat, budget, cx).tolist() == pytest.approx(
+        [1 - 0.12 - 0.4 - 0.025, 1 - 0.08 + 0.5 - 0.025])
+    with pytest.raises(ValueError, match="reward.gamma=-1.0: it must be >= 0"):
+        RewardWeights.from_params({"gamma": -1})
+    assert RewardWeights.from_params({"epsilon": -0.02}).epsilon == -0.02  # a preference for larger configs
+    with pytest.raises(ValueError, match="reward.beta='x': expected a number"):
+        RewardWeights.from_params({"beta": "x"})
+    with pytest.raises(ValueError, match=r"reward: unknown keys \['zeta'\]"):
+        RewardWeights.from_params({"zeta": 1})
+
+
+def small_policy():
+    """A 2-tier x 4-pair controller and 3 rows of random features with budgets."""
+    torch.manual_seed(0)
+    cfg = ControllerConfig(language_dim=4, vision_dim=3, tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16),
+                           budget_low_ms=5.0, budget_high_ms=15.0, hidden=8, budget_frequencies=1)
+    return Controller(cfg), torch.randn(3, 4), torch.randn(3, 2, 3), torch.tensor([5.0, 10.0, 20.0])
+
+
+def test_sampled_actions_and_their_joint_log_probability():
+    ctrl, lang, vis, budget = small_policy()
+    a = sample_actions(ctrl, lang, vis, budget, 6, torch.Generator().manual_seed(1))
+    b = sample_actions(ctrl, lang, vis, budget, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(a.config, b.config) and a.config.shape == (3, 6)
+    assert torch.equal(a.config, a.tier * 4 + a.pair) and int(a.config.max()) < 8
+    p1 = F.softmax(ctrl.tier_logits(lang, budget), -1)
+    for row, g in ((0, 0), (2, 5)):
+        t = int(a.tier[row, g])
+        p2 = F.softmax(ctrl.pair_logits(vis[row, t], torch.tensor(t), lang[row], budget[row]), -1)
+        expected = math.log(p1[row, t].item() * p2[int(a.pair[row, g])].item())
+        assert a.logp[row, g].item() == pytest.approx(expected, rel=1e-5)
+    assert (a.entropy["tier"] <= math.log(2) + 1e-6).all() and (a.entropy["top_k"] <= math.log(2) + 1e-6).all()
+    assert torch.allclose(a.entropy["pair"], a.entropy["top_k"] + a.entropy["num_blocks"], atol=0.7)
+
+
+def test_actions_without_entropy_are_the_same_draws():
+    ctrl, lang, vis, budget = small_policy()
+    full = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2))
+    lean = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2), with_entropy=False)
+    assert torch.equal(full.config, lean.config) and torch.equal(full.logp, lean.logp) and lean.entropy == {}
+
+
+def test_draws_follow_the_policy():
+    ctrl, lang, vis, budget = small_policy()
+    with torch.no_grad():
+        a = sample_actions(ctrl, lang, vis, budget, 40_000, torch.Generator().manual_seed(3), with_entropy=False)
+        p1 = F.softmax(ctrl.tier_logits(lang, budget), -1)  # [3, 2]
+        p2 = F.softmax(ctrl.pair_logits(vis, torch.arange(2).expand(3, 2), lang[:, None].expand(-1, 2, -1),
+                                        budget[:, None].expand(-1, 2)), -1)  # [3, 2, 4]
+    expected = (p1[..., None] * p2).reshape(3, 8)  # [3, C]: P(tier) P(pair | tier)
+    freq = torch.stack([torch.bincount(a.config[r], minlength=8) for r in range(3)]).float() / 40_000
+    assert (freq - expected).abs().max() < 0.01  # 40,000 draws: about 5 standard errors
+
+
+def test_masked_configurations_are_never_drawn_and_the_rest_renormalise():
+    ctrl, lang, vis, budget = small_policy()
+    ok = torch.tensor([[[True, False, True, False], [False, False, False, False]],  # tier 1 has nothing allowed
+                       [[False, False, False, True], [True, True, True, True]],
+                       [[False, False, False, False], [False, True, False, False]]])  # [B, T, P]
+    with torch.no_grad():
+        a = sample_actions(ctrl, lang, vis, budget, 20_000, torch.Generator().manual_seed(4), feasible=ok)
+        p1 = F.softmax(ctrl.tier_logits(lang, budget).masked_fill(~ok.any(-1), -math.inf), -1)  # [3, 2]
+        p2 = F.softmax(ctrl.pair_logits(vis, torch.arange(2).expand(3, 2), lang[:, None].expand(-1, 2, -1),
+                                        budget[:, None].expand(-1, 2)).masked_fill(~ok, -math.inf), -1)  # [3, 2, 4]
+    expected = torch.nan_to_num(p1[..., None] * p2).reshape(3, 8)  # [3, C]
+    freq = torch.stack([torch.bincount(a.config[r], minlength=8) for r in range(3)]).float() / 20_000
+    assert ok.reshape(3, 8).gather(1, a.config).all()  # no draw outside the mask
+    assert (freq - expected).abs().max() < 0.015
+    assert torch.isfinite(a.logp).all() and all(torch.isfinite(v).all() for v in a.entropy.values())
+    assert (a.config[2] == 5).all() and torch.allclose(a.logp[2], torch.zeros(20_000), atol=1e-6)  # one choice: logp 0

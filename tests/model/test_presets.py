@@ -1,0 +1,74 @@
+"""Presets: the true-size molmoe-1b-shape builds on the meta device and takes every knob."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from knobctl.knobs import KnobGrid
+from knobctl.model.images import tier_pixels
+from knobctl.model.presets import MOLMOE_TIERS, TINY_TIERS, TierSpec, molmoe_1b_shape_config, preset_config
+from knobctl.model.runtime import Runtime
+from knobctl.model.tokenizer import build_word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def molmoe_meta() -> Runtime:
+    config, spec = preset_config("molmoe-1b-shape")
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    return Runtime(model=model, tokenizer=build_word_tokenizer([]), spec=spec, source="molmoe-1b-shape")
+
+
+def test_molmoe_shape_dimensions():
+    cfg = molmoe_1b_shape_config()
+    t, v = cfg.text_config, cfg.vision_config
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_experts, t.intermediate_size,
+            t.num_experts_per_tok, t.vocab_size) == (2048, 16, 16, 64, 1024, 8, 50304)
+    assert (v.hidden_size, v.num_hidden_layers, v.image_size, v.patch_size) == (1024, 24, 336, 14)
+
+
+def test_molmoe_parameter_count_within_3_percent(molmoe_meta):
+    total = sum(p.numel() for p in molmoe_meta.model.parameters())
+    assert abs(total - 7.2e9) / 7.2e9 < 0.03, total
+
+
+def test_molmoe_tier_tokens_follow_molmo(molmoe_meta):
+    assert {t: molmoe_meta.visual_tokens(t) for t in ("low", "medium", "high")} == {"low": 432, "medium": 1008, "high": 1872}
+
+
+def test_molmoe_vision_path_emits_the_tier_tokens_on_meta(molmoe_meta):
+    img = torch.zeros(1, 3, 200, 300)
+    for tier, n in (("low", 432), ("high", 1872)):
+        out = molmoe_meta.encode_images(img, tier)
+        assert tuple(out.shape) == (1, n, 2048)
+
+
+def test_molmoe_accepts_every_knob_of_the_grid(molmoe_meta):
+    grid = KnobGrid()
+    for cfg in grid.configs():
+        with molmoe_meta.knobs_applied(cfg):
+            assert len(molmoe_meta.lm.layers) == cfg.num_blocks
+            assert {r.top_k for r in molmoe_meta._routers[1:]} == {cfg.top_k}
+            assert molmoe_meta._routers[0].top_k == 8  # the decision block keeps the model's own top-k
+            assert len(molmoe_meta._routers) == 16
+    assert len(molmoe_meta.lm.layers) == 16
+
+
+def test_tier_pixels_cuts_global_image_plus_crops():
+    img = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).reshape(2, 3, 8, 12)
+    spec = TierSpec(image_size=4, crop_grid=(2, 3))
+    out = tier_pixels(img, spec)
+    assert out.shape == (2 * 7, 3, 4, 4)
+    # The image is exactly 2x3 crops of 4x4 already, so crop (1, 2) is a plain slice of the input.
+    torch.testing.assert_close(out[6], img[0, :, 4:8, 8:12])
+
+
+def test_tiny_tiers_and_unknown_preset():
+    assert [TINY_TIERS[t].num_tokens(8) for t in ("low", "medium", "high")] == [1, 4, 16]
+    assert MOLMOE_TIERS["medium"].num_images == 7
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset_config("huge")
+    with pytest.raises(ValueError, match="does not divide"):
+        TierSpec(image_size=48, pool=2).tokens_per_image(16)

@@ -1,0 +1,41 @@
+"""The report renders every goal, per-budget row and plot from the metrics."""
+
+from __future__ import annotations
+
+from knobctl.validate.report import render
+from knobctl.validate.summary import summarize
+from tests.conftest import validation_frames
+
+
+def metrics() -> dict:
+    req, chosen = validation_frames()
+    return summarize(req, chosen, (10.0, 20.0), (1.2, 0.8))
+
+
+def test_report_states_each_goal_and_whether_it_is_met():
+    text = render(metrics())
+    lines = text.splitlines()
+    goal = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "|" in line}
+    assert goal["controller accuracy >= best static at every budget"].endswith("| 2 of 2 budgets | yes |")
+    assert goal["mean accuracy gain over best static >= 2 points"].endswith("| +25.00 points | yes |")
+    assert goal["violation rate <= 5% at every budget"].endswith("| worst 50.0% | **no** |")
+    assert goal[">= 50% of the static-to-oracle gap closed"].endswith("| 100.0% | yes |")
+    assert goal["controller overhead <= 2% of mean latency"].endswith("| 1.00 ms = 6.9% | **no** |")
+
+
+def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
+    text = render(metrics(), train={"steps": 3000, "train_seconds": 28.4, "rollouts_per_s": 68759,
+                                    "headline": {"budgets_at_least_static": 7, "budgets_above_static": 2,
+                                                 "budgets_with_static": 7, "mean_gain_over_static": 0.0011}},
+                  table={"full_accuracy": 0.949, "smallest_accuracy": 0.847, "oracle_accuracy": 0.982,
+                         "best_static": {"config": "high/k7/b16", "accuracy": 0.95}})
+    assert "| 10.0 | 50.0% | 50.0% | 10.5 / 11.8 | low/k4/b12 | 50.0% | 0.0% | 100.0% | 50.0% | 50.0% | 50.0% |" in text
+    assert "| 20.0 | 100.0% | 0.0% | 18.5 / 18.9 | low/k4/b12 | 50.0% |" in text
+    assert "budget (ms)" in text and "mean / p95 (ms)" in text
+    assert "(the oracle's premise) | 1 of 8 |" in text
+    assert "controller at least static at 1 of 2 budgets, mean gain +0.00 points" in text
+    assert "| 10.0 | 0.0% | 50.0% | 0.0% | 50.0% | 50.0% | 50.0% |" in text  # controller ... oracle, late = wrong
+    assert "| cached rollouts per second | 68,759 |" in text and "| best static (high/k7/b16) | 95.0% |" in text
+    for name in ("accuracy", "latency", "choices", "pareto"):
+        assert f"(../plots/validate/{name}.png)" in text
+    assert render(metrics()) == render(metrics())  # no clock, no randomness
