@@ -148,3 +148,10 @@ def test_entry_points_answer_help_without_torch(argv):
                          check=True, env={"PYTHONPATH": str(SRC), "PATH": ""}).stdout
     assert "HEAVY []" in out and "usage:" in out
     assert time.perf_counter() - start < 30  # the goal is < 3 s; docs/BENCHMARKS.md has the measured figures
+
+
+def test_dependency_list_matches_the_imports():
+    """deptry: every third-party import of the library and the stages is declared, and nothing declared is unused."""
+    deptry = Path(sys.executable).with_name("deptry")
+    proc = subprocess.run([str(deptry), "src", "stages"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -70,7 +70,7 @@ def test_repro_writes_every_output(repo):
     assert {"model.safetensors", "config.json", "tokenizer.json", "knobctl.json"} <= files
     base = json.loads((repo / "metrics/base.json").read_text())
     assert base["steps"] == 4 and len(base["corners"]) == 8 and 0 <= base["headline"]["full_accuracy"] <= 1
-    assert list(base)[0] == "headline"
+    assert next(iter(base)) == "headline"
     test = json.loads((repo / "metrics/base_test.json").read_text())
     assert test["split"] == "test" and set(test["corners"]) == set(base["corners"])
     corners = pd.read_csv(repo / "plots/base/test_corners.csv")
@@ -129,7 +129,7 @@ def test_repro_trains_the_controller(repo):
     assert (ctrl.fit_latency_ms > 0).all()
     metrics = json.loads((repo / "metrics/train.json").read_text())
     assert metrics["steps"] == 20 and metrics["rollouts"] == 20 * 8 * 4 and list(metrics["budgets"]) == ["b0", "b1", "b2"]
-    assert list(metrics)[0] == "headline" and metrics["headline"]["budgets_with_static"] <= 3
+    assert next(iter(metrics)) == "headline" and metrics["headline"]["budgets_with_static"] <= 3
     assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(metrics["final"])
     curves = pd.read_csv(repo / "plots/train/curves.csv")
     assert curves["step"].tolist() == [5, 10, 15, 20]
@@ -143,7 +143,7 @@ def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
     s = full["summary"]
     assert s["samples"] == 3 and len(s["budgets"]) == 3 and s["budgets"] == sorted(s["budgets"])
     metrics = json.loads((repo / "metrics/validate.json").read_text())
-    assert list(metrics)[0] == "headline" and list(metrics["budgets"]) == ["b0", "b1", "b2"]
+    assert next(iter(metrics)) == "headline" and list(metrics["budgets"]) == ["b0", "b1", "b2"]
     assert [b["budget_ms"] for b in metrics["budgets"].values()] == s["budgets"]
     assert s["controller_overhead_ms"] > 0 and s["calibration"]["scale"] > 0
     # batch-1 measured answers equal the batched test rollouts', so the oracle's choices are scored fairly
