@@ -33,4 +33,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from knobctl.params import run_stage
+
+    run_stage(main)

@@ -69,4 +69,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from knobctl.params import run_stage
+
+    run_stage(main)

@@ -1,10 +1,18 @@
-"""Shared fixtures: a tiny random model built from configs (never from a hub)."""
+"""Shared fixtures: a tiny random model built from configs (never from a hub), and a copy of the repository with
+the whole pipeline reproduced on tiny params."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from knobctl.model.presets import TinyDims
 from knobctl.model.runtime import Runtime, load_runtime
@@ -85,3 +93,52 @@ def validation_frames():
                      {"sample_id": s, "method": "oracle", "budget_ms": b,
                           "config": "high/k8/b16" if (s, b) == ("b", 20.0) else "low/k4/b12"}]
     return req, pd.DataFrame(rows)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "knobs": {"top_k": [4, 8], "num_blocks": [12, 16]},
+    "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
+    "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
+    "train_controller": {"steps": 20, "batch_size": 8, "group_size": 4, "log_every": 5, "eval_budgets": 3,
+                         "eval_fraction": 0.4},
+    "validate": {"num_samples": 3, "num_budgets": 3, "warmup_requests": 1, "calibration_requests": 3, "batch_size": 3},
+    "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
+    "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
+                   "vision_warmstart_steps": 3},
+    "model": {"dims": {"hidden_size": 32, "expert_intermediate": 16, "vision_hidden": 32, "vision_layers": 1,
+                       "vision_intermediate": 64, "num_heads": 2, "vision_heads": 2}},
+}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}  # no PYTHONPATH: each stage puts its own checkout first
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def copy_repo(dst: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files (no data, models or metrics) in ``dst``,
+    with the tiny params merged into params.yaml and a fresh git repository."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
+    for rel in listed:
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for name, values in TINY.items():
+        params[name] = {**params[name], **values}
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the repository with every stage reproduced on the tiny params (shared by the end-to-end tests)."""
+    dst = copy_repo(tmp_path_factory.mktemp("repo"))
+    run([sys.executable, "-m", "dvc", "repro"], dst)
+    return dst

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,47 +11,7 @@ import yaml
 
 from knobctl.io import read_provenance
 from knobctl.knobs import KnobConfig
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "knobs": {"top_k": [4, 8], "num_blocks": [12, 16]},
-    "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
-    "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
-    "train_controller": {"steps": 20, "batch_size": 8, "group_size": 4, "log_every": 5, "eval_budgets": 3,
-                         "eval_fraction": 0.4},
-    "validate": {"num_samples": 3, "num_budgets": 3, "warmup_requests": 1, "calibration_requests": 3, "batch_size": 3},
-    "prepare_data": {"max_train_images": 24, "max_test_images": 6, "val_fraction": 0.25},
-    "train_base": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "eval_batch_size": 64,
-                   "vision_warmstart_steps": 3},
-    "model": {"dims": {"hidden_size": 32, "expert_intermediate": 16, "vision_hidden": 32, "vision_layers": 1,
-                       "vision_intermediate": 64, "num_heads": 2, "vision_heads": 2}},
-}
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd / "src"), "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("repo")
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.split()
-    for rel in listed:
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for name, values in TINY.items():
-        params[name] = {**params[name], **values}
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dst)
-    run([sys.executable, "-m", "dvc", "repro"], dst)
-    return dst
+from tests.conftest import ROOT, TINY, run  # noqa: F401  (re-exported for the other end-to-end tests)
 
 
 @pytest.mark.slow

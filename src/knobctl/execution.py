@@ -6,8 +6,8 @@ terminal and otherwise prints a plain line every tenth of the work or every 30 s
 comes first, and a one-line summary at the end.
 
 :func:`use_threads` sets torch's CPU threads before a stage's first tensor op. torch's default uses
-every core, and with another busy process on a 2-core machine its threads wait on each other:
-train_controller took 1,128 s instead of 15 s that way, and 46 s with one thread.
+every core, and with another busy process on a small machine its threads wait on each other and
+a stage can run many times slower than with one thread (docs/BENCHMARKS.md, "Threads").
 """
 
 from __future__ import annotations

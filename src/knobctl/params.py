@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -30,9 +31,25 @@ SECTIONS = ("seed", "knobs", "model", "prepare_data", "train_base", "eval_base",
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
-class ParamsError(ValueError):
+class InputError(ValueError):
+    """Bad input that the message names (a params value, a data file, an artifact): a stage prints it without a
+    traceback (:func:`run_stage`)."""
+
+
+class ParamsError(InputError):
     """A params value that is missing, unknown, of the wrong type or out of range; the message names the
     section, the key, the value and what is allowed."""
+
+
+def run_stage(main: Callable[[], None], name: str | None = None) -> None:
+    """Run a stage's ``main``; bad input (:class:`InputError`, a missing file) ends it with the message alone and
+    exit status 2, while anything else keeps its traceback (a bug to report)."""
+    try:
+        main()
+    except (InputError, FileNotFoundError) as exc:
+        stage = name or Path(sys.argv[0]).stem
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def fail(where: str, value: Any, allowed: str) -> ParamsError:

@@ -82,3 +82,23 @@ def test_vision_runs_once_at_the_chosen_tier_and_later_blocks_at_the_chosen_top_
     assert tiers == [res.knobs.tier]
     # Prefill: the decision block, then the chosen blocks after it, each exactly once.
     assert calls == list(range(res.knobs.num_blocks))
+
+
+def test_every_entry_point_takes_the_same_image_forms(tiny_rt, images):
+    """One image as a PIL image, an HxWx3 array, encoded PNG bytes or a [1, H, W, 3] tensor: the two-stage flow,
+    the timed fixed-knob request and rt.answer give the same answer for each."""
+    import io
+
+    from PIL import Image
+
+    array = images[1].numpy()  # [H, W, 3] uint8
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, format="PNG")
+    forms = {"tensor": images[1:2], "pil": Image.fromarray(array), "array": array, "bytes": png.getvalue()}
+    ctrl, question = controller(1), QUESTIONS[0]
+    first = answer_controlled(tiny_rt, ctrl, forms["tensor"], question, 50.0)
+    for name, image in forms.items():
+        res = answer_controlled(tiny_rt, ctrl, image, question, 50.0)
+        assert (res.answer, res.knobs) == (first.answer, first.knobs), name
+        assert answer_fixed(tiny_rt, image, question, first.knobs)[0] == first.answer, name
+        assert tiny_rt.answer(image, question, first.knobs) == [first.answer], name

@@ -14,33 +14,33 @@ Reward of configuration c for a sample under budget b (all terms unitless):
 * ``efficiency``: accuracy if the request fits the budget, else 0 (a right answer in time);
 * ``complexity``: the configuration's size, the mean of its three knob positions each scaled
   to 0..1 over the grid (low tier / smallest top_k / fewest blocks = 0, the full one = 1).
-  A negative ``epsilon`` (the default, -0.02) turns the penalty into a small preference for
-  the larger of two configurations that are both right and in budget: without it such ties
-  give no gradient, and the argmax for most samples ends up arbitrary (measured below the
-  best static configuration); with a positive one, the pairwise loss collapses onto the
-  cheapest configuration.
+  A negative ``epsilon`` (the default) turns the penalty into a small preference for the
+  larger of two configurations that are both right and in budget: without it such ties give
+  no gradient and the argmax for most samples ends up arbitrary; with a positive one, the
+  pairwise loss collapses onto the cheapest configuration (docs/BENCHMARKS.md compares them).
 
     reward = alpha * accuracy - beta * latency - gamma * violation + delta * efficiency
              - epsilon * complexity
 
 Departures from the methods the losses are named after, on purpose:
 
-* ``pairwise`` (the seed project's group-relative ranking loss, and its default): for every
+* ``pairwise`` (the group-relative ranking loss this project started from): for every
   ordered pair (i, j) of a group with r_i > r_j, -log sigmoid(logp_i - logp_j), i.e.
   -log sigmoid((logp_i - logp_j) * sign(r_i - r_j)); averaged over all ranked pairs of the
   batch (not per group), so a group's weight grows with its number of distinct rewards.
   Tied pairs (equal rewards, e.g. the same configuration drawn twice) give nothing. It is a
   Bradley-Terry ranking loss on the policy's log-probabilities, not a policy gradient.
-  ``pair_weight: margin`` (not the seed's) weights each pair by |r_i - r_j|, so a pair that
+  ``pair_weight: margin`` (an addition) weights each pair by |r_i - r_j|, so a pair that
   differs by a right answer counts more than one that differs by a millisecond.
 * ``grpo`` (the default): advantages (r - group mean) / (group std + eps), loss
-  -mean(advantage * logp) minus an entropy bonus (``entropy_coef``, default 0.05, on the
-  policy's entropy: stage 1's plus stage 2's at the drawn tier). train_controller's default
-  group is G = 16 configurations, not the seed's 5: on the whole val split, G = 5 without the
-  bonus settles early on configurations whose training accuracy trails the best by 0.1 point.
-  ``advantage_scale: none`` drops the division by the std, as Dr. GRPO does (measured worse
-  here: dividing by a small std amplifies the complexity preference in groups that are all
-  right, and that preference is what generalises; fitting each sample's 0/1 outcomes does not).
+  -mean(advantage * logp) minus an entropy bonus (``entropy_coef`` on the policy's entropy:
+  stage 1's plus stage 2's at the drawn tier), which GRPO does not have. train_controller's
+  default group is G = 16 configurations, more than the 5 of the ranking loss it replaced: with
+  few draws and no bonus the policy settles early on configurations that trail the best by a
+  fraction of a point. ``advantage_scale: none`` drops the division by the std, as Dr. GRPO does
+  (worse here: dividing by a small std amplifies the complexity preference in groups that are
+  all right, and that preference is what generalises; fitting each sample's 0/1 outcomes does
+  not). docs/BENCHMARKS.md has the comparisons.
   Unlike GRPO in DeepSeekMath there is no PPO ratio or clipping and no KL penalty to a reference
   policy: each batch is sampled from the current policy and used for one gradient step, so the
   importance ratio is exactly 1, and the "reference" of a two-head classifier has no pretrained
@@ -171,7 +171,7 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     row: fewer rows than one per draw (T = 3 < G = 5) and the same logits. With input dropout,
     the draws of one tier share a mask. Both stages sample by inverse CDF (one uniform per
     draw against the cumulative probabilities), the same distribution as ``torch.multinomial``
-    at a fraction of its cost on CPU (its exponential draws were 8% of a step)."""
+    at a fraction of its cost on CPU (its exponential draws were a visible share of a step)."""
     b, t = vision.shape[0], vision.shape[1]
     rows = torch.arange(b)[:, None]  # [B, 1]
     tier_ok = None if feasible is None else feasible.any(-1)  # [B, T]

@@ -36,17 +36,17 @@ This is invalid-action masking from reinforcement learning, with "invalid" read 
 estimator. The question length is known before stage 1 (the question is tokenized first).
 
 Both stages are two-hidden-layer MLPs. ``activation: relu`` (train_controller's default)
-trains about 1.1x faster than the exact erf GELU the first controllers used, with the same
-held-out choices (docs/BENCHMARKS.md, "ReLU, the whole val split and G = 16"); a controller
-saved without the key is GELU.
+trains faster than the exact erf GELU the first controllers used, with the same held-out
+choices (docs/BENCHMARKS.md, "ReLU, the whole val split and G = 16"); a controller saved
+without the key is GELU.
 
 Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.json``
 (the config) in one folder.
 
 :class:`NumpyPolicy` is the argmax of both stages for one live request, in float64 numpy with
-the normalisers and the tier one-hot folded into the first layers' weights. Eager torch spends
-about 10 us of dispatch per op on a batch of one, and the two small networks' 25 ops cost
-0.25-0.32 ms per stage on the 2-core CPU, most of the controller's share of a request.
+the normalisers and the tier one-hot folded into the first layers' weights. Eager torch pays a
+dispatch cost per op on a batch of one, and the two small networks' two dozen ops made up most
+of the controller's share of a request on the CPU (docs/BENCHMARKS.md has the figures).
 """
 
 from __future__ import annotations

@@ -175,7 +175,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
     ctrl = make_controller(tables, train_idx, p.hidden, p.dropout, p.budget_range, p.budget_mode, p.fit_mask,
                            p.activation)
-    # fused: one kernel for all parameters instead of a loop over them; 1.2x a whole step on the 2-core CPU
+    # fused: one kernel for all parameters instead of a loop over them (faster per step; docs/BENCHMARKS.md)
     opt = torch.optim.AdamW(ctrl.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     refresh = p.online_refresh
     online = _Online(tables, fetch_factory)

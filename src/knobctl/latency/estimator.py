@@ -176,7 +176,8 @@ class LatencyEstimator:
         self, configs: Sequence[KnobConfig], text_tokens: Sequence[int], output_tokens: Sequence[int],
         batch_size: int = 1,
     ) -> np.ndarray:
-        """Total latency in ms, [configuration, text_tokens, output_tokens], for training-time lookups."""
+        """Total latency in ms, [configuration, text_tokens, output_tokens]: a whole grid priced in one call, for
+        lookups by index (notebooks, custom training loops)."""
         c, t, o = len(configs), len(text_tokens), len(output_tokens)
         idx_c, idx_t, idx_o = np.meshgrid(np.arange(c), np.arange(t), np.arange(o), indexing="ij")  # [C, T, O] each
         tiers = np.array([k.tier for k in configs], dtype=object)

@@ -1,6 +1,6 @@
 """Statistics of a latency profile: per-cell summary, repeatability and the machine's drift.
 
-On a shared machine the whole host can run 1.2-1.7x slow for tens of seconds. Because every
+On a shared machine the whole host can run markedly slower for tens of seconds. Because every
 round runs every case in a shuffled order, the cases measured around the same moment are a
 random sample of the grid, so their latencies relative to their own medians estimate the
 machine's speed at that moment (``local_speed``). Dividing by it gives drift-corrected

@@ -81,7 +81,7 @@ class ModelSpec:
 
     ``block_order`` is ``"first"`` (run blocks 0..N-1) or a ranked list of block indices,
     most important first; N blocks run the first N of that list, in model order. Block 0
-    must lead the list: Stage 2 of the controller decides after block 1, so it always runs.
+    must lead the list: it is the decision block (Stage 2 of the controller decides after it), so it always runs.
     """
 
     tiers: Mapping[str, TierSpec]
@@ -90,6 +90,14 @@ class ModelSpec:
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     max_new_tokens: int = 4
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_tier(self) -> str:
+        """The most expensive tier defined, the one of the full configuration."""
+        defined = [t for t in TIER_ORDER if t in self.tiers]
+        if not defined:
+            raise ValueError(f"{SPEC_FILE} defines no tiers; allowed names: {', '.join(TIER_ORDER)}")
+        return defined[-1]
 
     def blocks_for(self, num_blocks: int, num_layers: int) -> list[int]:
         """Indices of the blocks that run for a count, in execution order."""
@@ -144,7 +152,12 @@ class ModelSpec:
         path = Path(directory) / SPEC_FILE
         if not path.exists():
             return None
-        return cls.from_json(json.loads(path.read_text()))
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            # json and from_json errors alone do not say which file of a checkpoint is at fault.
+            raise ValueError(f"{path} is not a valid knob spec ({type(exc).__name__}: {exc}); rewrite it "
+                             f"(models/base: `dvc repro train_base`) or copy one from a preset") from exc
 
 
 def parse_block_order(value: Any) -> str | tuple[int, ...]:
@@ -311,13 +324,27 @@ def _llava(vision: CLIPVisionConfig, text: OlmoeConfig, feature_layer: int) -> L
 PRESETS: tuple[str, ...] = ("tiny", "molmoe-1b-shape")
 
 
+def full_tier_tokens(config: LlavaConfig, spec: ModelSpec) -> int:
+    """Visual tokens per image (per view, for a tier of crops) at the full tier: HF's ``image_seq_length``.
+
+    LlavaConfig defaults it to 576 (LLaVA-1.5's 24x24 patches); knobctl never reads it, but it is
+    what a reader of config.json (or a stock processor) takes the checkpoint's image length to be.
+    """
+    return spec.tiers[spec.full_tier].tokens_per_image(config.vision_config.patch_size)
+
+
+def _with_seq_length(config: LlavaConfig, spec: ModelSpec) -> tuple[LlavaConfig, ModelSpec]:
+    config.image_seq_length = full_tier_tokens(config, spec)
+    return config, spec
+
+
 def preset_config(name: str, vocab_size: int | None = None, dims: TinyDims | None = None) -> tuple[LlavaConfig, ModelSpec]:
     """HF config and knob spec of a named preset."""
     if name == "tiny":
         if vocab_size is None:
             raise ValueError("the tiny preset needs vocab_size (its tokenizer is built from the training data)")
         dims = dims or TinyDims()
-        return tiny_config(vocab_size, dims), ModelSpec(tiers=tiny_tiers(dims))
+        return _with_seq_length(tiny_config(vocab_size, dims), ModelSpec(tiers=tiny_tiers(dims)))
     if name == "molmoe-1b-shape":
-        return molmoe_1b_shape_config(), ModelSpec(tiers=dict(MOLMOE_TIERS), max_new_tokens=16)
+        return _with_seq_length(molmoe_1b_shape_config(), ModelSpec(tiers=dict(MOLMOE_TIERS), max_new_tokens=16))
     raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (or a local checkpoint directory)")

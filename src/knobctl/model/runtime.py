@@ -29,16 +29,29 @@ from torch import nn
 from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
 from knobctl.knobs import KnobConfig, KnobGrid
+from knobctl.model.checkpoint import REBUILD, TOKENIZER_FILE, CheckpointError, check_checkpoint, model_card
 from knobctl.model.decoding import generate
 from knobctl.model.images import ImageLike, Images, as_batch, batch_pixels, tier_pixels
-from knobctl.model.presets import BOS, EOS, IMAGE, PAD, PRESETS, SEP, ModelSpec, TierSpec, TinyDims, preset_config
+from knobctl.model.presets import (
+    BOS,
+    EOS,
+    IMAGE,
+    PAD,
+    PRESETS,
+    SEP,
+    SPEC_FILE,
+    ModelSpec,
+    TierSpec,
+    TinyDims,
+    full_tier_tokens,
+    preset_config,
+)
 
 #: dtype names accepted in params.yaml.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 #: The block after which Stage 2 decides; it always runs, at the model's own top-k.
 DECISION_BLOCK = 0
-
 
 def _is_router(module: nn.Module) -> bool:
     return isinstance(getattr(module, "top_k", None), int) and hasattr(module, "num_experts")
@@ -304,7 +317,6 @@ def load_runtime(
     *,
     device: str = "auto",
     dtype: torch.dtype | None = None,
-    trust_remote_code: bool = False,
     block_order: str | Sequence[int] | None = None,
     vocab: Sequence[str] = (),
     dims: TinyDims | None = None,
@@ -312,7 +324,10 @@ def load_runtime(
 ) -> Runtime:
     """Load a preset (random weights) or a local checkpoint directory; never a hub download.
 
-    ``trust_remote_code`` stays off unless the caller sets it. ``block_order`` overrides
+    A checkpoint never runs code of its own: one whose config asks for remote code
+    (``auto_map``) is refused, and there is no ``trust_remote_code`` switch to allow it.
+    A missing, truncated or unreadable file raises :class:`CheckpointError` naming it,
+    before any weights load. ``block_order`` overrides
     the checkpoint's block policy ('first' or a ranked list of block indices).
     ``experts_implementation`` picks HF's MoE experts kernel (eager, grouped_mm,
     batched_mm); None keeps the checkpoint's. A preset is built directly on the device
@@ -333,15 +348,18 @@ def load_runtime(
         finally:
             torch.set_default_dtype(saved_dtype)
     elif path.is_dir():
-        if not (path / "config.json").exists():
-            raise ValueError(f"{path} has no config.json; a checkpoint directory is what save_pretrained writes")
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32
-        )
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        check_checkpoint(path)
         spec = ModelSpec.load(path)
         if spec is None:
-            raise ValueError(f"{path} has no knobctl.json (tier layout); copy one from a preset and edit it")
+            raise CheckpointError(f"{path} has no {SPEC_FILE} (tier layout); copy one from a preset and edit it")
+        try:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+        except Exception as exc:  # the tokenizers library raises bare Exceptions that name no file
+            raise CheckpointError(f"{path / TOKENIZER_FILE} does not load ({exc}); {REBUILD}") from exc
+        # use_safetensors: never fall back to pickled weights, which can run code when loaded.
+        model = LlavaForConditionalGeneration.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32
+        )
     else:
         raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
     if block_order is not None:
@@ -358,10 +376,16 @@ def load_runtime(
 
 
 def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:
-    """save_pretrained (safetensors + config), tokenizer.json and knobctl.json, atomically."""
+    """save_pretrained (safetensors + config), tokenizer.json, knobctl.json and a model card
+    (README.md: what stock transformers can do with the checkpoint), atomically.
+
+    config.json's ``image_seq_length`` is set to the visual tokens of the full tier first, so
+    the file states the true image length rather than LlavaConfig's default of 576."""
     from knobctl.io import atomic_dir
 
+    rt.config.image_seq_length = full_tier_tokens(rt.config, rt.spec)
     with atomic_dir(directory) as tmp:
+        (tmp / "README.md").write_text(model_card(rt))
         rt.model.save_pretrained(tmp, safe_serialization=True)
         rt.tokenizer.save_pretrained(tmp)
         rt.spec.save(tmp)

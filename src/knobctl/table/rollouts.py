@@ -40,10 +40,6 @@ from knobctl.params import ParamsError, build, require, require_choice, require_
 from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import SPLITS, decode_images
 
-ROW_COLUMNS = (
-    "sample_id", "question_type", "config", "tier", "top_k", "num_blocks",
-    "prediction", "score", "input_tokens", "output_tokens", "error",
-)
 R = TypeVar("R")
 
 

@@ -28,7 +28,7 @@ requests (fixed configurations and the controller) and then follows every measur
 ``scale`` = the ``speed_quantile`` quantile (default 0.9) of measured / estimated latency
 over the recent fixed-configuration requests, ``overhead_ms`` = the same quantile of recent
 controller times. A high quantile plans for a slow request rather than a typical one: the
-request-to-request jitter here is 10-20%, and planning with the median puts a
+request-to-request jitter on a shared CPU is large, and planning with the median puts a
 configuration chosen at the edge of its budget over it about half the time. The controller is given
 ``(budget - overhead_ms) / scale`` as its budget in the estimator's milliseconds; the
 static, random and oracle baselines of a sample are chosen with the same current ``scale``

@@ -32,7 +32,7 @@ def method_rows(requests: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[float],
               calibration: tuple[float, float]) -> dict[str, Any]:
-    """metrics/validate.json: per budget and method, and the summary the issue asks for."""
+    """Every method at every budget (accuracy, latency, violations, accuracy within budget) and the run's summary."""
     rows = method_rows(requests, chosen)
     per_budget: dict[str, dict[str, Any]] = {}
     for b in budgets:

@@ -13,7 +13,9 @@ Sources:
   annotation's ``answer_type`` (``yes/no``, ``number``, ``other``).
 
 Bad input stops the stage with an error naming the sample and file: a question with no
-answers, an unreadable image or a missing file is never silently scored as 0.
+answers, a null or empty answer, an image that does not decode to the end, a missing file,
+JSON in another layout, questions and annotations that do not pair up, a repeated sample id
+or two image files for one image id is never silently scored as 0 or half-trained on.
 """
 
 from __future__ import annotations
@@ -29,15 +31,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from knobctl.params import build, require, require_choice, require_int
+from knobctl.params import InputError, build, require, require_choice, require_int
 
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
 SPLITS = ("train", "val", "test")
 EASY_VQA_SHAPES = frozenset({"circle", "rectangle", "triangle"})
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the sample and the file."""
+class DataError(InputError):
+    """Bad input data; the message names the sample and the file (a stage prints it without a traceback)."""
 
 
 @dataclass(frozen=True)
@@ -72,22 +74,47 @@ class DataParams:
 
 
 def read_image_bytes(path: Path, sample_id: str) -> bytes:
-    """The file's bytes, after checking that it decodes as an image."""
+    """The file's bytes, after checking that the whole image decodes."""
     if not path.is_file():
         raise DataError(f"sample {sample_id}: image file {path} is missing")
     data = path.read_bytes()
     try:
+        # verify() checks the container (PNG chunk CRCs, a missing IEND) without decoding; load() decodes the
+        # pixels, which is what catches a JPEG or PNG cut short. Both are needed, and verify() closes the image.
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            im.convert("RGB")  # decode_images needs RGB later; an unconvertible mode must fail here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"sample {sample_id}: image file {path} cannot be read as an image ({exc})") from exc
     return data
+
+
+def check_answer(answer: Any, sample_id: str, where: str | Path) -> str:
+    """``answer`` when it is a non-blank string; otherwise the error naming the sample and ``where``."""
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataError(f"sample {sample_id}: answer {answer!r} is null or empty in {where}")
+    return answer
+
+
+def check_unique_sample_ids(df: pd.DataFrame, where: str) -> None:
+    """Every ``sample_id`` of a table once: later stages key scores and choices by it."""
+    dup = df["sample_id"][df["sample_id"].duplicated()]
+    if len(dup):
+        raise DataError(f"sample id {dup.iloc[0]} occurs more than once ({len(dup)} repeats in all) in {where}")
 
 
 def easy_vqa_type(answer: str) -> str:
     if answer in ("yes", "no"):
         return "yes/no"
     return "shape" if answer in EASY_VQA_SHAPES else "color"
+
+
+def _easy_vqa_questions_file(split: str) -> Path:
+    import easy_vqa
+
+    return Path(easy_vqa.__file__).parent / "data" / split / "questions.json"
 
 
 def _easy_vqa_split(split: str, max_images: int | None) -> pd.DataFrame:
@@ -99,6 +126,7 @@ def _easy_vqa_split(split: str, max_images: int | None) -> pd.DataFrame:
     else:
         texts, answers, image_ids = easy_vqa.get_test_questions()
         paths = easy_vqa.get_test_image_paths()
+    qfile = _easy_vqa_questions_file(split)
     keep = sorted(paths)[:max_images] if max_images else sorted(paths)
     images = {i: read_image_bytes(Path(paths[i]), f"easy_vqa/{split}/image{i}") for i in keep}
     rows = []
@@ -106,8 +134,7 @@ def _easy_vqa_split(split: str, max_images: int | None) -> pd.DataFrame:
         if img not in images:
             continue
         sid = f"easy_vqa/{split}/{n}"
-        if not a:
-            raise DataError(f"sample {sid}: question {q!r} has no answer (easy_vqa {split} questions.json)")
+        a = check_answer(a, sid, f"{qfile} (question {q!r})")
         rows.append((sid, f"{split}/{img}", images[img], q, [a], easy_vqa_type(a)))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -115,6 +142,87 @@ def _easy_vqa_split(split: str, max_images: int | None) -> pd.DataFrame:
 def load_easy_vqa(max_train_images: int | None = None, max_test_images: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, test) tables from the easy-vqa package."""
     return _easy_vqa_split("train", max_train_images), _easy_vqa_split("test", max_test_images)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_json_list(path: Path, key: str) -> list[Any]:
+    """``data[key]`` of an official VQAv2 JSON file; any other layout names the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"VQAv2 file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or key not in data:
+        found = sorted(data)[:5] if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"VQAv2 file {path} is not in the official layout: no {key!r} key at the top (found {found})")
+    if not isinstance(data[key], list):
+        raise DataError(f"VQAv2 file {path}: {key!r} must be a list, got {type(data[key]).__name__}")
+    return data[key]
+
+
+def _entry_error(path: Path, kind: str, n: int, entry: Any, problem: str) -> DataError:
+    qid = entry.get("question_id") if isinstance(entry, dict) else None
+    sample = f"sample vqav2/{qid}: " if _is_id(qid) else ""
+    return DataError(f"{sample}{kind} #{n} in VQAv2 file {path} {problem}")
+
+
+def _read_questions(path: Path) -> list[dict[str, Any]]:
+    qs = _read_json_list(path, "questions")
+    seen: set[int] = set()
+    for n, q in enumerate(qs):
+        if not isinstance(q, dict):
+            raise _entry_error(path, "question", n, q, f"is a {type(q).__name__}, not an object")
+        for key in ("question_id", "image_id"):
+            if not _is_id(q.get(key)):
+                raise _entry_error(path, "question", n, q, f"needs an integer {key!r}, got {q.get(key)!r}")
+        if not isinstance(q.get("question"), str) or not q["question"].strip():
+            raise _entry_error(path, "question", n, q, f"needs a non-empty 'question' text, got {q.get('question')!r}")
+        if q["question_id"] in seen:
+            raise DataError(f"sample vqav2/{q['question_id']}: question id {q['question_id']} occurs more than once "
+                            f"in {path}")
+        seen.add(q["question_id"])
+    return qs
+
+
+def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
+    anns: dict[int, dict[str, Any]] = {}
+    for n, a in enumerate(_read_json_list(path, "annotations")):
+        if not isinstance(a, dict):
+            raise _entry_error(path, "annotation", n, a, f"is a {type(a).__name__}, not an object")
+        for key in ("question_id", "image_id"):
+            if not _is_id(a.get(key)):
+                raise _entry_error(path, "annotation", n, a, f"needs an integer {key!r}, got {a.get(key)!r}")
+        answers = a.get("answers", [])
+        if not isinstance(answers, list):
+            raise _entry_error(path, "annotation", n, a, f"needs 'answers' as a list, got {answers!r}")
+        for k, x in enumerate(answers):
+            if not (isinstance(x, dict) and "answer" in x):
+                raise _entry_error(path, "annotation", n, a, f"has answers entry #{k} {x!r}, not an object with an "
+                                   "'answer'")
+        if not isinstance(a.get("answer_type", "other"), str):
+            raise _entry_error(path, "annotation", n, a, f"has a non-text 'answer_type' {a['answer_type']!r}")
+        if a["question_id"] in anns:
+            raise DataError(f"sample vqav2/{a['question_id']}: question id {a['question_id']} has more than one "
+                            f"annotation in {path}")
+        anns[a["question_id"]] = a
+    return anns
+
+
+def _image_files(idir: Path) -> dict[int, Path]:
+    """Image files by the numeric id their name ends with; two files for one id is an error, not a silent pick."""
+    by_id: dict[int, Path] = {}
+    for f in sorted(idir.iterdir()):
+        stem = f.stem.rsplit("_", 1)[-1]
+        if not (stem.isdigit() and f.is_file()):
+            continue
+        img = int(stem)
+        if img in by_id:
+            raise DataError(f"VQAv2 image folder {idir}: image_id {img} has two files, {by_id[img].name} and "
+                            f"{f.name}; keep one")
+        by_id[img] = f
+    return by_id
 
 
 def load_vqav2(questions: str | Path, annotations: str | Path, images: str | Path, max_images: int | None = None) -> pd.DataFrame:
@@ -125,29 +233,36 @@ def load_vqav2(questions: str | Path, annotations: str | Path, images: str | Pat
             raise DataError(f"VQAv2 file {p} is missing")
     if not idir.is_dir():
         raise DataError(f"VQAv2 image folder {idir} is missing")
-    try:
-        qs = json.loads(qpath.read_text())["questions"]
-        anns = {a["question_id"]: a for a in json.loads(apath.read_text())["annotations"]}
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"VQAv2 files {qpath} / {apath} are not in the official layout ({exc!r})") from exc
-    by_id: dict[int, Path] = {}
-    for f in sorted(idir.iterdir()):
-        stem = f.stem.rsplit("_", 1)[-1]
-        if stem.isdigit():
-            by_id[int(stem)] = f
-    image_ids = sorted({int(q["image_id"]) for q in qs})
+    qs = _read_questions(qpath)
+    anns = _read_annotations(apath)
+    # The two files must describe the same questions: a mismatch means they come from different releases or
+    # splits, and any answer looked up across them could belong to another question.
+    for q in qs:
+        ann = anns.get(q["question_id"])
+        if ann is None:
+            raise DataError(f"sample vqav2/{q['question_id']}: question id {q['question_id']} in {qpath} has no "
+                            f"annotation in {apath}")
+        if ann["image_id"] != q["image_id"]:
+            raise DataError(f"sample vqav2/{q['question_id']}: image_id {q['image_id']} in {qpath} but "
+                            f"{ann['image_id']} in {apath}")
+    orphans = sorted(set(anns) - {q["question_id"] for q in qs})
+    if orphans:
+        raise DataError(f"sample vqav2/{orphans[0]}: annotation question id(s) {orphans[:5]} in {apath} are not "
+                        f"among the questions in {qpath}")
+    by_id = _image_files(idir)
+    image_ids = sorted({q["image_id"] for q in qs})
     if max_images:
         image_ids = image_ids[:max_images]
     wanted = set(image_ids)
     cache: dict[int, bytes] = {}
     rows = []
     for q in qs:
-        img = int(q["image_id"])
+        img = q["image_id"]
         if img not in wanted:
             continue
         sid = f"vqav2/{q['question_id']}"
-        ann = anns.get(q["question_id"])
-        answers = [a["answer"] for a in ann.get("answers", [])] if ann else []
+        ann = anns[q["question_id"]]
+        answers = [check_answer(a["answer"], sid, apath) for a in ann.get("answers", [])]
         if not answers:
             raise DataError(f"sample {sid}: question {q['question']!r} has no answers in {apath}")
         if img not in cache:
@@ -172,9 +287,13 @@ def prepare(params: DataParams, seed: int) -> dict[str, pd.DataFrame]:
     """All three splits for the configured source."""
     if params.source == "easy_vqa":
         train, test = load_easy_vqa(params.max_train_images, params.max_test_images)
+        sources = {"train": _easy_vqa_questions_file("train"), "test": _easy_vqa_questions_file("test")}
     else:
         train = load_vqav2(**params.vqav2_train, max_images=params.max_train_images)
         test = load_vqav2(**params.vqav2_test, max_images=params.max_test_images)
+        sources = {"train": params.vqav2_train["questions"], "test": params.vqav2_test["questions"]}
+    check_unique_sample_ids(train, f"train ({sources['train']})")
+    check_unique_sample_ids(test, f"test ({sources['test']})")
     train, val = split_by_image(train, params.val_fraction, seed)
     return {"train": train, "val": val, "test": test}
 

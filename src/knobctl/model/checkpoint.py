@@ -1,0 +1,152 @@
+"""What a saved checkpoint must hold, checked before any weights load, and the model card written beside it.
+
+knobctl loads only local folders that save_runtime (or save_pretrained plus a knob spec) wrote, and never runs
+code shipped with a checkpoint: a config that asks for remote code (``auto_map``) is refused, and weights load
+from safetensors only (a pickle can run code when loaded). A missing, truncated or unreadable file is a
+:class:`CheckpointError` naming it. The model card (README.md) says what stock transformers can and cannot do
+with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safetensors import SafetensorError, safe_open
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+from knobctl.model.presets import SPEC_FILE
+from knobctl.params import InputError
+
+if TYPE_CHECKING:
+    from knobctl.model.runtime import Runtime
+
+TOKENIZER_FILE = "tokenizer.json"
+#: What to do about a missing or broken file that save_runtime writes.
+REBUILD = "rebuild the checkpoint (models/base: `dvc repro train_base`)"
+#: Files through which a checkpoint could ask transformers to import code shipped with it (``auto_map``).
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+class CheckpointError(InputError):
+    """A checkpoint folder knobctl refuses to load; the message names the file at fault."""
+
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raise a :class:`CheckpointError` naming the first file of ``path`` that is missing, broken or
+    asks for remote code. Reads JSON and safetensors headers only, so it is cheap."""
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json; a checkpoint directory is what save_runtime writes")
+    for name in REMOTE_CODE_FILES:
+        if (path / name).is_file() and (maps := _auto_maps(_read_json(path / name))):
+            raise CheckpointError(
+                f"{path / name} asks for remote code (auto_map: {maps}); knobctl never runs code "
+                "from a checkpoint, so it refuses to load it. A stock Llava/CLIP/OLMoE checkpoint needs no "
+                "auto_map: remove it, or rebuild the checkpoint with save_runtime"
+            )
+    if not (path / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"{path} has no {TOKENIZER_FILE} (the word-level tokenizer); {REBUILD}")
+    _check_weights(path)
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is not readable JSON ({exc}); {REBUILD}") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(obj).__name__}, not an object; {REBUILD}")
+    return obj
+
+
+def _auto_maps(config: dict[str, Any]) -> list[Any]:
+    # Sub-configs (text_config, vision_config) are dicts of their own and could carry one too.
+    return [d["auto_map"] for d in (config, *config.values()) if isinstance(d, dict) and "auto_map" in d]
+
+
+def _check_weights(path: Path) -> None:
+    """Every safetensors file the checkpoint names exists and covers its header's tensors.
+
+    A truncated file would otherwise surface as safetensors' "incomplete metadata" from
+    deep inside transformers, naming no file."""
+    index = path / SAFE_WEIGHTS_INDEX_NAME
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map; {REBUILD}")
+        names = sorted(set(weight_map.values()))
+    else:
+        names = [SAFE_WEIGHTS_NAME]
+    for name in names:
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing; {REBUILD}")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise CheckpointError(f"{file} is truncated or corrupt ({exc}); {REBUILD}") from exc
+
+
+def stock_differences(rt: Runtime) -> list[str]:
+    """Why stock transformers (LlavaModel.get_image_features, the Llava processor) cannot feed the
+    language model what knobctl does at the full tier; empty when it can."""
+    tier = rt.tier(rt.spec.full_tier)
+    vision = rt.config.vision_config
+    side = tier.image_size // rt.patch_size
+    why = []
+    if tier.pool > 1:
+        why.append(f"knobctl average-pools each image's {side}x{side} CLIP patch grid {tier.pool}x{tier.pool} before "
+                   f"the projector ({tier.tokens_per_image(rt.patch_size)} tokens per image); stock Llava has no "
+                   f"pooling step and projects all {side * side} patches")
+    if tier.num_images > 1:
+        rows, cols = tier.crop_grid
+        why.append(f"knobctl encodes {tier.num_images} views per image (a global one and a {rows}x{cols} grid of "
+                   "crops); stock Llava encodes one")
+    if tier.image_size != vision.image_size:
+        why.append(f"knobctl feeds the vision tower {tier.image_size} px images with interpolated position "
+                   f"embeddings; stock Llava expects the config's {vision.image_size} px")
+    return why
+
+
+def model_card(rt: Runtime) -> str:
+    """README.md of a saved checkpoint: what it holds and what stock transformers can do with it."""
+    name = rt.spec.full_tier
+    tokens = rt.visual_tokens(name)
+    text = rt.config.text_config
+    holds = (
+        "Load it with `knobctl.load_runtime(<this folder>)`. It holds a stock `LlavaForConditionalGeneration` "
+        f"(CLIP vision tower, OLMoE language model with {text.num_hidden_layers} blocks, top-"
+        f"{text.num_experts_per_tok} of {text.num_experts} experts) in `model.safetensors` and `config.json`, a "
+        f"word-level tokenizer in `{TOKENIZER_FILE}` and knobctl's knob spec (tiers, block order, image "
+        f"normalisation) in `{SPEC_FILE}`."
+    )
+    loads = (
+        "`LlavaForConditionalGeneration.from_pretrained(<this folder>)` loads every weight, and "
+        "`PreTrainedTokenizerFast.from_pretrained(<this folder>)` the tokenizer. The prompt is "
+        f"`[BOS] <image> x {tokens} question-words [SEP]`, left-padded; knobctl's full configuration (tier {name}, "
+        "all blocks, the model's own top-k) answers greedily until `[EOS]`. `image_seq_length` in config.json is "
+        f"the visual tokens per image (per view) at that tier, {rt.tier(name).tokens_per_image(rt.patch_size)}."
+    )
+    why = stock_differences(rt)
+    if why:
+        verdict = "\n".join(["Stock transformers cannot reproduce knobctl's answers with this checkpoint:", "",
+                             *[f"- {w}." for w in why]])
+        consequence = (
+            f"A stock `generate` with {tokens} `<image>` tokens stops with \"Image features and image tokens do not "
+            "match\"; with as many tokens as stock Llava makes, it runs on visual features the model was never "
+            "trained on. No processor config is written, so `AutoProcessor.from_pretrained` fails instead of "
+            "building such prompts. Run the model with knobctl (`Runtime.answer`)."
+        )
+    else:
+        verdict = (
+            "Stock `generate` gives knobctl's full-configuration answers when it gets knobctl's inputs: "
+            "`Runtime.pixel_values(images, tier)` and `Runtime.prompt_ids(questions, visual_tokens)`."
+        )
+        consequence = (
+            "No processor config is written: knobctl resizes images its own way (`tier_pixels`: bilinear with "
+            "antialiasing to a square, no centre crop), which the stock image processor does not replicate."
+        )
+    return f"# knobctl checkpoint\n\n{holds}\n\n## Stock transformers\n\n{loads}\n\n{verdict}\n\n{consequence}\n"
