@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-shards", type=int, default=1)
     ap.add_argument("--merge-only", action="store_true", help="only join the finished parts of every shard")
     args = ap.parse_args(argv)
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
     from knobctl.execution import use_threads
@@ -45,11 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.model.features import FEATURE_DEFINITIONS
     from knobctl.model.runtime import DTYPES, device_name, load_runtime
-    from knobctl.params import apply_overrides, load_params, section, seed_of
     from knobctl.table.accuracy_table import PartPlan, merge_parts, per_config_table, run_parts, summarize
     from knobctl.table.rollouts import RolloutParams, select_configs, select_samples
 
-    params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "accuracy_table", args.params), args.set, "accuracy_table")
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - start
     rate = f"{ran / wall:.0f} rollouts/s" if ran else "nothing left to run"
     if plan.missing() and (args.num_shards > 1 or args.merge_only):
+        damaged = {i: plan.damage(i) for i in plan.missing() if plan.damage(i)}
         print(f"accuracy_table: shard {args.shard}/{args.num_shards} ran {ran} rollouts in {wall:.0f} s ({rate}); "
-              f"{len(plan.missing())} of {plan.num_parts} parts still missing; merge with --merge-only once all are done")
+              f"{len(plan.missing())} of {plan.num_parts} parts still missing; merge with --merge-only once all are done"
+              + (f"; damaged, recomputed by a rerun of their shard: {damaged}" if damaged else ""))
         return
     rows, feats = merge_parts(plan)
     meta = provenance(own, volatile=False, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,

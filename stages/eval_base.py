@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/base_test.json")
     ap.add_argument("--plots", default="plots/base/test_corners.csv")
     args = ap.parse_args(argv)
+    from knobctl.params import load_params, section
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
     from knobctl.base.evaluation import EvalParams, corner_frame, corner_metrics, evaluate
@@ -24,9 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.io import write_csv_atomic, write_json_atomic
     from knobctl.knobs import KnobGrid
     from knobctl.model.runtime import load_runtime
-    from knobctl.params import load_params, section
 
-    params = load_params(args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = EvalParams.from_params(section(params, "eval_base", args.params))
     use_threads(own.num_threads)

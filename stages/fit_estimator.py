@@ -17,15 +17,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/estimator.json")
     ap.add_argument("--plots", default="plots/estimator")
     args = ap.parse_args(argv)
+    from knobctl.params import load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
     from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
     from knobctl.latency.estimator import EstimatorParams, LatencyEstimator
     from knobctl.latency.estimator_eval import evaluate
     from knobctl.latency.request import PARTS
-    from knobctl.params import load_params, section, seed_of
 
-    params = load_params(args.params)
     seed = seed_of(params, args.params)
     p = EstimatorParams.from_params(section(params, "fit_estimator", args.params))
     summary = pd.read_parquet(args.profile)

@@ -15,11 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default="data/vqa")
     args = ap.parse_args(argv)
-    from knobctl.io import atomic_dir, provenance, write_parquet_atomic
     from knobctl.params import load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
+    from knobctl.io import atomic_dir, provenance, write_parquet_atomic
     from knobctl.vqa.sources import SPLITS, DataParams, prepare
 
-    params = load_params(args.params)
     own = section(params, "prepare_data", args.params)
     seed = seed_of(params, args.params)
     p = DataParams.from_params(own)

@@ -23,16 +23,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/profile.json")
     ap.add_argument("--cache", default=".knobctl_cache/profile")
     args = ap.parse_args(argv)
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     from knobctl.execution import use_threads
     from knobctl.io import checkpoint_hash, params_hash, provenance, write_json_atomic, write_parquet_atomic
     from knobctl.knobs import KnobGrid
     from knobctl.latency.profiling import ROW_COLUMNS, ProfileParams, load_profiled_runtime, profile_runtime
     from knobctl.latency.stats import median_cv, round_speed, summarize, with_speed
     from knobctl.model.runtime import device_name
-    from knobctl.params import apply_overrides, load_params, section, seed_of
     from knobctl.parts import PartStore
 
-    params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "profile_latency", args.params), args.set, "profile_latency")

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots", default="plots/base/val_corners.csv")
     ap.add_argument("--checkpoint", default=".knobctl_cache/train_base", help="resume folder (not a DVC output)")
     args = ap.parse_args(argv)
+    from knobctl.params import ParamsError, load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
     from knobctl.base.evaluation import corner_frame, corner_metrics, evaluate
@@ -29,9 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import save_runtime
-    from knobctl.params import ParamsError, load_params, section, seed_of
 
-    params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     model = ModelParams.from_params(section(params, "model", args.params))

@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/train.json")
     ap.add_argument("--plots", default="plots/train")
     args = ap.parse_args(argv)
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
     from knobctl.controller.evaluation import evaluation_frame, training_metrics
@@ -31,10 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
     from knobctl.knobs import KnobGrid
     from knobctl.latency.estimator import LatencyEstimator
-    from knobctl.params import apply_overrides, load_params, section, seed_of
     from knobctl.table.accuracy_table import AccuracyTable
 
-    params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     weights = RewardWeights.from_params(section(params, "reward", args.params))
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(p.num_threads)
     table = AccuracyTable.load(args.rollouts)
     table.check_grid(grid, args.rollouts)
+    absent = [k.label for k in grid.configs() if k not in set(table.configs)]
+    if absent:  # allowed (a table of some configurations), but slow: say so before training starts
+        print(f"train_controller: {len(absent)} configurations of the knobs grid are not in {args.rollouts} (first: "
+              f"{absent[0]}); the cells the policy samples there are answered online by the real model", file=sys.stderr)
     tables = build_tables(table, LatencyEstimator.load(args.estimator), grid.configs())
     meta = read_provenance(Path(args.rollouts) / "rollouts.parquet")
 

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots", default="plots/validate")
     ap.add_argument("--cache", default=".knobctl_cache/validate")
     args = ap.parse_args(argv)
+    from knobctl.params import apply_overrides, load_params, section, seed_of
+
+    params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
     from knobctl.controller.policy import Controller
@@ -44,7 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.latency.estimator import LatencyEstimator
     from knobctl.model.runtime import device_name, load_runtime
-    from knobctl.params import apply_overrides, load_params, section, seed_of
     from knobctl.parts import PartStore
     from knobctl.table.accuracy_table import AccuracyTable
     from knobctl.table.rollouts import RolloutParams, rollout_part, select_samples
@@ -52,7 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.validate.plots import write_plots
     from knobctl.validate.summary import summarize, validation_metrics
 
-    params = load_params(args.params)
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "validate", args.params), args.set, "validate")

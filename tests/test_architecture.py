@@ -155,3 +155,19 @@ def test_dependency_list_matches_the_imports():
     deptry = Path(sys.executable).with_name("deptry")
     proc = subprocess.run([str(deptry), "src", "stages"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_show_reads_a_table_without_torch(tmp_path):
+    """`python -m knobctl show TABLE` is a pandas job: it must not pay for importing torch or transformers."""
+    import pandas as pd
+
+    rows = pd.DataFrame({"sample_id": ["a", "a"], "config": ["low/k4/b12", "high/k8/b16"], "tier": ["low", "high"],
+                         "top_k": [4, 8], "num_blocks": [12, 16], "score": [0.0, 1.0], "error": [None, None],
+                         "question_type": ["color", "color"]})
+    rows.to_parquet(tmp_path / "rollouts.parquet")
+    code = ("import runpy, sys; sys.argv = ['knobctl', 'show', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('knobctl', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rollouts.parquet")], capture_output=True,
+                         text=True, check=True, env={"PYTHONPATH": str(SRC), "PATH": ""}).stdout
+    assert "HEAVY []" in out and "per-sample oracle 1.0000" in out

@@ -61,6 +61,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def recover_dir(path: str | Path) -> None:
+    """Finish what a killed :func:`atomic_dir` left behind. A kill between its two renames leaves the previous
+    folder in ``.<name>.old.*/x`` and nothing at ``path``: put it back, so a resumable stage finds its last
+    checkpoint. Temporary folders of killed writes are removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    leftovers = sorted(path.parent.glob(f".{path.name}.*"))
+    if not path.exists():
+        for old in leftovers:
+            if old.name.startswith(f".{path.name}.old.") and (old / "x").is_dir():
+                os.replace(old / "x", path)
+                break
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def round4(x: Any) -> float:
     """A metric as a plain float rounded to 4 decimals (JSON-friendly, stable across runs)."""
     return round(float(x), 4)

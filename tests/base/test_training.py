@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from knobctl.base import training, vision_pretrain
 from knobctl.base.training import TrainBaseParams, batch_loss, encode_split, lr_at, sample_rows, train_base, type_pools
 from knobctl.knobs import KnobConfig
 from knobctl.model.presets import ModelParams
@@ -78,6 +79,94 @@ def test_resume_after_interruption_gives_identical_weights(train_df, tmp_path):
     _, s2 = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=6, batch_size=8, lr=1e-3),
                            seed=1, checkpoint_dir=tmp_path / "ck")
     assert s2["resumed_from_step"] == 0  # different params: the old checkpoint is ignored
+
+
+class Killed(BaseException):
+    """The process dying mid-step: a BaseException, so no ``except Exception`` in the library swallows it."""
+
+
+class KilledAfter:
+    """A progress bar that kills the run (raises Killed) when asked for step ``n`` of this run."""
+
+    def __init__(self, real, n: int, starts: list[int]):
+        self.real, self.n, self.starts = real, n, starts
+
+    def __call__(self, iterable=None, **kw):
+        self.starts.append(kw.get("initial", 0))
+        bar = self.real(iterable, **kw)
+        n = self.n
+
+        class Bar:
+            def __iter__(self):
+                for i, item in enumerate(bar):
+                    if i == n:
+                        raise Killed
+                    yield item
+
+            def __getattr__(self, name):
+                return getattr(bar, name)
+
+        return Bar()
+
+
+def assert_same_weights(a, b) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert list(sa) == list(sb)
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+WARM = quick(steps=4, batch_size=8, checkpoint_every=2, vision_warmstart_steps=7)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(train_df):
+    return train_base(train_df, GRID, ModelParams(dims=DIMS), WARM, seed=1)
+
+
+def test_checkpoints_leave_an_uninterrupted_run_unchanged(train_df, tmp_path, uninterrupted):
+    saved = []
+    real = training._save_warmstart
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "_save_warmstart", lambda path, rt, st, tag: (saved.append(st.step), real(path, rt, st, tag)))
+        with_ck, summary = train_base(train_df, GRID, ModelParams(dims=DIMS), WARM, seed=1, checkpoint_dir=tmp_path / "ck")
+    assert saved == [2, 4, 6]  # the warm-start was checkpointed (not after its last step: the VLM one follows)
+    assert_same_weights(with_ck, uninterrupted[0])
+    assert summary["vision_warmstart_accuracy"] == uninterrupted[1]["vision_warmstart_accuracy"]
+    assert summary["final_loss"] == uninterrupted[1]["final_loss"]
+    assert summary["resumed_from_step"] == 0 and summary["resumed_from_warmstart_step"] == 0
+
+
+def test_a_run_killed_in_the_warm_start_resumes_there_and_ends_identical(train_df, tmp_path, monkeypatch,
+                                                                          uninterrupted):
+    starts: list[int] = []
+    monkeypatch.setattr(vision_pretrain, "progress_bar", KilledAfter(vision_pretrain.progress_bar, 5, starts))
+    with pytest.raises(Killed):  # killed in warm-start step 5, after the checkpoint at step 4
+        train_base(train_df, GRID, ModelParams(dims=DIMS), WARM, seed=1, checkpoint_dir=tmp_path / "ck")
+    monkeypatch.undo()
+    starts.clear()
+    monkeypatch.setattr(vision_pretrain, "progress_bar", KilledAfter(vision_pretrain.progress_bar, 10**9, starts))
+    resumed, summary = train_base(train_df, GRID, ModelParams(dims=DIMS), WARM, seed=1, checkpoint_dir=tmp_path / "ck")
+    assert starts == [4] and summary["resumed_from_warmstart_step"] == 4 and summary["resumed_from_step"] == 0
+    assert_same_weights(resumed, uninterrupted[0])
+    assert summary["vision_warmstart_accuracy"] == uninterrupted[1]["vision_warmstart_accuracy"]
+    assert summary["final_loss"] == uninterrupted[1]["final_loss"]
+
+
+def test_a_run_killed_before_its_first_vlm_checkpoint_keeps_the_warm_start(train_df, tmp_path, monkeypatch,
+                                                                          uninterrupted):
+    starts: list[int] = []
+    monkeypatch.setattr(training, "progress_bar", KilledAfter(training.progress_bar, 1, starts))
+    with pytest.raises(Killed):  # killed in VLM step 1; the first VLM checkpoint would be at step 2
+        train_base(train_df, GRID, ModelParams(dims=DIMS), WARM, seed=1, checkpoint_dir=tmp_path / "ck")
+    monkeypatch.undo()
+    warm_steps: list[int] = []
+    monkeypatch.setattr(vision_pretrain, "progress_bar", KilledAfter(vision_pretrain.progress_bar, 10**9, warm_steps))
+    resumed, summary = train_base(train_df, GRID, ModelParams(dims=DIMS), WARM, seed=1, checkpoint_dir=tmp_path / "ck")
+    assert warm_steps == []  # the warm-start did not run again
+    assert summary["resumed_from_warmstart_step"] == 7 and summary["resumed_from_step"] == 0
+    assert_same_weights(resumed, uninterrupted[0])
+    assert summary["vision_warmstart_accuracy"] == uninterrupted[1]["vision_warmstart_accuracy"]
 
 
 def test_bad_train_params():

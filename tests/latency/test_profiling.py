@@ -201,3 +201,16 @@ def test_stage_writes_rows_summary_and_provenance(tmp_path):
             + rows["text_tokens"]).all()
     assert not any((tmp_path / ".knobctl_cache/profile").iterdir())  # parts removed once merged
 
+
+
+def test_a_profile_missing_or_repeating_a_measurement_is_refused():
+    from knobctl.latency.profiling import check_complete
+
+    cases = cases_for([KnobConfig("low", 4, 12), KnobConfig("high", 8, 16)], [3], [2])
+    keys = [(r, *c.key) for r, _, c in schedule(cases, 2, seed=0)]
+    rows = pd.DataFrame(keys, columns=["round", "config", "text_tokens", "output_tokens"])
+    check_complete(rows, cases, 2, 0, "here")
+    with pytest.raises(RuntimeError, match=r"holds 3 rows for 4 scheduled measurements: 1 missing"):
+        check_complete(rows.iloc[1:], cases, 2, 0, "here")
+    with pytest.raises(RuntimeError, match=r"1 repeated"):
+        check_complete(pd.concat([rows, rows.iloc[:1]]), cases, 2, 0, "here")

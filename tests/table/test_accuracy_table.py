@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import knobctl.table.accuracy_table as at
+from knobctl.io import write_parquet_atomic
 from knobctl.knobs import KnobGrid
 from knobctl.table.accuracy_table import AccuracyTable, PartPlan, merge_parts, per_config_table, run_parts, summarize
 from knobctl.table.rollouts import RolloutParams
@@ -117,3 +118,61 @@ def test_dense_arrays_for_lookups(setup):
     np.testing.assert_array_equal(table.vision[i, 1], feats["vision_high"].iloc[i])
     with pytest.raises(ValueError, match="not 8 samples x 8 configurations"):
         AccuracyTable.from_frames(rows.iloc[:-1], feats)
+
+
+def _cut_short(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _done_plan(directory, rows: pd.DataFrame, feats: pd.DataFrame) -> PartPlan:
+    """Every part of the uninterrupted table on disk, as run_parts leaves them (without rolling out again)."""
+    plan = PartPlan(directory, len(feats), P.part_size)
+    for i in range(plan.num_parts):
+        lo, hi = i * P.part_size, (i + 1) * P.part_size
+        write_parquet_atomic(plan.features_path(i), feats.iloc[lo:hi])
+        write_parquet_atomic(plan.rows_path(i), rows.iloc[lo * len(CONFIGS) : hi * len(CONFIGS)])
+    assert plan.missing() == []
+    return plan
+
+
+@pytest.mark.parametrize("name", ["rows-00001.parquet", "features-00001.parquet"])
+def test_a_damaged_part_is_recomputed_not_merged(setup, tmp_path, monkeypatch, capsys, name):
+    rt, samples, (rows, feats) = setup
+    plan = _done_plan(tmp_path, rows, feats)
+    _cut_short(tmp_path / name)  # a copy or a full disk that cut the file short
+    assert plan.missing() == [1] and plan.damage(1) and not plan.done(1)
+    with pytest.raises(at.DamagedPartError, match=rf"part 1: {name}"):
+        merge_parts(plan)
+    calls = []
+    real = at.rollout_part
+    monkeypatch.setattr(at, "rollout_part", lambda *a, **kw: (calls.append(a[1]["sample_id"].iloc[0]), real(*a, **kw))[1])
+    ran = run_parts(rt, samples, CONFIGS, P, plan, range(plan.num_parts), progress=False)
+    assert calls == ["t/3"] and ran == 3 * len(CONFIGS)  # only the damaged part, and all of it
+    err = capsys.readouterr().err
+    assert f"part 1 in {tmp_path} is damaged ({name}" in err and "recomputing" in err
+    again_rows, again_feats = merge_parts(plan)
+    pd.testing.assert_frame_equal(again_rows, rows)
+    pd.testing.assert_frame_equal(again_feats, feats)
+
+
+def test_a_part_of_the_wrong_size_is_damaged(setup, tmp_path):
+    _, _, (rows, feats) = setup
+    plan = _done_plan(tmp_path, rows, feats)
+    assert plan.done(2) and plan.part_samples(2) == 2
+    pd.read_parquet(plan.features_path(2)).iloc[:1].to_parquet(plan.features_path(2))  # one sample short
+    assert plan.damage(2) == ["features-00002.parquet: 1 rows for a part of 2 samples"] and not plan.done(2)
+
+
+def test_merge_names_a_part_damaged_inside_its_data(setup, tmp_path, monkeypatch):
+    _, _, (rows, feats) = setup
+    plan = _done_plan(tmp_path, rows, feats)
+    real = pd.read_parquet
+
+    def unreadable_rows_of_part_0(path, *a, **kw):
+        if str(path).endswith("rows-00000.parquet"):
+            raise OSError("Corrupt snappy compressed data.")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(pd, "read_parquet", unreadable_rows_of_part_0)  # footer fine, data not
+    with pytest.raises(at.DamagedPartError, match=r"rows-00000\.parquet cannot be read .*Corrupt snappy.*rerun"):
+        merge_parts(plan)

@@ -12,9 +12,11 @@ varies per batch, which already spreads tokens over experts); a linear warm-up, 
 constant plateau, then cosine decay over the last ``decay_fraction`` of the steps,
 so learning takes off before the rate falls.
 
-The run is resumable: every ``checkpoint_every`` steps the weights, optimizer state
+The run is resumable: every ``checkpoint_every`` steps of either phase (the vision
+warm-start, then the VLM steps), and once between the two, the weights, optimizer state
 and RNG state go to a checkpoint folder (safetensors + JSON); a rerun with the same
 params continues from there and ends with the same weights as an uninterrupted run.
+Saving only reads state, so a run with checkpoints gives the same weights as one without.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from knobctl.base.vision_pretrain import mine_image_labels, pretrain_vision
+from knobctl.base.vision_pretrain import WarmStartState, mine_image_labels, pretrain_vision
 from knobctl.execution import progress_bar
-from knobctl.io import atomic_dir, params_hash
+from knobctl.io import atomic_dir, params_hash, recover_dir
 from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
 from knobctl.model.decoding import prefill
 from knobctl.model.presets import EOS, ModelParams
@@ -169,35 +171,82 @@ def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobCon
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
-def _save_checkpoint(path: Path, rt: Runtime, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, tag: str) -> None:
-    with atomic_dir(path) as tmp:
-        save_file({k: v.contiguous() for k, v in rt.model.state_dict().items()}, tmp / "model.safetensors")
-        state = opt.state_dict()
-        tensors, scalars = {}, {"param_groups": state["param_groups"], "step": step, "tag": tag}
-        for pid, st in state["state"].items():
-            for name, value in st.items():
-                tensors[f"{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-        tensors["rng"] = gen.get_state()
-        save_file(tensors, tmp / "optimizer.safetensors")
-        (tmp / "state.json").write_text(json.dumps(scalars))
+VLM, WARMSTART = "vlm", "vision_warmstart"  # the phase a checkpoint was taken in (state.json "phase")
 
 
-def _load_checkpoint(path: Path, rt: Runtime, opt: torch.optim.Optimizer, gen: torch.Generator, tag: str) -> int:
-    meta_path = path / "state.json"
-    if not meta_path.exists():
-        return 0
-    meta = json.loads(meta_path.read_text())
-    if meta.get("tag") != tag:
-        return 0
-    rt.model.load_state_dict(load_file(path / "model.safetensors"))
-    tensors = load_file(path / "optimizer.safetensors")
-    gen.set_state(tensors.pop("rng"))
+def _optimizer_tensors(state: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {f"{prefix}{pid}.{name}": value if torch.is_tensor(value) else torch.tensor(value)
+            for pid, st in state["state"].items() for name, value in st.items()}
+
+
+def _optimizer_state(tensors: Mapping[str, torch.Tensor], param_groups: list[dict[str, Any]]) -> dict[str, Any]:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": param_groups}
+
+
+def _save_checkpoint(path: Path, rt: Runtime, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, tag: str,
+                     warm_accuracy: Mapping[str, float] | None = None) -> None:
+    """A VLM-phase checkpoint after ``step`` steps (0: the warm-start just finished)."""
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in rt.model.state_dict().items()}, tmp / "model.safetensors")
+        state = opt.state_dict()
+        scalars = {"param_groups": state["param_groups"], "step": step, "tag": tag, "phase": VLM,
+                   "vision_warmstart_accuracy": dict(warm_accuracy or {})}
+        tensors = _optimizer_tensors(state)
+        tensors["rng"] = gen.get_state()
+        tensors["torch_rng"] = torch.get_rng_state()
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps(scalars))
+
+
+def _save_warmstart(path: Path, rt: Runtime, warm: WarmStartState, tag: str) -> None:
+    """A checkpoint inside the vision warm-start: the model, and the warm-start's own state."""
+    with atomic_dir(path) as tmp:
+        save_file({k: v.contiguous() for k, v in rt.model.state_dict().items()}, tmp / "model.safetensors")
+        tensors = _optimizer_tensors(warm.optimizer, prefix="opt.")
+        tensors |= {f"head.{k}": v.contiguous() for k, v in warm.heads.items()}
+        tensors |= {f"accuracy.{t}": torch.tensor(v, dtype=torch.float64) for t, v in warm.accuracy.items()}
+        tensors |= {"rng": warm.gen, "torch_rng": warm.torch_rng}
+        save_file(tensors, tmp / "warmstart.safetensors")
+        (tmp / "state.json").write_text(json.dumps({"param_groups": warm.optimizer["param_groups"],
+                                                    "step": warm.step, "tag": tag, "phase": WARMSTART}))
+
+
+def _checkpoint_meta(path: Path, tag: str) -> dict[str, Any] | None:
+    """state.json of a checkpoint of this very run (same params), else None."""
+    meta_path = path / "state.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    return meta if meta.get("tag") == tag else None
+
+
+def _load_checkpoint(path: Path, meta: Mapping[str, Any], rt: Runtime, opt: torch.optim.Optimizer,
+                     gen: torch.Generator) -> int:
+    rt.model.load_state_dict(load_file(path / "model.safetensors"))
+    tensors = load_file(path / "optimizer.safetensors")
+    gen.set_state(tensors.pop("rng"))
+    if "torch_rng" in tensors:  # absent from checkpoints written before it was saved
+        torch.set_rng_state(tensors.pop("torch_rng"))
+    opt.load_state_dict(_optimizer_state(tensors, meta["param_groups"]))
     return int(meta["step"])
+
+
+def _load_warmstart(path: Path, meta: Mapping[str, Any], rt: Runtime) -> WarmStartState:
+    rt.model.load_state_dict(load_file(path / "model.safetensors"))
+    tensors = load_file(path / "warmstart.safetensors")
+
+    def group(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return WarmStartState(
+        step=int(meta["step"]), heads=group("head."), optimizer=_optimizer_state(group("opt."), meta["param_groups"]),
+        gen=tensors["rng"], torch_rng=tensors["torch_rng"],
+        accuracy={t: v.tolist() for t, v in group("accuracy.").items()},
+    )
 
 
 def param_groups(rt: Runtime, params: TrainBaseParams) -> list[dict[str, Any]]:
@@ -236,15 +285,29 @@ def train_base(
     opt = torch.optim.AdamW(param_groups(rt, params), lr=params.lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
     tag = params_hash({"train": asdict(params), "model": asdict(model), "grid": asdict(grid), "seed": seed, "n": len(train)})
-    start = _load_checkpoint(checkpoint_dir, rt, opt, gen, tag) if checkpoint_dir else 0
+    if checkpoint_dir:
+        recover_dir(checkpoint_dir)  # a kill in the middle of saving a checkpoint
+    meta = _checkpoint_meta(checkpoint_dir, tag) if checkpoint_dir else None
+    phase = meta.get("phase", VLM) if meta else None  # checkpoints without a phase were all VLM ones
     warm: dict[str, float] = {}
-    if start == 0:
+    if phase == VLM:
+        start = _load_checkpoint(checkpoint_dir, meta, rt, opt, gen)
+        warm_from = params.vision_warmstart_steps
+        warm = meta.get("vision_warmstart_accuracy", {})
+    else:
+        start = 0
+        resume = _load_warmstart(checkpoint_dir, meta, rt) if phase == WARMSTART else None
+        warm_from = resume.step if resume else 0
         labels = mine_image_labels(train, data.image_index, data.images.shape[0], params.vision_warmstart_types)
         warm = pretrain_vision(
             rt, data.images, labels, steps=params.vision_warmstart_steps, batch_size=params.batch_size,
             lr=params.vision_warmstart_lr, gen=torch.Generator().manual_seed(seed + 1),
-            tier_weights=params.vision_warmstart_tier_weights,
+            tier_weights=params.vision_warmstart_tier_weights, resume=resume,
+            checkpoint_every=params.checkpoint_every if checkpoint_dir else 0,
+            on_checkpoint=lambda state: _save_warmstart(checkpoint_dir, rt, state, tag),
         )
+        if checkpoint_dir and params.vision_warmstart_steps > 0:
+            _save_checkpoint(checkpoint_dir, rt, opt, gen, 0, tag, warm)  # a kill now keeps the whole warm-start
     rt.model.train()
     pools, shares = type_pools(data, params.type_sampling_power)
     n = len(data.questions)
@@ -265,11 +328,12 @@ def train_base(
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", knobs=knobs.label)
         if checkpoint_dir and (step + 1) % params.checkpoint_every == 0 and step + 1 < params.steps:
-            _save_checkpoint(checkpoint_dir, rt, opt, gen, step + 1, tag)
+            _save_checkpoint(checkpoint_dir, rt, opt, gen, step + 1, tag, warm)
     rt.model.eval()
     summary = {
         "steps": params.steps,
         "resumed_from_step": start,
+        "resumed_from_warmstart_step": warm_from,
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "train_seconds_this_run": round(time.perf_counter() - t0, 1),
         "train_samples": n,

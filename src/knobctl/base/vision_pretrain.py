@@ -10,12 +10,17 @@ answer is a property of the whole image: on easy-VQA, the one shape's colour and
 shape. Labels come from the training split's own answers, so no extra data is used.
 The classification heads are thrown away afterwards; every tier is seen, so the
 features are useful at every resolution.
+
+The warm-start is resumable: every ``checkpoint_every`` steps it hands its whole state
+(heads, optimizer, generators, recent accuracies) to a callback, and a run given that
+state back continues bit for bit where it stopped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +56,37 @@ def mine_image_labels(df: pd.DataFrame, image_index: np.ndarray, num_images: int
     return ImageLabels(names=names, labels=labels)
 
 
+ACCURACY_WINDOW = 50  # the returned accuracy is the mean over this many last steps
+
+
+@dataclass(frozen=True)
+class WarmStartState:
+    """A warm-start after ``step`` steps: with the model's weights, all it takes to go on bit for bit.
+
+    ``torch_rng`` is the global generator's state (it drew the heads' initial weights): restored,
+    any later draw from it, in the warm-start or after, gives what an uninterrupted run gets.
+    """
+
+    step: int
+    heads: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]  # torch.optim state_dict
+    gen: torch.Tensor  # the warm-start generator's state
+    torch_rng: torch.Tensor
+    accuracy: dict[str, list[float]]  # per type, the last ACCURACY_WINDOW steps
+
+
+def snapshot(step: int, heads: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+             acc: Mapping[str, list[float]]) -> WarmStartState:
+    """The warm-start's state as copies: training goes on updating its tensors in place."""
+    state = opt.state_dict()
+    optimizer = {"state": {pid: {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                           for pid, st in state["state"].items()},
+                 "param_groups": state["param_groups"]}
+    return WarmStartState(step=step, heads={k: v.clone() for k, v in heads.state_dict().items()}, optimizer=optimizer,
+                          gen=gen.get_state(), torch_rng=torch.get_rng_state(),
+                          accuracy={t: v[-ACCURACY_WINDOW:] for t, v in acc.items()})
+
+
 def pretrain_vision(
     rt: Runtime,
     images: torch.Tensor,
@@ -61,11 +97,19 @@ def pretrain_vision(
     lr: float,
     gen: torch.Generator,
     tier_weights: Mapping[str, float] | None = None,
+    resume: WarmStartState | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[WarmStartState], None] | None = None,
 ) -> dict[str, float]:
     """Train vision tower + projector with linear heads; returns final accuracy per type.
 
     ``tier_weights`` sets how often each tier is drawn (uniform when None): shape is
     nearly invisible at the low tier, so its gradient there is mostly noise.
+
+    ``resume`` continues from a state that ``on_checkpoint`` was handed (the model must hold
+    that moment's weights already); ``on_checkpoint`` gets one every ``checkpoint_every`` steps,
+    but not after the last step, which the caller saves along with what follows. Saving reads
+    state only, so a run with checkpoints ends exactly like one without.
     """
     if steps <= 0 or not labels.labels:
         return {}
@@ -78,7 +122,16 @@ def pretrain_vision(
     weights = torch.tensor([float((tier_weights or {}).get(t, 1.0)) for t in tiers])
     rt.model.train()
     acc: dict[str, list[float]] = {t: [] for t in targets}
-    for step in progress_bar(range(steps), desc="vision warm-start", unit="step"):
+    start = 0
+    if resume is not None:
+        heads.load_state_dict(resume.heads)
+        opt.load_state_dict(resume.optimizer)
+        gen.set_state(resume.gen)
+        torch.set_rng_state(resume.torch_rng)
+        acc = {t: list(resume.accuracy.get(t, [])) for t in targets}
+        start = resume.step
+    bar = progress_bar(range(start, steps), desc="vision warm-start", unit="step", initial=start, total=steps)
+    for step in bar:
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
         tier = tiers[int(torch.multinomial(weights, 1, generator=gen))]
         for g in opt.param_groups:
@@ -94,4 +147,7 @@ def pretrain_vision(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return {t: round(float(np.mean(v[-50:])), 4) for t, v in acc.items()}
+        done = step + 1
+        if on_checkpoint is not None and checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps:
+            on_checkpoint(snapshot(done, heads, opt, gen, acc))
+    return {t: round(float(np.mean(v[-ACCURACY_WINDOW:])), 4) for t, v in acc.items()}

@@ -234,7 +234,20 @@ def run_profile(
         store.append(make_row(case, rnd, pos, input_tokens(case), visual_tokens(case), batch_size, timing, error))
     store.flush()
     rows = store.read()
+    check_complete(rows, cases, rounds, seed, store.directory)
     return rows.sort_values(["round", "order"], kind="stable").reset_index(drop=True)
+
+
+def check_complete(rows: pd.DataFrame, cases: Sequence[Case], rounds: int, seed: int, where: Any) -> None:
+    """Every scheduled (round, case) measured exactly once, or an error naming what is missing or repeated: a
+    profile that silently lost rows would still summarise (and fit an estimator) without complaint."""
+    keys = list(rows[["round", "config", "text_tokens", "output_tokens"]].itertuples(index=False, name=None))
+    expected = {(r, *c.key) for r, _, c in schedule(cases, rounds, seed)}
+    missing, repeated = expected - set(keys), len(keys) - len(set(keys))
+    if missing or repeated or set(keys) - expected:
+        raise RuntimeError(f"the profile in {where} holds {len(keys)} rows for {len(expected)} scheduled measurements: "
+                           f"{len(missing)} missing (first: {sorted(missing)[:1]}), {repeated} repeated; delete the "
+                           "folder and rerun the stage")
 
 
 def load_profiled_runtime(p: ProfileParams) -> Runtime:

@@ -6,12 +6,15 @@ folder (keyed by a hash of everything that determines the rows): ``features-NNNN
 written first, ``rows-NNNNN`` last, so a part counts as done only when both exist. A
 rerun skips done parts, and since each part's rows depend only on its own samples, a run
 killed mid-way and resumed, or split over shards, merges into the same table as one
-uninterrupted run.
+uninterrupted run. A part file that exists but cannot be read (a disk that filled up, a
+copy cut short) does not count as done: the next run deletes and recomputes that part,
+saying so on stderr, and the merge names any such file rather than merging it.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +22,30 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from knobctl.execution import progress_bar
 from knobctl.io import round4 as _r
 from knobctl.io import write_parquet_atomic
 from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid, check_configs_in_grid
 from knobctl.model.runtime import Runtime
+from knobctl.params import InputError
 from knobctl.table.rollouts import RolloutParams, rollout_part
+
+
+class DamagedPartError(InputError):
+    """A part file of the accuracy table exists but cannot be read; it is never merged (a stage prints the
+    message, which names the file and what to do, without a traceback)."""
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DamagedPartError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); delete it and rerun the shard that owns it "
+            "(it recomputes the part), then merge"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -46,8 +66,33 @@ class PartPlan:
     def features_path(self, i: int) -> Path:
         return self.directory / f"features-{i:05d}.parquet"
 
+    def part_samples(self, i: int) -> int:
+        return max(0, min(self.part_size, self.num_samples - i * self.part_size))
+
+    def damage(self, i: int) -> list[str]:
+        """Why part ``i``'s existing files cannot be used (empty if they can, or are simply absent).
+
+        Only the Parquet footer and row counts are read, which catches a file cut short without
+        reading every part's data on each check; a file damaged inside its data still fails the
+        merge, by name.
+        """
+        problems = []
+        for path in (self.features_path(i), self.rows_path(i)):
+            if not path.exists():
+                continue
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for a damaged file)
+                problems.append(f"{path.name}: {type(exc).__name__}: {exc}")
+                continue
+            n = self.part_samples(i)
+            # features hold one row per sample, rows one per (sample, configuration)
+            if (rows != n) if path == self.features_path(i) else (rows == 0 or rows % n):
+                problems.append(f"{path.name}: {rows} rows for a part of {n} samples")
+        return problems
+
     def done(self, i: int) -> bool:
-        return self.rows_path(i).exists() and self.features_path(i).exists()
+        return self.rows_path(i).exists() and self.features_path(i).exists() and not self.damage(i)
 
     def shard_parts(self, shard: int, num_shards: int) -> list[int]:
         if num_shards < 1 or not 0 <= shard < num_shards:
@@ -66,7 +111,17 @@ def run_parts(
     rt: Runtime, samples: pd.DataFrame, configs: Sequence[KnobConfig], p: RolloutParams, plan: PartPlan,
     parts: Sequence[int], progress: bool = True,
 ) -> int:
-    """Roll out the given parts that are not done yet; returns the number of rollouts run."""
+    """Roll out the given parts that are not done yet; returns the number of rollouts run.
+
+    A part with a damaged file is deleted and run again (named on stderr).
+    """
+    for i in parts:
+        problems = plan.damage(i)
+        if problems:
+            print(f"accuracy_table: part {i} in {plan.directory} is damaged ({'; '.join(problems)}); "
+                  "deleting and recomputing it", file=sys.stderr)
+            plan.rows_path(i).unlink(missing_ok=True)  # rows first: the part stops counting as done at once
+            plan.features_path(i).unlink(missing_ok=True)
     todo = [i for i in parts if not plan.done(i)]
     sizes = {i: len(samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]) for i in todo}
     plan.directory.mkdir(parents=True, exist_ok=True)
@@ -82,14 +137,22 @@ def run_parts(
 
 def merge_parts(plan: PartPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every part's rows and features, in sample order; names the parts still missing."""
+    damaged = {i: problems for i in range(plan.num_parts) if (problems := plan.damage(i))}
+    if damaged:
+        raise DamagedPartError(
+            f"{len(damaged)} part(s) in {plan.directory} cannot be read: "
+            + "; ".join(f"part {i}: {', '.join(p)}" for i, p in list(damaged.items())[:5])
+            + ". Rerun the shards that own them (part i belongs to shard i % num_shards): they recompute damaged "
+            "parts; then merge"
+        )
     missing = plan.missing()
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {plan.num_parts} parts are not done in {plan.directory} (first: {missing[:5]}); "
             "run the shards that own them (part i belongs to shard i % num_shards), then merge"
         )
-    rows = pd.concat([pd.read_parquet(plan.rows_path(i)) for i in range(plan.num_parts)], ignore_index=True)
-    feats = pd.concat([pd.read_parquet(plan.features_path(i)) for i in range(plan.num_parts)], ignore_index=True)
+    rows = pd.concat([_read_part(plan.rows_path(i)) for i in range(plan.num_parts)], ignore_index=True)
+    feats = pd.concat([_read_part(plan.features_path(i)) for i in range(plan.num_parts)], ignore_index=True)
     return rows, feats
 
 
