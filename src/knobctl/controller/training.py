@@ -79,7 +79,7 @@ class TrainParams:
     eval_fraction: float = 0.2
     log_every: int = 25
     online_refresh: RefreshParams | None = None
-    num_threads: int = 0
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "hidden", "eval_budgets", "log_every"):

@@ -59,7 +59,7 @@ class ProfileParams:
     warmup_rounds: int = 1
     rounds: int = 5
     flush_every: int = 50
-    num_threads: int = 0
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "image_size", "rounds", "flush_every"):

@@ -80,7 +80,7 @@ class ValidateParams:
     speed_window: int = 25
     batch_size: int = 50
     device: str = "auto"
-    num_threads: int = 0
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "num_budgets", "batch_size", "calibration_requests", "speed_window"):
