@@ -1,14 +1,14 @@
 """Which torch CPU thread count each CPU-bound stage should use: its unit of work at 1 and at 2 threads (or
 --threads), on an idle machine and beside one busy process, side by side in one run.
 
-    python benchmarks/threads.py [--rounds 5] [--threads 1 2] [--model models/base] [--rollouts data/rollouts]
+    python benchmarks/threads.py [--rounds 5] [--threads 1 2] [--only accuracy_table] [--model models/base]
 
 Each round runs every (workload, thread count) once per condition, in that order, so drift hits all alike;
 the table gives medians over rounds. The busy process is one Python loop that spins on a core, as a second job
 (another `dvc exp run`, a notebook, a test run) would. Workloads:
 * train_base: one VLM training step at the default dims (batch 128, a random knob configuration);
 * eval_base: greedy answers of 256 test questions at the full configuration (batch 256);
-* accuracy_table: 50 val samples under every configuration of the grid (the stage's batched rollouts);
+* accuracy_table: one part of the stage, 250 val samples in one batch, under every configuration of the grid;
 * train_controller: 200 training steps on the cached tables (batch 128 x G 16);
 * validate / profile_latency: 20 timed batch-1 requests at a middle configuration (mean ms per request).
 """
@@ -48,7 +48,7 @@ def workloads(args: argparse.Namespace) -> dict[str, Callable[[], float]]:
     rt = load_runtime(args.model, device="cpu")
     train = pd.read_parquet(Path(args.data) / "train.parquet").head(2000)
     test = pd.read_parquet(Path(args.data) / "test.parquet").head(256)
-    val = pd.read_parquet(Path(args.data) / "val.parquet").head(50)
+    val = pd.read_parquet(Path(args.data) / "val.parquet").head(250)
     data = encode_split(rt, train, size=64)
     opt = torch.optim.AdamW(rt.model.parameters(), lr=1e-9)  # a real step that leaves the weights in place
     gen = torch.Generator().manual_seed(0)
@@ -79,8 +79,8 @@ def workloads(args: argparse.Namespace) -> dict[str, Callable[[], float]]:
         "train_base (s/step)": lambda: timed(train_step),
         "eval_base (s / 256 answers)": lambda: timed(lambda: rt.answer(images, test["question"].tolist(),
                                                                        grid.full, batch_size=256)),
-        "accuracy_table (s / 50 samples x 75)": lambda: timed(lambda: rollout_part(
-            rt, val, configs, RolloutParams(batch_size=50, part_size=50))),
+        "accuracy_table (s / 250 samples x 75)": lambda: timed(lambda: rollout_part(
+            rt, val, configs, RolloutParams(batch_size=250, part_size=250))),
         "train_controller (s / 200 steps)": lambda: timed(lambda: train_controller(
             tables, TrainParams(steps=200), RewardWeights(), seed=0, progress=False)),
         "validate, profile (ms / request)": requests,
@@ -95,8 +95,9 @@ def main() -> None:
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--rollouts", default="data/rollouts")
     ap.add_argument("--estimator", default="models/latency_estimator")
+    ap.add_argument("--only", nargs="*", default=None, help="workloads whose name starts with one of these")
     args = ap.parse_args()
-    work = workloads(args)
+    work = {k: v for k, v in workloads(args).items() if not args.only or k.startswith(tuple(args.only))}
     results: dict[tuple[str, str, int], list[float]] = {}
     for rnd in range(args.rounds + 1):  # round 0 warms every path up and is not recorded
         for condition in ("idle", "busy"):

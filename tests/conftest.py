@@ -118,18 +118,18 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def copy_repo(dst: Path) -> Path:
-    """The repository's tracked and untracked-but-not-ignored files (no data, models or metrics) in ``dst``,
-    with the tiny params merged into params.yaml and a fresh git repository."""
+def copy_repo(dst: Path, overlay: dict | None = None) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files (no data, models, metrics, plots or reports)
+    in ``dst``, with ``overlay`` (default: the tiny params) merged into params.yaml and a fresh git repository."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.split()
     for rel in listed:
         src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/")):
+        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     params = yaml.safe_load((dst / "params.yaml").read_text())
-    for name, values in TINY.items():
+    for name, values in (TINY if overlay is None else overlay).items():
         params[name] = {**params[name], **values}
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dst)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import yaml
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.latency.profiling import ROW_COLUMNS, Case, Timing, cases_for, run_profile, schedule
 from knobctl.parts import PartStore
+from tests.conftest import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["round", "config", "text_tokens", "output_tokens"]
@@ -124,18 +124,7 @@ def kill_when(cmd: list[str], repo: Path, ready, timeout: float = 300.0) -> None
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A copy of the repository with tiny params, its data prepared and a base model trained (uninterrupted)."""
-    dst = tmp_path_factory.mktemp("resume")
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.split()
-    for rel in listed:
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for name, values in TINY.items():
-        params[name] = {**params[name], **values}
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dst = copy_repo(tmp_path_factory.mktemp("resume"), TINY)
     run([sys.executable, "stages/prepare_data.py"], dst)
     run([sys.executable, "stages/train_base.py"], dst)
     return dst

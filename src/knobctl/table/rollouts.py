@@ -55,7 +55,7 @@ class RolloutParams:
     max_new_tokens: int | None = None
     device: str = "auto"
     dtype: str = "float32"
-    num_threads: int = 1
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         require(self.split in SPLITS, "accuracy_table.split", self.split,
