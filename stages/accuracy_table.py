@@ -48,7 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.model.features import FEATURE_DEFINITIONS
     from knobctl.model.runtime import DTYPES, device_name, load_runtime
-    from knobctl.table.accuracy_table import PartPlan, merge_parts, per_config_table, run_parts, summarize
+    from knobctl.table.accuracy_table import (
+        PartPlan,
+        merge_parts,
+        per_config_table,
+        run_parts,
+        summarize,
+        table_metrics,
+    )
     from knobctl.table.rollouts import RolloutParams, select_configs, select_samples
 
     seed = seed_of(params, args.params)
@@ -86,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     write_parquet_atomic(out / "rollouts.parquet", rows, meta)
     write_parquet_atomic(out / "features.parquet", feats, meta)
     metrics = summarize(rows, configs)
-    write_json_atomic(args.metrics, metrics)
+    write_json_atomic(out / "summary.json", metrics)  # per question type too; the metrics keep the headline
+    write_json_atomic(args.metrics, table_metrics(metrics))
     write_csv_atomic(Path(args.plots) / "per_config.csv", per_config_table(rows, configs))
     plan.clear()
     print(f"accuracy_table: {len(rows)} rows ({len(samples)} samples x {len(configs)} configs), {ran} run now in "

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
-    from knobctl.base.evaluation import EvalParams, corner_frame, corner_metrics, evaluate
+    from knobctl.base.evaluation import EvalParams, corner_frame, corner_headline, evaluate
     from knobctl.execution import use_threads
     from knobctl.io import write_csv_atomic, write_json_atomic
     from knobctl.knobs import KnobGrid
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     rt.validate_grid(grid)
     test = pd.read_parquet(Path(args.data) / "test.parquet")
     results = evaluate(rt, test, grid.corners(), batch_size=own.batch_size, desc="test corners")
-    metrics = {**corner_metrics(results, grid.full, grid.smallest), "split": "test", "questions": len(test)}
+    metrics = {"headline": corner_headline(results, grid.full, grid.smallest), "questions": len(test)}
     write_json_atomic(args.metrics, metrics)
     write_csv_atomic(args.plots, corner_frame(results))
     h = metrics["headline"]

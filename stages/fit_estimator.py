@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
     from knobctl.latency.estimator import EstimatorParams, LatencyEstimator
-    from knobctl.latency.estimator_eval import evaluate
+    from knobctl.latency.estimator_eval import estimator_headline, evaluate
     from knobctl.latency.request import PARTS
 
     seed = seed_of(params, args.params)
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
                                  meta={k: meta.get(k) for k in ("device", "dtype", "model", "model_hash", "git_commit")})
     final.save(args.out)
     metrics["profile"] = {k: meta.get(k) for k in ("device", "dtype", "model", "batch_size")}
-    write_json_atomic(args.metrics, metrics)
+    write_json_atomic(Path(args.out) / "evaluation.json", metrics)  # every split and part; the metrics: a headline
+    write_json_atomic(args.metrics, {"headline": estimator_headline(metrics), "device": metrics["profile"]["device"]})
     # One CSV per part for `dvc plots` (held-out configurations); every split's points beside the model.
     plots = Path(args.plots)
     for part in (*PARTS, "total_ms"):

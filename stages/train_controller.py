@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     result = train_controller(tables, p, weights, seed, fetch_factory=oracle)
     result.controller.save(args.out)
     write_parquet_atomic(Path(args.out) / "refresh_log.parquet", result.refresh_log)
-    metrics = training_metrics(result.summary, result.evaluation, weights.__dict__)
+    metrics = training_metrics(result.summary, result.evaluation)
     write_json_atomic(args.metrics, metrics)
+    write_json_atomic(Path(args.plots) / "training.json", {**result.summary, "reward": weights.__dict__,
+                                                          "evaluation": result.evaluation})
     write_csv_atomic(Path(args.plots) / "curves.csv", result.curves)
     write_csv_atomic(Path(args.plots) / "budgets.csv", evaluation_frame(result.evaluation))
     s, h = result.summary, metrics["headline"]

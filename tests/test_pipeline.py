@@ -25,12 +25,14 @@ def test_repro_writes_every_output(repo):
     files = {p.name for p in (repo / "models/base").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "knobctl.json"} <= files
     base = json.loads((repo / "metrics/base.json").read_text())
-    assert base["steps"] == 4 and len(base["corners"]) == 8 and 0 <= base["headline"]["full_accuracy"] <= 1
+    assert base["steps"] == 4 and 0 <= base["headline"]["full_accuracy"] <= 1
     assert next(iter(base)) == "headline"
     test = json.loads((repo / "metrics/base_test.json").read_text())
-    assert test["split"] == "test" and set(test["corners"]) == set(base["corners"])
-    corners = pd.read_csv(repo / "plots/base/test_corners.csv")
-    assert set(corners["config"]) == set(base["corners"]) and "all" in set(corners["question_type"])
+    assert test["questions"] == len(pd.read_parquet(repo / "data/vqa/test.parquet"))
+    val, corners = pd.read_csv(repo / "plots/base/val_corners.csv"), pd.read_csv(repo / "plots/base/test_corners.csv")
+    assert set(corners["config"]) == set(val["config"]) and len(set(corners["config"])) == 8
+    full = corners[(corners["config"] == "high/k8/b16") & (corners["question_type"] == "all")]["accuracy"]
+    assert full.tolist() == [test["headline"]["full_accuracy"]]
     assert not (repo / ".knobctl_cache/train_base").exists()
 
 
@@ -43,10 +45,15 @@ def test_repro_profiles_latency_and_fits_the_estimator(repo):
     meta = read_provenance(repo / "data/profile/summary.parquet")
     assert meta["model"] == "models/base" and len(meta["model_hash"]) == 16
     profile = json.loads((repo / "metrics/profile.json").read_text())
-    assert profile["rows"] == len(rows) and 0 <= profile["median_cv"]["total_ms"] < 1
-    est = json.loads((repo / "metrics/estimator.json").read_text())
+    assert profile["rows"] == len(rows) and 0 <= profile["headline"]["median_cv_total"] < 1
+    stats = json.loads((repo / "data/profile/stats.json").read_text())
+    assert stats["median_cv"]["total_ms"] == pytest.approx(profile["headline"]["median_cv_total"], abs=1e-4)
+    est = json.loads((repo / "models/latency_estimator/evaluation.json").read_text())
     assert set(est) >= {"configs", "lengths"} and est["lengths"]["held_out"] == ["6"]
     assert len(est["configs"]["held_out"]) == 2 and est["configs"]["total_ms"]["n"] == 2 * 3 * 2
+    headline = json.loads((repo / "metrics/estimator.json").read_text())["headline"]
+    assert headline["configs_total_mape"] == round(est["configs"]["total_ms"]["mape"], 4)
+    assert set(headline) == {f"{s}_total_{m}" for s in ("configs", "lengths") for m in ("mape", "within_10pct", "r2")}
     plot = pd.read_csv(repo / "plots/estimator/total_ms.csv")
     assert len(plot) == 12 and {"measured_ms", "predicted_ms"} <= set(plot.columns)
     table = LatencyEstimator.load(repo / "models/latency_estimator").dense_table(
@@ -66,7 +73,9 @@ def test_repro_builds_the_accuracy_table(repo):
     assert meta["split"] == "val" and meta["samples"] == 5 and "timestamp" not in meta
     metrics = json.loads((repo / "metrics/accuracy_table.json").read_text())
     assert metrics["rollouts"] == 60 and len(pd.read_csv(repo / "plots/accuracy_table/per_config.csv")) == 12
-    assert metrics["headline"]["oracle_accuracy"] >= metrics["best_static"]["accuracy"]
+    assert metrics["headline"]["oracle_accuracy"] >= metrics["headline"]["best_static_accuracy"]
+    full = json.loads((repo / "data/rollouts/summary.json").read_text())
+    assert full["headline"] == metrics["headline"] and full["best_static"]["config"] == metrics["best_static_config"]
     assert not any((repo / ".knobctl_cache/rollouts").glob("*/rows-*"))
 
 
@@ -84,9 +93,13 @@ def test_repro_trains_the_controller(repo):
     assert ctrl.config.fit_mask and ctrl.fit_latency_ms.shape == (ctrl.config.fit_rows, 12)
     assert (ctrl.fit_latency_ms > 0).all()
     metrics = json.loads((repo / "metrics/train.json").read_text())
-    assert metrics["steps"] == 20 and metrics["rollouts"] == 20 * 8 * 4 and list(metrics["budgets"]) == ["b0", "b1", "b2"]
+    assert metrics["steps"] == 20 and list(metrics["budgets"]) == ["b0", "b1", "b2"]
     assert next(iter(metrics)) == "headline" and metrics["headline"]["budgets_with_static"] <= 3
-    assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(metrics["final"])
+    detail = json.loads((repo / "plots/train/training.json").read_text())
+    assert detail["rollouts"] == 20 * 8 * 4 and len(detail["evaluation"]) == 3 and detail["reward"]["gamma"] == 2.0
+    assert {"entropy_tier", "entropy_top_k", "entropy_num_blocks", "zero_variance_share"} <= set(detail["final"])
+    assert [b["controller_accuracy"] for b in metrics["budgets"].values()] == [
+        e["controller_accuracy"] for e in detail["evaluation"]]
     curves = pd.read_csv(repo / "plots/train/curves.csv")
     assert curves["step"].tolist() == [5, 10, 15, 20]
 
@@ -100,7 +113,8 @@ def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
     assert s["samples"] == 3 and len(s["budgets"]) == 3 and s["budgets"] == sorted(s["budgets"])
     metrics = json.loads((repo / "metrics/validate.json").read_text())
     assert next(iter(metrics)) == "headline" and list(metrics["budgets"]) == ["b0", "b1", "b2"]
-    assert [b["budget_ms"] for b in metrics["budgets"].values()] == s["budgets"]
+    assert [b["controller_accuracy"] for b in metrics["budgets"].values()] == [
+        e["controller"]["accuracy"] for e in full["per_budget"].values()]
     assert s["controller_overhead_ms"] > 0 and s["calibration"]["scale"] > 0
     # batch-1 measured answers equal the batched test rollouts', so the oracle's choices are scored fairly
     assert s["requests_differing_from_rollouts"] == 0

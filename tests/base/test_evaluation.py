@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knobctl.base.evaluation import EvalParams, corner_frame, corner_metrics, evaluate
+from knobctl.base.evaluation import EvalParams, corner_frame, corner_headline, evaluate
 from knobctl.base.training import train_base
 from knobctl.knobs import KnobConfig
 from knobctl.model.presets import ModelParams
@@ -25,14 +25,13 @@ def test_evaluate_reports_accuracy_per_type(train_df):
     assert set(r["per_question_type"]) <= {"color", "shape", "yes/no"}
 
 
-def test_corner_metrics_keep_a_headline_and_move_detail_to_the_csv():
+def test_corner_headline_and_the_csv_of_every_corner_and_type():
     results = {"high/k8/b16": {"tier": "high", "top_k": 8, "num_blocks": 16, "accuracy": 0.9, "n": 10,
                                "per_question_type": {"color": 1.0, "shape": 0.8}},
                "low/k4/b12": {"tier": "low", "top_k": 4, "num_blocks": 12, "accuracy": 0.5, "n": 10,
                               "per_question_type": {"color": 0.7, "shape": 0.3}}}
-    m = corner_metrics(results, KnobConfig("high", 8, 16), KnobConfig("low", 4, 12))
-    assert m == {"headline": {"full_accuracy": 0.9, "smallest_accuracy": 0.5, "corner_min": 0.5, "corner_max": 0.9},
-                 "corners": {"high/k8/b16": 0.9, "low/k4/b12": 0.5}}
+    m = corner_headline(results, KnobConfig("high", 8, 16), KnobConfig("low", 4, 12))
+    assert m == {"full_accuracy": 0.9, "smallest_accuracy": 0.5, "corner_min": 0.5, "corner_max": 0.9}
     frame = corner_frame(results)
     assert len(frame) == 6 and frame.loc[frame["question_type"] == "shape", "accuracy"].tolist() == [0.8, 0.3]
 

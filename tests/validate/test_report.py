@@ -27,8 +27,9 @@ def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
     text = render(metrics(), train={"steps": 3000, "train_seconds": 28.4, "rollouts_per_s": 68759,
                                     "headline": {"budgets_at_least_static": 7, "budgets_above_static": 2,
                                                  "budgets_with_static": 7, "mean_gain_over_static": 0.0011}},
-                  table={"full_accuracy": 0.949, "smallest_accuracy": 0.847, "oracle_accuracy": 0.982,
-                         "best_static": {"config": "high/k7/b16", "accuracy": 0.95}})
+                  table={"headline": {"full_accuracy": 0.949, "smallest_accuracy": 0.847, "oracle_accuracy": 0.982,
+                                      "best_static_accuracy": 0.95}, "best_static_config": "high/k7/b16"},
+                  estimator={"headline": {"configs_total_mape": 0.077, "configs_total_within_10pct": 0.8}})
     assert "| 10.0 | 50.0% | 50.0% | 10.5 / 11.8 | low/k4/b12 | 50.0% | 0.0% | 100.0% | 50.0% | 50.0% | 50.0% |" in text
     assert "| 20.0 | 100.0% | 0.0% | 18.5 / 18.9 | low/k4/b12 | 50.0% |" in text
     assert "budget (ms)" in text and "mean / p95 (ms)" in text
@@ -36,6 +37,7 @@ def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
     assert "controller at least static at 1 of 2 budgets, mean gain +0.00 points" in text
     assert "| 10.0 | 0.0% | 50.0% | 0.0% | 50.0% | 50.0% | 50.0% |" in text  # controller ... oracle, late = wrong
     assert "| cached rollouts per second | 68,759 |" in text and "| best static (high/k7/b16) | 95.0% |" in text
+    assert "held-out configurations: MAPE 7.7%, 80.0% within +-10%" in text
     for name in ("accuracy", "latency", "choices", "pareto"):
         assert f"(../plots/validate/{name}.png)" in text
     assert render(metrics()) == render(metrics())  # no clock, no randomness

@@ -56,15 +56,12 @@ def evaluate(
     return results
 
 
-def corner_metrics(results: dict[str, Any], full: KnobConfig, smallest: KnobConfig) -> dict[str, Any]:
-    """The metrics of an evaluation at the grid's corners: a headline block and the accuracy per corner
-    (the per-question-type detail is in :func:`corner_frame`'s CSV)."""
+def corner_headline(results: dict[str, Any], full: KnobConfig, smallest: KnobConfig) -> dict[str, float]:
+    """The headline of an evaluation at the grid's corners: the full and smallest configurations' accuracy and
+    the range over the corners (every corner and question type is in :func:`corner_frame`'s CSV)."""
     accs = {label: r["accuracy"] for label, r in results.items()}
-    return {
-        "headline": {"full_accuracy": accs[full.label], "smallest_accuracy": accs[smallest.label],
-                     "corner_min": min(accs.values()), "corner_max": max(accs.values())},
-        "corners": accs,
-    }
+    return {"full_accuracy": accs[full.label], "smallest_accuracy": accs[smallest.label],
+            "corner_min": min(accs.values()), "corner_max": max(accs.values())}
 
 
 def corner_frame(results: dict[str, Any]) -> pd.DataFrame:

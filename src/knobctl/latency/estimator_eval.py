@@ -116,3 +116,15 @@ def evaluate(summary: pd.DataFrame, tiers: Mapping[str, Mapping[str, int]], p: E
         metrics[split.name], pts = evaluate_split(split, tiers, p, seed)
         frames.append(pts)
     return metrics, pd.concat(frames, ignore_index=True)
+
+
+def estimator_headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics/estimator.json's headline: the request total on held-out configurations and on held-out lengths
+    (the full per-part scores of :func:`evaluate` go beside the model)."""
+    out: dict[str, Any] = {}
+    for split in ("configs", "lengths"):
+        total = metrics.get(split, {}).get("total_ms", {})
+        if total.get("n"):
+            out |= {f"{split}_total_mape": round(total["mape"], 4), f"{split}_total_within_10pct":
+                    round(total["within_10pct"], 4), f"{split}_total_r2": round(total["r2"], 4)}
+    return out

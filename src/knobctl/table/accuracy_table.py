@@ -245,6 +245,13 @@ def summarize(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> dict[str, An
     }
 
 
+def table_metrics(full: dict[str, Any]) -> dict[str, Any]:
+    """metrics/accuracy_table.json from :func:`summarize`'s result: its headline and the table's size. The
+    accuracy per question type stays in data/rollouts/summary.json, per configuration in per_config.csv."""
+    return {"headline": full["headline"], "best_static_config": full["best_static"]["config"],
+            **{k: full[k] for k in ("samples", "rollouts", "error_samples", "mean_output_tokens")}}
+
+
 def per_config_table(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> pd.DataFrame:
     """Accuracy per configuration, for ``dvc plots``."""
     ok = rows[rows["error"].isna()]

@@ -86,16 +86,16 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
                  f"{h['budgets_above_static']} of {h['budgets_with_static']} |"),
                 f"| held-out mean gain over best static | {_pts(h['mean_gain_over_static'])} |", ""]
     if table:
-        best = table["best_static"]
+        h = table["headline"]
         out += ["## Accuracy table (val rollouts)", "", "| configuration | accuracy |", "| --- | --- |",
-                f"| full | {_pct(table['full_accuracy'])} |", f"| smallest | {_pct(table['smallest_accuracy'])} |",
-                f"| best static ({best['config']}) | {_pct(best['accuracy'])} |",
-                f"| per-sample oracle | {_pct(table['oracle_accuracy'])} |", ""]
+                f"| full | {_pct(h['full_accuracy'])} |", f"| smallest | {_pct(h['smallest_accuracy'])} |",
+                f"| best static ({table['best_static_config']}) | {_pct(h['best_static_accuracy'])} |",
+                f"| per-sample oracle | {_pct(h['oracle_accuracy'])} |", ""]
     if estimator:
-        held = estimator.get("configs", {}).get("total_ms", {})
-        if held:
-            out += [(f"Latency estimator on held-out configurations: MAPE {_pct(held.get('mape'))}, "
-                     f"{_pct(held.get('within_10pct'))} within +-10%."), ""]
+        held = estimator.get("headline", {})
+        if "configs_total_mape" in held:
+            out += [(f"Latency estimator on held-out configurations: MAPE {_pct(held['configs_total_mape'])}, "
+                     f"{_pct(held['configs_total_within_10pct'])} within +-10%."), ""]
     out += ["## Plots", ""] + [f"![{title}]({plots_dir}/{name})" for name, title in PLOTS] + [""]
     return "\n".join(out)
 

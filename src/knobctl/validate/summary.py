@@ -87,23 +87,22 @@ def _given_scale(ctrl: pd.DataFrame) -> float:
 HEADLINE = ("budgets_at_least_static", "budgets_with_static", "mean_gain_over_static",
             "budgets_at_least_static_within_budget", "mean_gain_over_static_within_budget", "worst_violation_rate",
             "controller_overhead_share")
+#: The run's own numbers kept beside the headline: its size and how far the clock was from the estimate.
+RUN = ("samples", "requests", "measured_over_estimated_median", "estimator_mape", "requests_differing_from_rollouts")
 
 
 def validation_metrics(full: dict[str, Any]) -> dict[str, Any]:
     """metrics/validate.json from :func:`summarize`'s result: a headline block, the run's scalars, and a few
     numbers per budget keyed by the budget's position (b0 = the tightest). The budgets in ms follow the
     machine's measured speed, so they differ between runs; positions do not. Every method's detail per budget
-    stays in data/validate/summary.json (the report's source) and plots/validate/*.csv."""
+    and every other number of :func:`summarize` stay in data/validate/summary.json (the report's source) and
+    plots/validate/*.csv."""
     s = full["summary"]
     budgets = {}
     for i, e in enumerate(full["per_budget"].values()):
-        ctrl, static = e["controller"], e["static"]
-        budgets[f"b{i}"] = {
-            "budget_ms": e["budget_ms"], "controller_accuracy": ctrl["accuracy"],
-            "static_accuracy": static["accuracy"] if static else None,
-            "controller_violation_rate": ctrl["violation_rate"],
-            "controller_accuracy_within_budget": ctrl["accuracy_within_budget"],
-            "static_accuracy_within_budget": static["accuracy_within_budget"] if static else None,
-        }
-    rest = {k: v for k, v in s.items() if k not in HEADLINE and k != "budgets"}
-    return {"headline": {k: s[k] for k in HEADLINE}, **rest, "budgets": budgets}
+        ctrl, static = e["controller"], e["static"] or {}
+        budgets[f"b{i}"] = {"controller_accuracy": ctrl["accuracy"], "static_accuracy": static.get("accuracy"),
+                            "controller_accuracy_within_budget": ctrl["accuracy_within_budget"],
+                            "static_accuracy_within_budget": static.get("accuracy_within_budget")}
+    return {"headline": {k: s[k] for k in HEADLINE}, **{k: s[k] for k in RUN}, "calibration_scale":
+            s["calibration"]["scale"], "budgets": budgets}
