@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from knobctl.base.evaluation import EvalParams
+from knobctl.base.importance import ImportanceParams
 from knobctl.base.training import TrainBaseParams
 from knobctl.controller.losses import RewardWeights
 from knobctl.controller.training import RefreshParams, TrainParams
@@ -34,7 +35,7 @@ from knobctl.vqa.sources import DataParams
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {
     "knobs": KnobGrid, "model": ModelParams, "prepare_data": DataParams, "train_base": TrainBaseParams,
-    "eval_base": EvalParams, "profile_latency": ProfileParams, "fit_estimator": EstimatorParams,
+    "eval_base": EvalParams, "block_importance": ImportanceParams, "profile_latency": ProfileParams, "fit_estimator": EstimatorParams,
     "accuracy_table": RolloutParams, "reward": RewardWeights, "train_controller": TrainParams,
     "validate": ValidateParams,
 }
@@ -64,7 +65,9 @@ def test_every_section_has_a_builder_and_code_defaults_equal_params_yaml():
     ("train_base", {"steps": True}, "train_base.steps=True: expected an integer"),
     ("model", {"dims": {"hidden_size": 30, "num_heads": 4}}, "model.dims.hidden_size=30: must be a multiple of num_heads"),
     ("model", {"dims": {"hiden_size": 30}}, "model.dims: unknown keys ['hiden_size']"),
-    ("model", {"block_order": "last"}, "model.block_order='last': use 'first' or a ranked list"),
+    ("model", {"block_order": "last"}, "model.block_order='last': use 'first', a ranked list"),
+    ("model", {"block_order": "last"}, "there is no file last: run `dvc repro block_importance`"),
+    ("block_importance", {"split": "test"}, "block_importance.split='test': allowed: train, val"),
     ("reward", {"gamma": -1}, "reward.gamma=-1.0: it must be >= 0"),
     ("validate", {"calibrate": "yes"}, "validate.calibrate='yes': write true or false"),
     ("profile_latency", {"text_tokens": [4, 4]}, "profile_latency.text_tokens=[4, 4]: it repeats a value"),

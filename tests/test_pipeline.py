@@ -37,6 +37,15 @@ def test_repro_writes_every_output(repo):
 
 
 @pytest.mark.slow
+def test_repro_measures_block_importance(repo):
+    result = json.loads((repo / "data/block_importance/importance.json").read_text())
+    assert result["order"][0] == 0 and sorted(result["order"]) == list(range(16)) and result["n_samples"] == 6
+    assert [c["num_blocks"] for c in result["curve"]] == [16, 15, 14, 13, 12] and len(result["per_block"]) == 16
+    metrics = json.loads((repo / "metrics/block_importance.json").read_text())
+    assert next(iter(metrics)) == "headline" and "drop4_accuracy_cost_pct" in metrics["headline"]
+
+
+@pytest.mark.slow
 def test_repro_profiles_latency_and_fits_the_estimator(repo):
     from knobctl.latency.estimator import LatencyEstimator
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
@@ -72,3 +74,47 @@ def test_tiny_tiers_and_unknown_preset():
         preset_config("huge")
     with pytest.raises(ValueError, match="does not divide"):
         TierSpec(image_size=48, pool=2).tokens_per_image(16)
+
+
+def test_block_order_reads_the_order_of_a_json_file(tmp_path):
+    from knobctl.model.presets import ModelParams, parse_block_order
+    from tests.conftest import make_runtime
+
+    order = [0, 15, 1, 14, 2, 13, 3, 12, 4, 11, 5, 10, 6, 9, 7, 8]
+    path = tmp_path / "importance.json"
+    path.write_text(json.dumps({"order": order, "rank_by": "loglik"}))
+    assert parse_block_order(str(path)) == tuple(order) and parse_block_order(path) == tuple(order)
+    assert ModelParams(block_order=str(path)).block_order == str(path)  # validated, kept as written
+    rt = make_runtime(block_order=str(path))
+    assert rt.spec.block_order == tuple(order) and rt.spec.blocks_for(4, 16) == [0, 1, 14, 15]
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (None, "there is no file {path}: run `dvc repro block_importance`"),
+    ("{not json", "{path} is not valid JSON"),
+    ('{"ordre": [0, 1]}', "{path} has no `order` key holding a list of block indices (found None)"),
+    ('{"order": [0, "1"]}', "{path} has no `order` key"),
+    ("[0, 1, 2]", "{path} has no `order` key"),
+])
+def test_a_missing_or_malformed_block_order_file_is_named_with_the_fix(tmp_path, content, fragment):
+    from knobctl.model.presets import parse_block_order
+    from knobctl.params import ParamsError
+
+    path = tmp_path / "importance.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ParamsError) as err:
+        parse_block_order(str(path))
+    assert fragment.format(path=path) in str(err.value) and "dvc repro block_importance" in str(err.value)
+
+
+def test_a_block_order_file_of_another_model_is_named(tmp_path):
+    from tests.conftest import make_runtime
+
+    path = tmp_path / "importance.json"
+    path.write_text(json.dumps({"order": [0, 2, 1, 3]}))
+    with pytest.raises(ValueError, match=f"{path}: block_order must be 'first' or a ranked list of every block 0..15"):
+        make_runtime(block_order=str(path))
+    path.write_text(json.dumps({"order": [3, *range(3), *range(4, 16)]}))
+    with pytest.raises(ValueError, match=f"{path}: block_order must start with block 0"):
+        make_runtime(block_order=str(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import DynamicCache
 
 from knobctl.knobs import KnobConfig
 from knobctl.model.decoding import continue_greedy, fork_cache, generate, next_token
@@ -193,3 +194,47 @@ def test_early_exit_and_forked_cache_equal_a_separate_run(tiny_rt, images):
             deep_cached = continue_greedy(rt, first_deep, cache, inputs["attention_mask"], inputs["position_ids"], 4, 4)
     assert torch.equal(forked, alone)
     assert torch.equal(deep_cached, deep_alone)  # the fork left the shared prompt cache untouched
+
+
+def test_blocks_applied_runs_any_set_of_blocks_and_restores(tiny_rt, images):
+    blocks = [b for b in range(16) if b != 5]
+    calls = [0] * 16
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+             for i, layer in enumerate(tiny_rt._all_layers)]
+    try:
+        with torch.no_grad(), tiny_rt.blocks_applied(reversed(blocks), 5):
+            assert [r.top_k for r in tiny_rt._block_routers[3]] == [5] and tiny_rt._block_routers[0][0].top_k == 8
+            visual = tiny_rt.encode_images(images, "low")
+            generate(tiny_rt, tiny_rt.embed(visual, tiny_rt.prompt_ids([QUESTION] * 4, visual.shape[1])), 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [0 if b == 5 else 1 for b in range(16)]
+    assert len(tiny_rt.lm.layers) == 16 and all(r.top_k == 8 for r in tiny_rt._routers)
+    for bad, fragment in (([0, 0, 1], "distinct"), ([0, 16], "distinct indices in 0..15"), ([], "distinct")):
+        with pytest.raises(ValueError, match=fragment), tiny_rt.blocks_applied(bad, 8):
+            pass
+    with pytest.raises(ValueError, match="top_k=9 is outside 1..8"), tiny_rt.blocks_applied([0, 1], 9):
+        pass
+
+
+def test_decoding_without_block_0_is_right(images):
+    """HF sizes the decode mask from block 0's cache; without block 0, generate decodes without a cache.
+    With block 0 an exact identity (nothing added to the residual), dropping it changes no token."""
+    rt = make_runtime(seed=4)
+    with torch.no_grad():
+        rt._all_layers[0].self_attn.o_proj.weight.zero_()
+        rt._all_layers[0].mlp.experts.down_proj.zero_()
+        questions = ["what color is the shape ?", "is there a red circle in the image ?", "is there a ?", "what ?"]
+        visual = rt.encode_images(images, "high")
+        inputs = rt.embed(visual, rt.prompt_ids(questions, visual.shape[1]))
+        with rt.blocks_applied(range(16), 8):
+            full = generate(rt, inputs, 4, min_new_tokens=4)
+        with rt.blocks_applied(range(1, 16), 8):
+            dropped = generate(rt, inputs, 4, min_new_tokens=4)
+            cache = DynamicCache(config=rt.lm.config)
+            rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
+                  position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True)
+            with pytest.raises(ValueError, match="block 0 did not run"):
+                continue_greedy(rt, full[:, 0], cache, inputs["attention_mask"], inputs["position_ids"], 4)
+    assert full.shape == (4, 4) and torch.equal(dropped, full)

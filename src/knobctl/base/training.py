@@ -39,7 +39,7 @@ from knobctl.base.vision_pretrain import WarmStartState, mine_image_labels, pret
 from knobctl.execution import progress_bar
 from knobctl.io import atomic_dir, params_hash, recover_dir
 from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
-from knobctl.model.decoding import prefill
+from knobctl.model.decoding import teacher_forced
 from knobctl.model.presets import EOS, ModelParams
 from knobctl.model.runtime import Runtime, load_runtime
 from knobctl.params import build, require, require_int
@@ -155,19 +155,8 @@ def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobCon
     eos = rt.ids[EOS]
     with rt.knobs_applied(knobs):
         visual = rt.encode_images(data.images[data.image_index[rows]], knobs.tier)  # [B, T, H]
-        targets = [data.answers[r] + [eos] for r in rows]
-        prompts = rt.prompt_from_ids([data.questions[r] for r in rows], visual.shape[1])
-        seqs = [p + t for p, t in zip(prompts, targets)]
-        inputs = rt.embed(visual, seqs)
-        hidden = prefill(rt, inputs)  # [B, L, H]
-    width = hidden.shape[1]
-    # Sequences are left-padded, so each row's targets are its last len(t) tokens.
-    n_t = torch.tensor([len(t) for t in targets])
-    span = int(n_t.max())
-    pos = torch.arange(width - span, width)  # [S]
-    valid = pos[None, :] >= (width - n_t)[:, None]  # [B, S]
-    logits = rt.model.lm_head(hidden[:, pos - 1])  # [B, S, V]: position p-1 predicts token p
-    labels = inputs["input_ids"][:, pos].masked_fill(~valid, -100)  # [B, S]
+        logits, labels = teacher_forced(rt, visual, [data.questions[r] for r in rows],
+                                        [data.answers[r] + [eos] for r in rows])  # [B, S, V], [B, S]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 

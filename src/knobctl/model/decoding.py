@@ -1,16 +1,18 @@
-"""Running the language model by hand: prefill, greedy decoding with a KV cache, cache forks.
+"""Running the language model by hand: prefill, greedy decoding with a KV cache, cache forks,
+teacher-forced answer logits.
 
 Every place that calls the language model directly (answers, rollouts, the controller's
-features, the two-stage flow, base training) goes through :func:`prefill`, so the call's
-arguments (embeddings, left-padding mask, positions, cache) are spelled out once. Decoding
-continues from a prefill's cache one greedy token at a time; :func:`fork_cache` lets several
-continuations share one prompt's keys and values.
+features, the two-stage flow, base training, block importance) goes through :func:`prefill`,
+so the call's arguments (embeddings, left-padding mask, positions, cache) are spelled out once.
+Decoding continues from a prefill's cache one greedy token at a time; :func:`fork_cache` lets
+several continuations share one prompt's keys and values. :func:`teacher_forced` scores given
+answers (base training's loss, block importance's log-likelihood) with one forward pass.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,17 +66,40 @@ def generate(rt: Runtime, inputs: dict[str, torch.Tensor], max_new_tokens: int, 
     token = next_token(rt, rt.model.lm_head(hidden[:, -1]), ban_eos=min_new_tokens > 0)  # [B]
     if on_prefill is not None:
         on_prefill()
+    if not cache_sets_mask(cache):
+        # Only a block set without block 0 lands here (block importance drops each block once).
+        return continue_greedy(rt, token, None, inputs["attention_mask"], inputs["position_ids"], max_new_tokens,
+                               min_new_tokens, embeds=inputs["inputs_embeds"])
     return continue_greedy(rt, token, cache, inputs["attention_mask"], inputs["position_ids"], max_new_tokens,
                            min_new_tokens)
 
 
+def cache_sets_mask(cache: DynamicCache) -> bool:
+    """Whether decoding from ``cache`` gets the right causal mask.
+
+    HF sizes the decode mask from the first layer's cached length; if block 0 did not run in
+    the prefill, that layer is empty and every later step would attend to itself alone
+    (silently wrong answers, no error).
+    """
+    return cache.layers[0].get_seq_length() > 0
+
+
 @torch.inference_mode()
-def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
-                    max_new_tokens: int, min_new_tokens: int = 0) -> torch.Tensor:
+def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache | None, mask: torch.Tensor,
+                    pos: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0,
+                    embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy decode after a prefill: ``token`` [B] is the first generated token, ``cache``
     holds the prompt's keys and values, ``mask``/``pos`` [B, L] are the prompt's. Returns
-    [B, <= max_new_tokens] token ids, ``token`` first (PAD after EOS)."""
+    [B, <= max_new_tokens] token ids, ``token`` first (PAD after EOS).
+
+    Without a cache, ``embeds`` [B, L, H] (the prompt's) is given and each step reruns the
+    whole sequence: the way to decode when block 0 does not run (:func:`cache_sets_mask`)."""
     lm, head = rt.lm, rt.model.lm_head
+    if cache is None and embeds is None:
+        raise ValueError("continue_greedy needs a cache or the prompt's embeddings")
+    if cache is not None and not cache_sets_mask(cache):
+        raise ValueError("this cache's first layer is empty (block 0 did not run), so HF would build a wrong decode "
+                         "mask; decode without a cache (generate does so by itself)")
     eos = rt.ids[EOS]
     done = token == eos
     out = [token]
@@ -82,9 +107,14 @@ def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache, mask:
         if bool(done.all()):
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [B, L + step]
-        pos = pos[:, -1:] + 1  # [B, 1]
-        hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True).last_hidden_state  # [B, 1, H]
+        if cache is None:
+            embeds = torch.cat([embeds, lm.embed_tokens(token[:, None])], dim=1)  # [B, L + step, H]
+            pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)  # [B, L + step]
+            hidden = prefill(rt, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos})
+        else:
+            pos = pos[:, -1:] + 1  # [B, 1]
+            hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
+                        past_key_values=cache, use_cache=True).last_hidden_state  # [B, 1, H]
         token = next_token(rt, head(hidden[:, -1]), ban_eos=step < min_new_tokens)
         token = torch.where(done, torch.full_like(token, rt.ids[PAD]), token)
         done = done | (token == eos)
@@ -101,3 +131,26 @@ def fork_cache(cache: DynamicCache) -> DynamicCache:
     fork = copy.copy(cache)
     fork.layers = [copy.copy(layer) for layer in cache.layers]
     return fork
+
+
+def teacher_forced(rt: Runtime, visual: torch.Tensor, questions: Sequence[Sequence[int]],
+                   targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of each target token given the prompt and the targets before it, in one forward.
+
+    ``visual`` [B, T, H] from :meth:`Runtime.encode_images`, ``questions`` and ``targets`` token
+    ids (targets usually an answer and EOS). Returns logits [B, S, V] and labels [B, S]
+    (S = the longest target; -100 where a shorter target has no token), under whatever knobs
+    or blocks are applied around the call.
+    """
+    prompts = rt.prompt_from_ids(questions, visual.shape[1])
+    inputs = rt.embed(visual, [p + list(t) for p, t in zip(prompts, targets)])
+    hidden = prefill(rt, inputs)  # [B, L, H]
+    width = hidden.shape[1]
+    # Sequences are left-padded, so each row's targets are its last len(t) tokens.
+    n_t = torch.tensor([len(t) for t in targets], device=hidden.device)  # [B]
+    span = int(n_t.max())
+    pos = torch.arange(width - span, width, device=hidden.device)  # [S]
+    valid = pos[None, :] >= (width - n_t)[:, None]  # [B, S]
+    logits = rt.model.lm_head(hidden[:, pos - 1])  # [B, S, V]: position p-1 predicts token p
+    labels = inputs["input_ids"][:, pos].masked_fill(~valid, -100)  # [B, S]
+    return logits, labels

@@ -35,7 +35,7 @@ from typing import Any
 from transformers import CLIPVisionConfig, LlavaConfig, OlmoeConfig
 
 from knobctl.knobs import TIER_ORDER
-from knobctl.params import build, fail, require, require_choice, require_int
+from knobctl.params import ParamsError, build, fail, require, require_choice, require_int
 
 SPEC_FILE = "knobctl.json"
 
@@ -80,7 +80,8 @@ class ModelSpec:
     """knobctl's side of a checkpoint: tier meanings, block policy, prompt and image layout.
 
     ``block_order`` is ``"first"`` (run blocks 0..N-1) or a ranked list of block indices,
-    most important first; N blocks run the first N of that list, in model order. Block 0
+    most important first; N blocks run the first N of that list, in model order. (Params may
+    name a JSON file holding the list instead; :func:`parse_block_order` reads it.) Block 0
     must lead the list: it is the decision block (Stage 2 of the controller decides after it), so it always runs.
     """
 
@@ -160,16 +161,42 @@ class ModelSpec:
                              f"(models/base: `dvc repro train_base`) or copy one from a preset") from exc
 
 
+#: How to (re)write the file a ``block_order`` path names.
+BLOCK_ORDER_FIX = "run `dvc repro block_importance` (it writes data/block_importance/importance.json)"
+_ORDER_ALLOWED = ("use 'first', a ranked list of block indices (most important first, starting with 0) or the path "
+                  "of a JSON file with an `order` key")
+
+
 def parse_block_order(value: Any) -> str | tuple[int, ...]:
-    """Params value -> block policy; 'first' or a list of ints."""
+    """Params value -> block policy: 'first', a list of ints, or the path of a JSON file whose
+    ``order`` key holds that list (the block_importance stage's output), read now."""
     if value == "first":
         return "first"
-    if isinstance(value, Sequence) and not isinstance(value, str) and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in value
-    ):
+    if isinstance(value, (str, Path)):
+        return read_block_order(value)
+    if isinstance(value, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
         return tuple(value)
-    raise fail("model.block_order", value, "use 'first' or a ranked list of block indices (most important first, "
-               "starting with 0)")
+    raise fail("model.block_order", value, _ORDER_ALLOWED)
+
+
+def read_block_order(path: str | Path) -> tuple[int, ...]:
+    """The ``order`` list of a JSON file such as data/block_importance/importance.json.
+
+    Whether it fits the model (every block once, block 0 first) is checked where the model
+    is known (:meth:`ModelSpec.validate`, :func:`knobctl.model.runtime.load_runtime`)."""
+    file = Path(path)
+    if not file.is_file():
+        raise fail("model.block_order", str(path), f"{_ORDER_ALLOWED}; there is no file {file}: {BLOCK_ORDER_FIX}")
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParamsError(f"model.block_order: {file} is not valid JSON ({type(exc).__name__}: {exc}); "
+                          f"{BLOCK_ORDER_FIX}") from exc
+    order = data.get("order") if isinstance(data, dict) else None
+    if not (isinstance(order, list) and order and all(isinstance(i, int) and not isinstance(i, bool) for i in order)):
+        raise ParamsError(f"model.block_order: {file} has no `order` key holding a list of block indices "
+                          f"(found {order!r}); {BLOCK_ORDER_FIX}")
+    return tuple(order)
 
 
 # --------------------------------------------------------------------------- tiny

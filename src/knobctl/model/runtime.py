@@ -146,14 +146,27 @@ class Runtime:
         """Within the scope, routers after the decision block pick ``top_k`` experts and only the
         chosen blocks run."""
         self.validate(knobs)
+        with self.blocks_applied(self.spec.blocks_for(knobs.num_blocks, self.num_layers), knobs.top_k):
+            yield
+
+    @contextlib.contextmanager
+    def blocks_applied(self, blocks: Sequence[int], top_k: int) -> Iterator[None]:
+        """Within the scope, routers after the decision block pick ``top_k`` experts and only
+        ``blocks`` run, in model order: :meth:`knobs_applied` for any set of blocks, not only
+        the block policy's (block importance drops one block at a time, block 0 included)."""
+        order = sorted(blocks)
+        if not order or len(set(order)) != len(order) or not 0 <= order[0] <= order[-1] < self.num_layers:
+            raise ValueError(f"blocks {list(blocks)} must be distinct indices in 0..{self.num_layers - 1}")
+        if not 1 <= top_k <= self.num_experts:
+            raise ValueError(f"top_k={top_k} is outside 1..{self.num_experts} (the model's number of experts)")
         saved_k = [r.top_k for r in self._routers]
         try:
             for i, routers in enumerate(self._block_routers):
                 if i == DECISION_BLOCK:
                     continue
                 for r in routers:
-                    r.top_k = knobs.top_k
-            with self.blocks_run(self.spec.blocks_for(knobs.num_blocks, self.num_layers)):
+                    r.top_k = top_k
+            with self.blocks_run(order):
                 yield
         finally:
             for r, k in zip(self._routers, saved_k):
@@ -317,7 +330,7 @@ def load_runtime(
     *,
     device: str = "auto",
     dtype: torch.dtype | None = None,
-    block_order: str | Sequence[int] | None = None,
+    block_order: str | Path | Sequence[int] | None = None,
     vocab: Sequence[str] = (),
     dims: TinyDims | None = None,
     experts_implementation: str | None = None,
@@ -328,7 +341,8 @@ def load_runtime(
     (``auto_map``) is refused, and there is no ``trust_remote_code`` switch to allow it.
     A missing, truncated or unreadable file raises :class:`CheckpointError` naming it,
     before any weights load. ``block_order`` overrides
-    the checkpoint's block policy ('first' or a ranked list of block indices).
+    the checkpoint's block policy ('first', a ranked list of block indices, or the path of a
+    JSON file with an ``order`` key such as block_importance's output).
     ``experts_implementation`` picks HF's MoE experts kernel (eager, grouped_mm,
     batched_mm); None keeps the checkpoint's. A preset is built directly on the device
     in ``dtype``, so a true-size preset never initialises 7 B parameters on the CPU.
@@ -366,6 +380,12 @@ def load_runtime(
         from knobctl.model.presets import parse_block_order
 
         spec = ModelSpec(**{**spec.__dict__, "block_order": parse_block_order(block_order)})
+        if isinstance(block_order, (str, Path)) and block_order != "first":
+            try:  # Runtime checks it too, but could not name the file the order came from
+                spec.validate(model.config.text_config.num_hidden_layers)
+            except ValueError as exc:
+                raise ValueError(f"{block_order}: {exc}; it was measured on another model: rerun "
+                                 f"`dvc repro block_importance` on this one") from exc
     model.to(dev)
     if dtype is not None:
         model.to(dtype)
