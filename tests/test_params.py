@@ -39,7 +39,7 @@ CLASSES = {
     "accuracy_table": RolloutParams, "reward": RewardWeights, "train_controller": TrainParams,
     "validate": ValidateParams,
 }
-OPTIONAL = {"prepare_data": {"vqav2_train", "vqav2_test"}}  # only for source: vqav2
+OPTIONAL = {"prepare_data": {"vqav2_train", "vqav2_test", "scenes"}}  # only for source: vqav2 / scenes
 
 
 def test_every_section_has_a_builder_and_code_defaults_equal_params_yaml():
@@ -58,6 +58,8 @@ def test_every_section_has_a_builder_and_code_defaults_equal_params_yaml():
     ("train_controller", {"online_refresh": {"every": 10, "fraction": 2}},
      "train_controller.online_refresh.fraction=2.0: it must be in (0, 1]"),
     ("train_controller", {"online_refresh": {"evry": 10}}, "train_controller.online_refresh: unknown keys ['evry']"),
+    ("prepare_data", {"scenes": {"image_size": 30}}, "prepare_data.scenes.image_size=30: use an integer >= 32"),
+    ("prepare_data", {"scenes": {"shapes": ["circle", "star"]}}, "prepare_data.scenes.shapes=['circle', 'star']"),
     ("eval_base", {"batch_size": "abc"}, "eval_base.batch_size='abc': expected an integer"),
     ("eval_base", {"batchsize": 8}, "eval_base: unknown keys ['batchsize']"),
     ("eval_base", {"device": "gpu"}, "eval_base.device='gpu': allowed: auto"),

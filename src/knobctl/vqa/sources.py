@@ -11,6 +11,9 @@ Sources:
 * ``vqav2``: the official VQAv2 layout, a questions JSON, an annotations JSON (10
   human answers per question) and an image folder. ``question_type`` is the
   annotation's ``answer_type`` (``yes/no``, ``number``, ``other``).
+* ``scenes``: generated from the pipeline seed (:mod:`knobctl.vqa.scenes`): several objects per image, some
+  small enough to fade at the low tier, so difficulty depends on the image. ``question_type`` is the
+  family: ``color``, ``shape``, ``count``, ``small``, ``position``.
 
 Bad input stops the stage with an error naming the sample and file: a question with no
 answers, a null or empty answer, an image that does not decode to the end, a missing file,
@@ -23,7 +26,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from knobctl.params import InputError, build, require, require_choice, require_int
+from knobctl.vqa.scenes import SceneParams, scene_rows
 
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
 SPLITS = ("train", "val", "test")
@@ -52,9 +56,10 @@ class DataParams:
     max_test_images: int | None = None
     vqav2_train: Mapping[str, str] | None = None
     vqav2_test: Mapping[str, str] | None = None
+    scenes: SceneParams = field(default_factory=SceneParams)
 
     def __post_init__(self) -> None:
-        require_choice(self.source, "prepare_data.source", ("easy_vqa", "vqav2"))
+        require_choice(self.source, "prepare_data.source", ("easy_vqa", "vqav2", "scenes"))
         require(0.0 < self.val_fraction < 1.0, "prepare_data.val_fraction", self.val_fraction,
                 "use a fraction strictly between 0 and 1")
         for name in ("max_train_images", "max_test_images"):
@@ -273,6 +278,15 @@ def load_vqav2(questions: str | Path, annotations: str | Path, images: str | Pat
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def load_scenes(params: SceneParams, seed: int, max_train_images: int | None = None,
+                max_test_images: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) tables generated from ``seed``; max_*_images keep the first images (the same ones)."""
+    n_train = min(params.train_images, max_train_images or params.train_images)
+    n_test = min(params.test_images, max_test_images or params.test_images)
+    return (pd.DataFrame(scene_rows("train", n_train, seed, params), columns=COLUMNS),
+            pd.DataFrame(scene_rows("test", n_test, seed, params), columns=COLUMNS))
+
+
 def split_by_image(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Carve a validation split out of ``df`` by image, so no image lands in both."""
     images = np.array(sorted(df["image_id"].unique()))
@@ -288,6 +302,9 @@ def prepare(params: DataParams, seed: int) -> dict[str, pd.DataFrame]:
     if params.source == "easy_vqa":
         train, test = load_easy_vqa(params.max_train_images, params.max_test_images)
         sources = {"train": _easy_vqa_questions_file("train"), "test": _easy_vqa_questions_file("test")}
+    elif params.source == "scenes":
+        train, test = load_scenes(params.scenes, seed, params.max_train_images, params.max_test_images)
+        sources = {"train": f"scenes generated from seed {seed}", "test": f"scenes generated from seed {seed}"}
     else:
         train = load_vqav2(**params.vqav2_train, max_images=params.max_train_images)
         test = load_vqav2(**params.vqav2_test, max_images=params.max_test_images)
