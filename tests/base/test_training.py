@@ -56,6 +56,28 @@ def test_loss_depends_only_on_answer_targets(train_df):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+
+def test_loss_runs_exactly_the_blocks_a_recipe_draws(train_df):
+    rt, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=1, batch_size=4), seed=0)
+    data = encode_split(rt, train_df, size=64)
+    rows = np.array([0, 1, 2])
+    with torch.no_grad():
+        twelve = batch_loss(rt, data, rows, KnobConfig("high", 8, 12)).item()  # blocks 0..11 ("first")
+        same = batch_loss(rt, data, rows, KnobConfig("high", 8, 16), blocks=range(12)).item()
+        other = batch_loss(rt, data, rows, KnobConfig("high", 8, 16), blocks=[0, *range(5, 16)]).item()
+        full = batch_loss(rt, data, rows, KnobConfig("high", 8, 16)).item()
+    assert same == pytest.approx(twelve, rel=1e-6) and other != pytest.approx(twelve, rel=1e-4)
+    assert rt.lm.layers is not None and len(rt.lm.layers) == 16  # the blocks come back after the batch
+    assert full != pytest.approx(twelve, rel=1e-4)
+
+
+def test_pretrained_recipe_trains_and_differs_from_uniform(train_df):
+    uniform, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=3, batch_size=4), seed=0)
+    pre, summary = train_base(train_df, GRID, ModelParams(dims=DIMS),
+                              quick(steps=3, batch_size=4, knob_sampling="pretrained", layer_drop=0.5), seed=0)
+    a, b = uniform.model.state_dict(), pre.model.state_dict()
+    assert summary["final_loss"] > 0 and any(not torch.equal(a[k], b[k]) for k in a)
+
 def test_training_lowers_the_loss(train_df):
     params = quick(steps=40, batch_size=32, lr=3e-3, warmup_steps=5)
     rt, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), params, seed=0)

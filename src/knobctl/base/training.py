@@ -1,14 +1,15 @@
-"""Train the embedded default (``tiny``) on a VQA table with the knobs randomised per batch.
+"""Train the embedded default (``tiny``) on a VQA table, end to end, under a knob recipe.
 
-Every batch draws one configuration uniformly from the knob grid (tier, top_k,
-num_blocks) and trains through exactly that computation, so every exit after block
-12..16 shares the final norm and LM head, every top-k is seen by the routers, and every
-tier's visual tokens reach the LLM. The loss is next-token cross-entropy on the answer
-words and the end token only (the prompt is not a target).
+Which computation each batch runs through is the recipe (``train_base.knob_sampling``,
+:mod:`knobctl.base.recipe`): ``uniform`` draws one knob configuration per batch from the grid,
+so every exit and every top-k trains to the same quality; ``pretrained`` trains at the full
+configuration with LayerDrop, a share of reduced top-k batches and varied tiers, so the knobs
+degrade the model at inference as they degrade a pretrained MoE VLM. The loss is next-token
+cross-entropy on the answer words and the end token only (the prompt is not a target).
 
 Departures from a plain LLaVA recipe, on purpose: no frozen or pretrained parts (the
-whole model trains from scratch, end to end); no router load-balancing loss (top-k
-varies per batch, which already spreads tokens over experts); a linear warm-up, a
+whole model trains from scratch, end to end); no router load-balancing loss (the tiny model's
+top-k is a large share of its experts, so tokens spread over them anyway); a linear warm-up, a
 constant plateau, then cosine decay over the last ``decay_fraction`` of the steps,
 so learning takes off before the rate falls.
 
@@ -24,7 +25,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from knobctl.base.recipe import KNOB_SAMPLINGS, draw_batch_knobs
 from knobctl.base.vision_pretrain import WarmStartState, mine_image_labels, pretrain_vision
 from knobctl.execution import progress_bar
 from knobctl.io import atomic_dir, params_hash, recover_dir
@@ -42,7 +45,7 @@ from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
 from knobctl.model.decoding import teacher_forced
 from knobctl.model.presets import EOS, ModelParams
 from knobctl.model.runtime import Runtime, load_runtime
-from knobctl.params import build, require, require_int
+from knobctl.params import build, require, require_choice, require_int
 from knobctl.vqa.sources import decode_images
 
 
@@ -68,8 +71,17 @@ class TrainBaseParams:
     vision_warmstart_tier_weights: Mapping[str, float] | None = field(
         default_factory=lambda: {"low": 1.0, "medium": 2.0, "high": 3.0})
     num_threads: int = 0
+    knob_sampling: str = "uniform"
+    tier_weights: Mapping[str, float] | None = None
+    reduced_topk_share: float = 0.1
+    layer_drop: float = 0.2
 
     def __post_init__(self) -> None:
+        require_choice(self.knob_sampling, "train_base.knob_sampling", KNOB_SAMPLINGS)
+        require(0 <= self.reduced_topk_share <= 1, "train_base.reduced_topk_share", self.reduced_topk_share,
+                "use a share of batches in [0, 1]")
+        require(0 <= self.layer_drop < 1, "train_base.layer_drop", self.layer_drop,
+                "use a skip probability in [0, 1) for the last block (0 = no LayerDrop)")
         for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
             require_int(getattr(self, name), f"train_base.{name}")
         for name in ("warmup_steps", "vision_warmstart_steps", "num_threads"):
@@ -86,12 +98,13 @@ class TrainBaseParams:
         require(0 <= self.min_lr_ratio <= 1, "train_base.min_lr_ratio", self.min_lr_ratio, "use a ratio in [0, 1]")
         require(self.weight_decay >= 0 and self.grad_clip > 0, "train_base.weight_decay/grad_clip",
                 (self.weight_decay, self.grad_clip), "weight_decay must be >= 0 and grad_clip > 0")
-        weights = self.vision_warmstart_tier_weights
-        if weights is not None:
-            require(not set(weights) - set(TIER_ORDER), "train_base.vision_warmstart_tier_weights", dict(weights),
-                    f"map tier names ({', '.join(TIER_ORDER)}) to non-negative weights")
-            require(all(w >= 0 for w in weights.values()) and sum(weights.values()) > 0,
-                    "train_base.vision_warmstart_tier_weights", dict(weights), "weights must be >= 0 and not all 0")
+        for name in ("vision_warmstart_tier_weights", "tier_weights"):
+            weights = getattr(self, name)
+            if weights is not None:
+                require(not set(weights) - set(TIER_ORDER), f"train_base.{name}", dict(weights),
+                        f"map tier names ({', '.join(TIER_ORDER)}) to non-negative weights")
+                require(all(w >= 0 for w in weights.values()) and sum(weights.values()) > 0,
+                        f"train_base.{name}", dict(weights), "weights must be >= 0 and not all 0")
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> TrainBaseParams:
@@ -150,10 +163,11 @@ def sample_rows(pools: list[np.ndarray], shares: torch.Tensor, batch_size: int, 
     return np.array([pools[k][int(p * len(pools[k]))] for k, p in zip(kind, picks)])
 
 
-def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobConfig) -> torch.Tensor:
-    """Answer cross-entropy of one batch under one knob configuration."""
+def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobConfig,
+               blocks: Sequence[int] | None = None) -> torch.Tensor:
+    """Answer cross-entropy of one batch under one knob configuration (``blocks``: exactly these blocks run)."""
     eos = rt.ids[EOS]
-    with rt.knobs_applied(knobs):
+    with rt.knobs_applied(knobs), (rt.blocks_run(blocks) if blocks is not None else nullcontext()):
         visual = rt.encode_images(data.images[data.image_index[rows]], knobs.tier)  # [B, T, H]
         logits, labels = teacher_forced(rt, visual, [data.questions[r] for r in rows],
                                         [data.answers[r] + [eos] for r in rows])  # [B, S, V], [B, S]
@@ -270,7 +284,6 @@ def train_base(
     rt = build_tiny(train, model, seed)
     grid.validate_for(num_experts=rt.num_experts, num_layers=rt.num_layers, tiers=rt.spec.tiers)
     data = encode_split(rt, train, size=rt.config.vision_config.image_size)
-    configs = grid.configs()
     opt = torch.optim.AdamW(param_groups(rt, params), lr=params.lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
     tag = params_hash({"train": asdict(params), "model": asdict(model), "grid": asdict(grid), "seed": seed, "n": len(train)})
@@ -305,17 +318,18 @@ def train_base(
     bar = progress_bar(range(start, params.steps), desc="train_base", initial=start, total=params.steps, unit="step")
     for step in bar:
         rows = sample_rows(pools, shares, params.batch_size, gen)
-        knobs = configs[int(torch.randint(0, len(configs), (1,), generator=gen))]
+        drawn = draw_batch_knobs(params.knob_sampling, grid, rt.num_layers, gen, tier_weights=params.tier_weights,
+                                 reduced_topk_share=params.reduced_topk_share, layer_drop=params.layer_drop)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, params)
-        loss = batch_loss(rt, data, rows, knobs)
+        loss = batch_loss(rt, data, rows, drawn.knobs, drawn.blocks)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(rt.model.parameters(), params.grad_clip)
         opt.step()
         losses.append(loss.item())
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", knobs=knobs.label)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", knobs=drawn.label)
         if checkpoint_dir and (step + 1) % params.checkpoint_every == 0 and step + 1 < params.steps:
             _save_checkpoint(checkpoint_dir, rt, opt, gen, step + 1, tag, warm)
     rt.model.eval()
