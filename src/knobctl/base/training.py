@@ -26,7 +26,6 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +166,8 @@ def batch_loss(rt: Runtime, data: EncodedSplit, rows: np.ndarray, knobs: KnobCon
                blocks: Sequence[int] | None = None) -> torch.Tensor:
     """Answer cross-entropy of one batch under one knob configuration (``blocks``: exactly these blocks run)."""
     eos = rt.ids[EOS]
-    with rt.knobs_applied(knobs), (rt.blocks_run(blocks) if blocks is not None else nullcontext()):
+    scope = rt.knobs_applied(knobs) if blocks is None else rt.blocks_applied(blocks, knobs.top_k)
+    with scope:
         visual = rt.encode_images(data.images[data.image_index[rows]], knobs.tier)  # [B, T, H]
         logits, labels = teacher_forced(rt, visual, [data.questions[r] for r in rows],
                                         [data.answers[r] + [eos] for r in rows])  # [B, S, V], [B, S]
