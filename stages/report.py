@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--metrics", default="metrics")
     ap.add_argument("--validation", default="data/validate/summary.json", help="validate's full per-budget summary")
+    ap.add_argument("--tradeoff", default="plots/tradeoff/tradeoff.json", help="the tradeoff stage's full section")
     ap.add_argument("--out", default="reports/summary.md")
     args = ap.parse_args(argv)
     from knobctl.io import atomic_path
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
         raise FileNotFoundError(f"{args.validation} not found; run `dvc repro validate` first")
     metrics = Path(args.metrics)
     text = render(validation, train=load(metrics / "train.json"), table=load(metrics / "accuracy_table.json"),
-                  estimator=load(metrics / "estimator.json"))
+                  estimator=load(metrics / "estimator.json"), tradeoff=load(Path(args.tradeoff)))
     with atomic_path(args.out) as tmp:
         tmp.write_text(text)
     print(f"report: wrote {args.out} ({len(text.splitlines())} lines)")

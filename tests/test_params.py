@@ -12,6 +12,7 @@ from knobctl.base.evaluation import EvalParams
 from knobctl.base.importance import ImportanceParams
 from knobctl.base.training import TrainBaseParams
 from knobctl.controller.losses import RewardWeights
+from knobctl.controller.tradeoff import TradeoffParams
 from knobctl.controller.training import RefreshParams, TrainParams
 from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import EstimatorParams
@@ -35,8 +36,9 @@ from knobctl.vqa.sources import DataParams
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {
     "knobs": KnobGrid, "model": ModelParams, "prepare_data": DataParams, "train_base": TrainBaseParams,
-    "eval_base": EvalParams, "block_importance": ImportanceParams, "profile_latency": ProfileParams, "fit_estimator": EstimatorParams,
-    "accuracy_table": RolloutParams, "reward": RewardWeights, "train_controller": TrainParams,
+    "eval_base": EvalParams, "block_importance": ImportanceParams, "profile_latency": ProfileParams,
+    "fit_estimator": EstimatorParams, "accuracy_table": RolloutParams, "tradeoff": TradeoffParams,
+    "reward": RewardWeights, "train_controller": TrainParams,
     "validate": ValidateParams,
 }
 OPTIONAL = {"prepare_data": {"vqav2_train", "vqav2_test", "scenes"}}  # only for source: vqav2 / scenes

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 #: Top-level keys of params.yaml: the shared ones, then one section per stage.
 SECTIONS = ("seed", "knobs", "model", "prepare_data", "train_base", "eval_base", "block_importance",
-            "profile_latency", "fit_estimator", "accuracy_table", "reward", "train_controller", "validate")
+            "profile_latency", "fit_estimator", "accuracy_table", "tradeoff", "reward", "train_controller", "validate")
 
 # YAML 1.1 (PyYAML) reads 1e-4 and 3E5 as strings: a float needs a dot before the exponent there.
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")

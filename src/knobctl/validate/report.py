@@ -35,7 +35,7 @@ GOALS = (
 
 def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
            table: Mapping[str, Any] | None = None, estimator: Mapping[str, Any] | None = None,
-           plots_dir: str = "../plots/validate") -> str:
+           plots_dir: str = "../plots/validate", tradeoff: Mapping[str, Any] | None = None) -> str:
     """The report's Markdown."""
     s = validate["summary"]
     out = ["# knobctl: validation summary", "",
@@ -96,8 +96,44 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
         if "configs_total_mape" in held:
             out += [(f"Latency estimator on held-out configurations: MAPE {_pct(held['configs_total_mape'])}, "
                      f"{_pct(held['configs_total_within_10pct'])} within +-10%."), ""]
+    if tradeoff:
+        out += tradeoff_section(tradeoff)
     out += ["## Plots", ""] + [f"![{title}]({plots_dir}/{name})" for name, title in PLOTS] + [""]
     return "\n".join(out)
+
+
+def tradeoff_section(t: Mapping[str, Any]) -> list[str]:
+    """What the knobs trade (the tradeoff stage, val tables, estimated latency), beside MolmoE-1B."""
+    e, m = t["full_vs_cheapest"], t["molmoe_1b"]
+    out = ["## Trade-off of the model's knobs (val tables, estimated latency; `dvc repro tradeoff`)", "",
+           "| goal | measured | met |", "| --- | --- | --- |"]
+    out += [f"| {g['goal']} | {g['measured']} | {'-' if g['met'] is None else 'yes' if g['met'] else '**no**'} |"
+            for g in t["goals"]]
+    out += ["", "| | configuration | accuracy | latency (ms) |", "| --- | --- | --- | --- |",
+            f"| full | {e['full']} | {e['full_accuracy']:.1f} | {e['full_latency_ms']:.1f} |",
+            f"| cheapest | {e['cheapest']} | {e['cheapest_accuracy']:.1f} | {e['cheapest_latency_ms']:.1f} |",
+            (f"| MolmoE-1B (published, H100) | best / cheapest | {100 * m['best_accuracy']:.1f} / "
+             f"{100 * m['cheapest_accuracy']:.1f} | {m['best_latency_ms']} / {m['cheapest_latency_ms']} |"), "",
+            "Each knob alone, the others at their maximum:", "", "| knob | setting | accuracy | latency (ms) |",
+            "| --- | --- | --- | --- |"]
+    for knob, rows in t["knobs"].items():
+        out += [f"| {knob} | {r[knob]} | {r['accuracy']:.1f} | {r['latency_ms']:.1f} |" for r in rows]
+    out += ["", "Headroom over the best static configuration (held-out samples, points):", "",
+            "| budget (ms) | configurations fitting | static | static acc | oracle gain | probe gain |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {r['budget_ms']:.1f} | {100 * r['fit_share']:.0f}% | {r['static_config'] or 'none fits'} | "
+            f"{'-' if r['static_accuracy'] is None else r['static_accuracy']} | "
+            f"{'-' if r['oracle_gain'] is None else r['oracle_gain']} | "
+            f"{'-' if r['probe_gain'] is None else r['probe_gain']} |" for r in t["headroom"]]
+    c = t.get("block_importance")
+    if c:
+        drops = ", ".join(f"{k}: {v}%" for k, v in c["accuracy_cost_pct"].items() if k != "0")
+        molmoe = ", ".join(f"{k}: {v}%" for k, v in m["blocks_dropped_accuracy_cost_pct"].items())
+        out += ["", (f"Block importance (order {c['order']}): accuracy cost of dropping the least important "
+                     f"blocks first, {drops}; block 0 alone {c['block0_accuracy_cost_pct']}%; rankings on two "
+                     f"halves agree at Spearman {c['agreement_spearman']}. MolmoE-1B: {molmoe}; block 0 "
+                     f"{m['block0_accuracy_cost_pct']}%; Spearman {m['importance_rank_agreement_spearman']}.")]
+    return out + [""]
 
 
 def _pct(x: float | None) -> str:
