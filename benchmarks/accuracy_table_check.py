@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knobctl.base.training import evaluate
+from knobctl.base.evaluation import evaluate
 from knobctl.io import read_provenance
 from knobctl.knobs import KnobConfig
 from knobctl.model.runtime import load_runtime

@@ -29,9 +29,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from knobctl.controller.evaluation import FIT_SHARE, evaluate, evaluation_budgets
+from knobctl.controller.evaluation import FIT_SHARE, evaluate
 from knobctl.controller.losses import RewardWeights
-from knobctl.controller.tables import CacheTables, build_tables
+from knobctl.controller.tables import CacheTables, budgets_between, build_tables
 from knobctl.controller.training import TrainParams, split_samples, train_controller
 from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import LatencyEstimator
@@ -81,7 +81,7 @@ def main() -> None:
         acc, lat = np.nan_to_num(t.scores.numpy()), t.latency_ms.numpy()  # [S, C]
         prior = acc[tr].mean(0) + 1e-6 * t.complexity.numpy()  # [C]; ties go to the larger configuration
         probe = probe_scores(t, tr, ev, args.probe_c) + 1e-6 * t.complexity.numpy()  # [E, C]
-        budgets = evaluation_budgets(t, tr_t, p.eval_budgets)
+        budgets = budgets_between(t.latency_ms[tr_t], p.eval_budgets)
         ctrl_rows = (evaluate(train_controller(t, p, weights, split, progress=False).controller, t, tr_t, ev_t, budgets)
                      if args.controller else None)
         per: dict[str, list[float]] = {m: [] for m in methods}

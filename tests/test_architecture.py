@@ -171,3 +171,16 @@ def test_show_reads_a_table_without_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rollouts.parquet")], capture_output=True,
                          text=True, check=True, env={"PYTHONPATH": str(SRC), "PATH": ""}).stdout
     assert "HEAVY []" in out and "per-sample oracle 1.0000" in out
+
+
+def test_benchmarks_import_only_names_the_library_has():
+    """A move or rename in the library must not leave a benchmark importing a name that is gone."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "knobctl":
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+    assert not missing, missing
