@@ -101,6 +101,7 @@ TINY = {
     "profile_latency": {"text_tokens": [3, 6, 9], "output_tokens": [2, 3], "rounds": 2, "warmup_rounds": 0},
     "accuracy_table": {"num_samples": 5, "part_size": 2, "batch_size": 2},
     "block_importance": {"num_samples": 6, "batch_size": 6},
+    "tradeoff": {"num_budgets": 3, "eval_fraction": 0.4},
     "train_controller": {"steps": 20, "batch_size": 8, "group_size": 4, "log_every": 5, "eval_budgets": 3,
                          "eval_fraction": 0.4},
     "validate": {"num_samples": 3, "num_budgets": 3, "warmup_requests": 1, "calibration_requests": 3, "batch_size": 3},

@@ -45,6 +45,21 @@ def test_repro_measures_block_importance(repo):
     assert next(iter(metrics)) == "headline" and "drop4_accuracy_cost_pct" in metrics["headline"]
 
 
+
+@pytest.mark.slow
+def test_repro_writes_the_tradeoff_section(repo):
+    t = json.loads((repo / "plots/tradeoff/tradeoff.json").read_text())
+    assert [r["tier"] for r in t["knobs"]["tier"]] == ["low", "medium", "high"]
+    assert [r["num_blocks"] for r in t["knobs"]["num_blocks"]] == [12, 16] and t["samples"] == 5
+    assert t["full_vs_cheapest"]["full"] == "high/k8/b16" and t["full_vs_cheapest"]["cheapest"] == "low/k4/b12"
+    assert len(t["headroom"]) == 3 and t["block_importance"]["order"][0] == 0
+    fronts = [r["latency_ms"] for r in t["pareto_front"]]
+    assert fronts == sorted(fronts) and len(fronts) >= 1
+    metrics = json.loads((repo / "metrics/tradeoff.json").read_text())
+    assert next(iter(metrics)) == "headline" and metrics["headline"]["goals_measured"] >= 8
+    report = (repo / "reports/summary.md").read_text()
+    assert "## Trade-off of the model's knobs" in report and "MolmoE-1B" in report
+
 @pytest.mark.slow
 def test_repro_profiles_latency_and_fits_the_estimator(repo):
     from knobctl.latency.estimator import LatencyEstimator
