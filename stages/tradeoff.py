@@ -1,6 +1,6 @@
 """Stage tradeoff: what the model's knobs trade, from the cached tables -> metrics/tradeoff.json, plots/tradeoff/.
 
-Accuracy and estimated latency per knob setting, full against cheapest, the static Pareto front,
+Accuracy and estimated latency per knob setting, full against smallest, the static Pareto front,
 the oracle's and the supervised probe's headroom over the best static configuration per budget,
 and the block-importance curve beside MolmoE-1B's (src/knobctl/controller/tradeoff.py).
 """
@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> None:
             pd.DataFrame(rows).to_csv(tmp / f"knob_{knob}.csv", index=False)
         pd.DataFrame(t["pareto_front"]).to_csv(tmp / "pareto.csv", index=False)
         pd.DataFrame(t["headroom"]).to_csv(tmp / "headroom.csv", index=False)
-    write_json_atomic(args.metrics, {"headline": headline(t), "full_vs_cheapest": t["full_vs_cheapest"]})
-    ends, h = t["full_vs_cheapest"], headline(t)
+    write_json_atomic(args.metrics, {"headline": headline(t), "full_vs_smallest": t["full_vs_smallest"]})
+    ends, h = t["full_vs_smallest"], headline(t)
     print(f"tradeoff: full {ends['full']} {ends['full_accuracy']:.1f} pts / {ends['full_latency_ms']:.1f} ms, "
-          f"cheapest {ends['cheapest']} {ends['cheapest_accuracy']:.1f} / {ends['cheapest_latency_ms']:.1f} ms "
-          f"({ends['full_over_cheapest_latency']:.2f}x); goals met {h['goals_met']} of {h['goals_measured']}")
+          f"smallest {ends['smallest']} {ends['smallest_accuracy']:.1f} / {ends['smallest_latency_ms']:.1f} ms "
+          f"({ends['full_over_smallest_latency']:.2f}x); goals met {h['goals_met']} of {h['goals_measured']}")
 
 
 if __name__ == "__main__":

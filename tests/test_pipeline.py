@@ -51,7 +51,7 @@ def test_repro_writes_the_tradeoff_section(repo):
     t = json.loads((repo / "plots/tradeoff/tradeoff.json").read_text())
     assert [r["tier"] for r in t["knobs"]["tier"]] == ["low", "medium", "high"]
     assert [r["num_blocks"] for r in t["knobs"]["num_blocks"]] == [12, 16] and t["samples"] == 5
-    assert t["full_vs_cheapest"]["full"] == "high/k8/b16" and t["full_vs_cheapest"]["cheapest"] == "low/k4/b12"
+    assert t["full_vs_smallest"]["full"] == "high/k8/b16" and t["full_vs_smallest"]["smallest"] == "low/k4/b12"
     assert len(t["headroom"]) == 3 and t["block_importance"]["order"][0] == 0
     fronts = [r["latency_ms"] for r in t["pareto_front"]]
     assert fronts == sorted(fronts) and len(fronts) >= 1

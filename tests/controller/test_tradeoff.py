@@ -66,12 +66,12 @@ def test_pareto_front_keeps_only_configurations_no_faster_one_beats():
 
 def test_goals_on_hand_made_ends_and_sweeps():
     t = tradeoff(exact(), torch.arange(10), torch.arange(10, 20), 4)
-    ends = t["full_vs_cheapest"]
-    assert ends["full"] == "high/k8/b16" and ends["cheapest"] == "low/k4/b12"
-    assert ends["full_over_cheapest_latency"] == pytest.approx(110 / 40, abs=1e-3)
-    assert ends["accuracy_points_full_minus_cheapest"] == pytest.approx(40.0)
+    ends = t["full_vs_smallest"]
+    assert ends["full"] == "high/k8/b16" and ends["smallest"] == "low/k4/b12"
+    assert ends["full_over_smallest_latency"] == pytest.approx(110 / 40, abs=1e-3)
+    assert ends["accuracy_points_full_minus_smallest"] == pytest.approx(40.0)
     met = {g["goal"]: g for g in t["goals"]}
-    assert met["latency full / cheapest >= 1.8x"]["met"] is True
+    assert met["latency full / smallest >= 1.8x"]["met"] is True
     assert met["tier alone changes latency by >= 10%"]["measured"] == pytest.approx(40 / 70, abs=1e-4)
     assert met["top_k at its lowest costs >= 2 points"]["measured"] == pytest.approx(5.0)
     assert met["num_blocks at its lowest costs >= 2 points"]["met"] is True
@@ -83,7 +83,7 @@ def test_graded_blocks_goal_fails_when_the_first_block_costs_most_and_holds_on_a
         return {"tier": [{"latency_ms": 1.0, "accuracy": 1.0}] * 2, "top_k": [{"latency_ms": 1.0, "accuracy": 1.0}] * 2,
                 "num_blocks": [{"latency_ms": 1.0, "accuracy": a} for a in accs]}
 
-    ends = {"full_over_cheapest_latency": 1.0, "accuracy_points_full_minus_cheapest": 0.0}
+    ends = {"full_over_smallest_latency": 1.0, "accuracy_points_full_minus_smallest": 0.0}
     graded = "each further dropped block costs at least as much as the previous"
     # the first dropped block costs the most (6 points), the next two 2 each: not graded
     steep = {g["goal"]: g for g in goals(ends, sweeps([80.0, 82.0, 84.0, 90.0]), [], None)}[graded]

@@ -104,14 +104,14 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
 
 def tradeoff_section(t: Mapping[str, Any]) -> list[str]:
     """What the knobs trade (the tradeoff stage, val tables, estimated latency), beside MolmoE-1B."""
-    e, m = t["full_vs_cheapest"], t["molmoe_1b"]
+    e, m = t["full_vs_smallest"], t["molmoe_1b"]
     out = ["## Trade-off of the model's knobs (val tables, estimated latency; `dvc repro tradeoff`)", "",
            "| goal | measured | met |", "| --- | --- | --- |"]
     out += [f"| {g['goal']} | {g['measured']} | {'-' if g['met'] is None else 'yes' if g['met'] else '**no**'} |"
             for g in t["goals"]]
     out += ["", "| | configuration | accuracy | latency (ms) |", "| --- | --- | --- | --- |",
             f"| full | {e['full']} | {e['full_accuracy']:.1f} | {e['full_latency_ms']:.1f} |",
-            f"| cheapest | {e['cheapest']} | {e['cheapest_accuracy']:.1f} | {e['cheapest_latency_ms']:.1f} |",
+            f"| smallest | {e['smallest']} | {e['smallest_accuracy']:.1f} | {e['smallest_latency_ms']:.1f} |",
             (f"| MolmoE-1B (published, H100) | best / cheapest | {100 * m['best_accuracy']:.1f} / "
              f"{100 * m['cheapest_accuracy']:.1f} | {m['best_latency_ms']} / {m['cheapest_latency_ms']} |"), "",
             "Each knob alone, the others at their maximum:", "", "| knob | setting | accuracy | latency (ms) |",
