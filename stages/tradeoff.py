@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
     importance = Path(args.importance)
     t = tradeoff(tables, train_idx, eval_idx, p.num_budgets,
-                 json.loads(importance.read_text()) if importance.exists() else None)
+                 json.loads(importance.read_text()) if importance.exists() else None, p.probe_l2)
     with atomic_dir(args.plots) as tmp:
         (tmp / "tradeoff.json").write_text(json.dumps(t, indent=2) + "\n")
         for knob, rows in t["knobs"].items():

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from knobctl.controller.evaluation import FIT_SHARE, best_static, mean_accuracy
-from knobctl.controller.probe import fit_probe, probe_choices
+from knobctl.controller.probe import L2, fit_probe, probe_choices
 from knobctl.controller.tables import CacheTables, budgets_between
 from knobctl.io import round4
 from knobctl.knobs import KnobConfig
@@ -50,12 +50,14 @@ class TradeoffParams:
 
     num_budgets: int = 8
     eval_fraction: float = 0.2
+    probe_l2: float = 100.0
     num_threads: int = 1
 
     def __post_init__(self) -> None:
         require_int(self.num_budgets, "tradeoff.num_budgets", 2)
         require(0 < self.eval_fraction < 1, "tradeoff.eval_fraction", self.eval_fraction,
                 "use a fraction strictly between 0 and 1 (held-out samples the probe and oracle are scored on)")
+        require(self.probe_l2 > 0, "tradeoff.probe_l2", self.probe_l2, "use a positive penalty such as 100")
         require_int(self.num_threads, "tradeoff.num_threads", 0)
 
     @classmethod
@@ -99,11 +101,11 @@ def pareto_front(tables: CacheTables) -> list[dict[str, Any]]:
 
 
 def headroom(tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tensor,
-             budgets: Sequence[float]) -> list[dict[str, Any]]:
+             budgets: Sequence[float], probe_l2: float = L2) -> list[dict[str, Any]]:
     """Per budget: share of configurations fitting (for >= FIT_SHARE of the training samples), best
     static configuration (chosen on training samples), and the oracle's and probe's held-out gain over it."""
     train_acc = mean_accuracy(tables.scores[train_idx])  # [C]
-    prob = fit_probe(tables, train_idx)[eval_idx]  # [E, C]
+    prob = fit_probe(tables, train_idx, probe_l2)[eval_idx]  # [E, C]
     acc = torch.nan_to_num(tables.scores[eval_idx], nan=0.0)  # [E, C]
     lat = tables.latency_ms[eval_idx]  # [E, C]
     rows_e = torch.arange(len(eval_idx))
@@ -124,7 +126,7 @@ def headroom(tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tenso
 
 
 def tradeoff(tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tensor, num_budgets: int,
-             importance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             importance: Mapping[str, Any] | None = None, probe_l2: float = L2) -> dict[str, Any]:
     """The whole trade-off section (module docstring) as one JSON-ready dict."""
     sweeps = knob_sweeps(tables)
     acc, lat = mean_accuracy(tables.scores), tables.latency_ms.median(0).values  # [C], [C]
@@ -139,7 +141,7 @@ def tradeoff(tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tenso
             "full_over_smallest_latency": round(float(lat[full] / lat[smallest]), 3),
             "accuracy_points_full_minus_smallest": round(_pts(acc[full]) - _pts(acc[smallest]), 2)}
     budgets = budgets_between(tables.latency_ms[train_idx], num_budgets)
-    room = headroom(tables, train_idx, eval_idx, budgets)
+    room = headroom(tables, train_idx, eval_idx, budgets, probe_l2)
     curve = importance_curve(importance) if importance else None
     return {"full_vs_smallest": ends, "knobs": sweeps, "pareto_front": pareto_front(tables), "headroom": room,
             "block_importance": curve, "molmoe_1b": MOLMOE_1B,
