@@ -18,8 +18,8 @@ import torch
 
 from knobctl.knobs import KnobGrid
 from knobctl.model.runtime import device_name, load_runtime
-from knobctl.table.rollouts import RolloutParams, rollout_part, select_samples
-from knobctl.vqa.sources import decode_images
+from knobctl.table.rollouts import RolloutParams, rollout_part
+from knobctl.vqa.sources import decode_images, select_samples
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     from knobctl.knobs import KnobGrid
     from knobctl.model.features import FEATURE_DEFINITIONS
+    from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import DTYPES, device_name, load_runtime
     from knobctl.table.accuracy_table import (
         PartPlan,
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         summarize,
         table_metrics,
     )
-    from knobctl.table.rollouts import RolloutParams, select_configs, select_samples
+    from knobctl.table.rollouts import RolloutParams, select_configs
+    from knobctl.vqa.sources import select_samples
 
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
@@ -66,11 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(p.num_threads)
     split_path = Path(args.data) / f"{p.split}.parquet"
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
-    rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype])
+    order = ModelParams.from_params(section(params, "model", args.params)).block_order
+    rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype], block_order=order)
+    block_order = rt.spec.to_json()["block_order"]  # resolved: the file's list, not its path
     rt.validate_grid(grid)
     model_hash = checkpoint_hash(args.model)
     run_key = params_hash({"rollouts": p.__dict__, "configs": [k.label for k in configs], "seed": seed,
-                           "model": model_hash, "data": file_hash(split_path)})
+                           "model": model_hash, "data": file_hash(split_path),
+                           "block_order": block_order})
     plan = PartPlan(Path(args.cache) / run_key, len(samples), p.part_size)
 
     start = time.perf_counter()
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows, feats = merge_parts(plan)
     meta = provenance(own, volatile=False, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
-                      model=args.model, model_hash=model_hash, seed=seed, split=p.split, samples=len(samples),
+                      model=args.model, model_hash=model_hash, block_order=block_order, seed=seed, split=p.split, samples=len(samples),
                       configs=[k.label for k in configs], tiers=rt.tier_table(),
                       max_new_tokens=p.max_new_tokens or rt.spec.max_new_tokens,
                       feature_dim=int(2 * rt.config.text_config.hidden_size), features=FEATURE_DEFINITIONS)

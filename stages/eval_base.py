@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.execution import use_threads
     from knobctl.io import write_csv_atomic, write_json_atomic
     from knobctl.knobs import KnobGrid
+    from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import load_runtime
 
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = EvalParams.from_params(section(params, "eval_base", args.params))
     use_threads(own.num_threads)
-    rt = load_runtime(args.model, device=own.device)
+    order = ModelParams.from_params(section(params, "model", args.params)).block_order
+    rt = load_runtime(args.model, device=own.device, block_order=order)
     rt.validate_grid(grid)
     test = pd.read_parquet(Path(args.data) / "test.parquet")
     results = evaluate(rt, test, grid.corners(), batch_size=own.batch_size, desc="test corners")

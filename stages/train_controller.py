@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
         from knobctl.table.online import OnlineOracle
 
         split = pd.read_parquet(Path(args.data) / f"{meta['split']}.parquet").set_index("sample_id")
-        return OnlineOracle(load_runtime(meta["model"]), split.loc[tables.sample_ids].reset_index(), tables.configs)
+        # The table's own block order (a file path in params may have changed since).
+        rt = load_runtime(meta["model"], block_order=meta.get("block_order"))
+        return OnlineOracle(rt, split.loc[tables.sample_ids].reset_index(), tables.configs)
 
     result = train_controller(tables, p, weights, seed, fetch_factory=oracle)
     result.controller.save(args.out)

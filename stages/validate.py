@@ -46,13 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     from knobctl.knobs import KnobGrid
     from knobctl.latency.estimator import LatencyEstimator
+    from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import device_name, load_runtime
     from knobctl.parts import PartStore
     from knobctl.table.accuracy_table import AccuracyTable
-    from knobctl.table.rollouts import RolloutParams, rollout_part, select_samples
+    from knobctl.table.rollouts import RolloutParams, rollout_part
     from knobctl.validate.measure import ValidateParams, run_validation
     from knobctl.validate.plots import write_plots
     from knobctl.validate.summary import summarize, validation_metrics
+    from knobctl.vqa.sources import select_samples
 
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     val_table = AccuracyTable.load(args.rollouts)
     val_table.check_grid(grid, args.rollouts)
     est = LatencyEstimator.load(args.estimator)
-    rt = load_runtime(args.model, device=p.device)
+    order = ModelParams.from_params(section(params, "model", args.params)).block_order
+    rt = load_runtime(args.model, device=p.device, block_order=order)
     rt.validate_grid(grid)
     split_path = Path(args.data) / "test.parquet"
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, "test", key="validate.num_samples")
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     test = build_tables(AccuracyTable.from_frames(rows, feats), est, grid.configs())
     val = build_tables(val_table, est, grid.configs())
     run_key = params_hash({"validate": p.__dict__, "seed": seed, "model": checkpoint_hash(args.model),
+                           "block_order": rt.spec.to_json()["block_order"],
                            "controller": checkpoint_hash(args.controller), "data": file_hash(split_path),
                            "estimator": {f.name: file_hash(f) for f in sorted(Path(args.estimator).iterdir())}})
     store = PartStore(Path(args.cache) / run_key, flush_every=10**9)  # flushed per chunk of samples

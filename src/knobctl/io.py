@@ -79,9 +79,15 @@ def recover_dir(path: str | Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def rounded(x: Any, digits: int = 4) -> float | None:
+    """A metric as a plain float rounded to ``digits`` decimals (JSON-friendly, stable across
+    runs, never -0.0); None stays None."""
+    return None if x is None else round(float(x), digits) + 0.0
+
+
 def round4(x: Any) -> float:
-    """A metric as a plain float rounded to 4 decimals (JSON-friendly, stable across runs)."""
-    return round(float(x), 4)
+    """:func:`rounded` to 4 decimals, for values that are never None."""
+    return round(float(x), 4) + 0.0
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

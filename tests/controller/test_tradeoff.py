@@ -90,6 +90,10 @@ def test_graded_blocks_goal_fails_when_the_first_block_costs_most_and_holds_on_a
     slope = {g["goal"]: g for g in goals(ends, sweeps([70.0, 80.0, 86.0, 90.0]), [], None)}[graded]
     assert steep["met"] is False and steep["measured"] == [6.0, 2.0, 2.0]
     assert slope["met"] is True and slope["measured"] == [4.0, 6.0, 10.0]
+    kept = "the fewest blocks keep >= 50% of the full accuracy (no drop to chance)"
+    assert {g["goal"]: g for g in goals(ends, sweeps([70.0, 80.0, 86.0, 90.0]), [], None)}[kept]["met"] is True
+    cliff = {g["goal"]: g for g in goals(ends, sweeps([40.0, 80.0, 86.0, 90.0]), [], None)}[kept]
+    assert cliff["met"] is False and cliff["measured"] == pytest.approx(40 / 90, abs=1e-4)
 
 
 def test_headroom_oracle_bounds_static_and_probe():
@@ -102,9 +106,9 @@ def test_headroom_oracle_bounds_static_and_probe():
 
 def test_importance_curve_costs_in_percent_of_full():
     imp = {"order": [0, 2, 1, 3], "rank_by": "loglik", "full": {"accuracy": 0.8}, "agreement_spearman": 0.9,
-           "per_block": [{"block": 0, "accuracy": 0.2}, {"block": 1, "accuracy": 0.7}],
-           "curve": [{"num_blocks": 4, "accuracy": 0.8}, {"num_blocks": 3, "accuracy": 0.76},
-                     {"num_blocks": 2, "accuracy": 0.6}]}
+           "per_block": [{"block": 0, "accuracy_cost_pct": 75.0}, {"block": 1, "accuracy_cost_pct": 12.5}],
+           "curve": [{"num_blocks": 2, "accuracy_cost_pct": 25.0}, {"num_blocks": 4, "accuracy_cost_pct": 0.0},
+                     {"num_blocks": 3, "accuracy_cost_pct": 5.0}]}
     c = importance_curve(imp)
     assert c["accuracy_cost_pct"] == {"0": 0.0, "1": 5.0, "2": 25.0} and c["block0_accuracy_cost_pct"] == 75.0
 

@@ -18,9 +18,9 @@ from knobctl.table.rollouts import (
     rollout_part,
     run_isolated,
     select_configs,
-    select_samples,
+    shared_prefix,
 )
-from knobctl.vqa.sources import decode_images
+from knobctl.vqa.sources import decode_images, select_samples
 from tests.conftest import make_runtime, vqa_frame
 
 GRID = KnobGrid(tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 14, 16))
@@ -63,6 +63,24 @@ def test_block_counts_share_a_prefill_only_when_their_blocks_are_a_prefix():
     ranked = make_runtime(block_order=[0, 15, 1, 14, 2, 13, 3, 12, 4, 11, 5, 10, 6, 9, 7, 8])
     # blocks for 12 = sorted(first 12 ranked) is not the first 12 of the 16 blocks run for 16
     assert plan_chains(ranked, [12, 16]) == [[16], [12]]
+
+
+def test_counts_off_the_prefix_branch_from_the_shared_blocks_with_the_answers_of_rt_answer(frame):
+    """A ranked order whose counts are not prefixes of the deepest: the branches reuse the shared
+    blocks' outputs and keys, and still answer exactly as a separate prefill does."""
+    order = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 11, 13, 14]  # 12 and 14 branch off after block 10
+    rt = make_runtime(seed=4, block_order=order)
+    assert plan_chains(rt, [12, 14, 16]) == [[16], [12], [14]]
+    assert shared_prefix(rt.spec.blocks_for(16, 16), rt.spec.blocks_for(12, 16)) == 11
+    images = torch.from_numpy(decode_images(frame["image"].tolist(), size=64))
+    qids = rt.tokenizer(frame["question"].tolist(), add_special_tokens=False)["input_ids"]
+    res = rollout_batch(rt, images, qids, GRID.configs(), max_new_tokens=4)
+    for k in GRID.configs():
+        assert rt.decode(res.tokens[k]) == rt.answer(images, frame["question"].tolist(), k), k.label
+    # the branches do answer differently from the first-N early exit (else the test could not fail)
+    first = make_runtime(seed=4)
+    assert any(first.answer(images, frame["question"].tolist(), k) != rt.decode(res.tokens[k])
+               for k in GRID.configs() if k.num_blocks < 16)
 
 
 def test_output_lengths_count_tokens_up_to_eos():

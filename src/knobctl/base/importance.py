@@ -29,13 +29,14 @@ import torch
 import torch.nn.functional as F
 
 from knobctl.execution import progress_bar
+from knobctl.io import rounded
 from knobctl.knobs import KnobGrid
 from knobctl.model.decoding import generate, teacher_forced
 from knobctl.model.presets import EOS
 from knobctl.model.runtime import DECISION_BLOCK, Runtime
-from knobctl.params import ParamsError, build, require, require_choice, require_device, require_int
+from knobctl.params import build, require, require_choice, require_device, require_int
 from knobctl.vqa.metric import vqa_score
-from knobctl.vqa.sources import decode_images
+from knobctl.vqa.sources import decode_images, select_samples
 
 RANK_BY = ("loglik", "kl", "accuracy")
 
@@ -106,17 +107,6 @@ class BlockFigures:
     loglik: float
     loglik_drop: float
     kl: float
-
-
-def select_samples(df: pd.DataFrame, num_samples: int | None, seed: int, split: str) -> pd.DataFrame:
-    """A seeded subset of the split (all of it for None), in the split's order."""
-    if num_samples is None:
-        return df.reset_index(drop=True)
-    if num_samples > len(df):
-        raise ParamsError(f"block_importance.num_samples={num_samples} but the {split} split has {len(df)} "
-                          "questions; lower it or use null for all")
-    rows = np.sort(np.random.default_rng(seed).choice(len(df), size=num_samples, replace=False))
-    return df.iloc[rows].reset_index(drop=True)
 
 
 def reference_answer(answers: Sequence[str]) -> str:
@@ -220,26 +210,22 @@ def likelihood_cost_pct(loglik_drop: float) -> float:
     return 100 * (1 - math.exp(-loglik_drop))
 
 
-def _r(x: float | None, digits: int = 6) -> float | None:
-    return None if x is None else round(x, digits) + 0.0  # + 0.0: no -0.0 in the JSON
-
-
 def curve_point(n: int, dropped: Sequence[int], full: Figures, f: Figures, first: Figures) -> dict[str, Any]:
     """One count of the curve: the ranked order's figures beside the ``first`` policy's."""
     return {"num_blocks": n, "dropped": list(dropped),
-            "accuracy": _r(f.accuracy, 4), "accuracy_cost_pct": _r(cost_pct(full.accuracy, f.accuracy), 2),
-            "loglik": _r(f.loglik), "loglik_drop": _r(full.loglik - f.loglik),
-            "likelihood_cost_pct": _r(likelihood_cost_pct(full.loglik - f.loglik), 2), "kl": _r(f.kl),
-            "first_accuracy": _r(first.accuracy, 4),
-            "first_accuracy_cost_pct": _r(cost_pct(full.accuracy, first.accuracy), 2),
-            "first_loglik": _r(first.loglik), "first_loglik_drop": _r(full.loglik - first.loglik)}
+            "accuracy": rounded(f.accuracy, 4), "accuracy_cost_pct": rounded(cost_pct(full.accuracy, f.accuracy), 2),
+            "loglik": rounded(f.loglik, 6), "loglik_drop": rounded(full.loglik - f.loglik, 6),
+            "likelihood_cost_pct": rounded(likelihood_cost_pct(full.loglik - f.loglik), 2), "kl": rounded(f.kl, 6),
+            "first_accuracy": rounded(first.accuracy, 4),
+            "first_accuracy_cost_pct": rounded(cost_pct(full.accuracy, first.accuracy), 2),
+            "first_loglik": rounded(first.loglik, 6), "first_loglik_drop": rounded(full.loglik - first.loglik, 6)}
 
 
 def measure_importance(rt: Runtime, df: pd.DataFrame, grid: KnobGrid, params: ImportanceParams,
                        seed: int) -> dict[str, Any]:
     """Per-block figures, the order, its cumulative curve and the halves' agreement (module docstring)."""
     rt.validate_grid(grid)
-    samples = select_samples(df, params.num_samples, seed, params.split)
+    samples = select_samples(df, params.num_samples, seed, params.split, key="block_importance.num_samples")
     tier, top_k, layers = grid.full.tier, grid.full.top_k, rt.num_layers
     measure = Measurer(rt, encode(rt, samples, tier, params.batch_size), top_k)
     everything = list(range(layers))
@@ -270,13 +256,13 @@ def measure_importance(rt: Runtime, df: pd.DataFrame, grid: KnobGrid, params: Im
         "order": list(order),
         "rank_by": params.rank_by,
         "config": {"tier": tier, "top_k": top_k, "num_blocks": layers},
-        "full": {"accuracy": _r(full.accuracy, 4), "loglik": _r(full.loglik)},
-        "per_block": [{"block": f.block, "accuracy": _r(f.accuracy, 4), "accuracy_drop": _r(f.accuracy_drop, 4),
-                       "accuracy_cost_pct": _r(cost_pct(full.accuracy, f.accuracy), 2), "loglik": _r(f.loglik),
-                       "loglik_drop": _r(f.loglik_drop), "kl": _r(f.kl)} for f in per_block],
+        "full": {"accuracy": rounded(full.accuracy, 4), "loglik": rounded(full.loglik, 6)},
+        "per_block": [{"block": f.block, "accuracy": rounded(f.accuracy, 4), "accuracy_drop": rounded(f.accuracy_drop, 4),
+                       "accuracy_cost_pct": rounded(cost_pct(full.accuracy, f.accuracy), 2), "loglik": rounded(f.loglik, 6),
+                       "loglik_drop": rounded(f.loglik_drop, 6), "kl": rounded(f.kl, 6)} for f in per_block],
         "curve": curve,
         "half_orders": [list(o) for o in half_orders],
-        "agreement_spearman": _r(spearman(*half_orders), 4),
+        "agreement_spearman": rounded(spearman(*half_orders), 4),
         "n_samples": len(samples),
         "answer_tokens": int(measure.tokens.sum()),
         "split": params.split,

@@ -70,7 +70,7 @@ class TrainBaseParams:
     vision_warmstart_tier_weights: Mapping[str, float] | None = field(
         default_factory=lambda: {"low": 1.0, "medium": 2.0, "high": 3.0})
     num_threads: int = 0
-    knob_sampling: str = "uniform"
+    knob_sampling: str = "pretrained"
     tier_weights: Mapping[str, float] | None = None
     reduced_topk_share: float = 0.1
     layer_drop: float = 0.2
@@ -264,9 +264,9 @@ def build_tiny(train: pd.DataFrame, model: ModelParams, seed: int) -> Runtime:
     """A fresh tiny runtime whose word vocabulary covers the training questions and answers."""
     tokenizer_texts = train["question"].tolist() + [a for ans in train["answers"] for a in ans]
     torch.manual_seed(seed)
-    rt = load_runtime(
-        "tiny", device="cpu", vocab=tokenizer_texts, dims=model.tiny_dims(), block_order=model.block_order
-    )
+    # The checkpoint keeps the preset's "first" order: model.block_order is applied by the stages
+    # that load the trained model, because the block_importance stage measures it afterwards.
+    rt = load_runtime("tiny", device="cpu", vocab=tokenizer_texts, dims=model.tiny_dims())
     rt.model.config.text_config._experts_implementation = model.experts_implementation
     return rt
 
@@ -286,7 +286,7 @@ def train_base(
     data = encode_split(rt, train, size=rt.config.vision_config.image_size)
     opt = torch.optim.AdamW(param_groups(rt, params), lr=params.lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
-    tag = params_hash({"train": asdict(params), "model": asdict(model), "grid": asdict(grid), "seed": seed, "n": len(train)})
+    tag = params_hash({"train": asdict(params), "model": asdict(model) | {"block_order": None}, "grid": asdict(grid), "seed": seed, "n": len(train)})
     if checkpoint_dir:
         recover_dir(checkpoint_dir)  # a kill in the middle of saving a checkpoint
     meta = _checkpoint_meta(checkpoint_dir, tag) if checkpoint_dir else None

@@ -236,16 +236,21 @@ EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 
 @dataclass(frozen=True)
 class ModelParams:
-    """The ``model:`` section: preset, tiny dimensions, block policy, experts kernel."""
+    """The ``model:`` section: preset, tiny dimensions, block policy, experts kernel.
+
+    ``block_order`` defaults to the block_importance stage's output, which exists only once
+    that stage has run; train_base never applies it (the stages that load the trained model do).
+    """
 
     preset: str = "tiny"
-    block_order: str | tuple[int, ...] = "first"
+    block_order: str | tuple[int, ...] | None = "data/block_importance/importance.json"
     experts_implementation: str = "eager"
     dims: TinyDims = field(default_factory=TinyDims)
 
     def __post_init__(self) -> None:
         require_choice(self.preset, "model.preset", PRESETS)
-        parse_block_order(self.block_order)
+        # build() checks the form; a path is not read here: train_base parses this section
+        # before the block_importance stage has written the file, and never applies the order.
         require_choice(self.experts_implementation, "model.experts_implementation", EXPERTS_IMPLEMENTATIONS)
 
     @classmethod

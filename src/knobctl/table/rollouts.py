@@ -9,8 +9,11 @@ that configurations share is done once:
   output at the last prompt position, and a block count N takes its first token from the
   final norm and LM head on the N-th block's output: the same arithmetic as a prefill that
   stops after N blocks (early exit). This holds when the blocks run for N are a prefix of
-  those run for the deepest count (always with ``block_order: first``); otherwise each
-  count gets its own prefill;
+  those run for the deepest count (always with ``block_order: first``). A count whose blocks
+  leave that prefix (a ranked ``block_order``, such as block_importance's) branches off:
+  the blocks the two sets share from the start are not rerun; its prefill continues from
+  the deepest run's output of the last shared block, into a cache of its own that takes the
+  shared blocks' keys and values from the deepest run's (the two-stage flow's continuation);
 * each N then decodes greedily from a fork of that prefill's KV cache, whose first N
   blocks hold exactly the keys and values a prefill of N blocks would have written;
 * the decision block's output of the same prefill gives the vision feature
@@ -90,19 +93,6 @@ def select_configs(grid: KnobGrid, labels: Sequence[str] | None) -> list[KnobCon
     return [k for k in configs if k.label in set(labels)]
 
 
-def select_samples(df: pd.DataFrame, num_samples: int | None, seed: int, split: str = "val",
-                   key: str = "accuracy_table.num_samples") -> pd.DataFrame:
-    """A seeded subset of a split (all of it for None), in the split's own order; ``key`` names the
-    params value in the error when the split is too small."""
-    if num_samples is None:
-        return df.reset_index(drop=True)
-    if num_samples > len(df):
-        raise ParamsError(f"{key}={num_samples} but the {split} split has {len(df)} questions; lower it or use null "
-                          "for all")
-    rows = np.sort(np.random.default_rng(seed).choice(len(df), size=num_samples, replace=False))
-    return df.iloc[rows].reset_index(drop=True)
-
-
 def plan_chains(rt: Runtime, block_counts: Sequence[int]) -> list[list[int]]:
     """Block counts that one prefill can serve together: those whose blocks are a prefix of the
     deepest count's blocks share its prefill; any other count gets one of its own."""
@@ -110,6 +100,14 @@ def plan_chains(rt: Runtime, block_counts: Sequence[int]) -> list[list[int]]:
     deepest = rt.spec.blocks_for(counts[-1], rt.num_layers)
     shared = [n for n in counts if rt.spec.blocks_for(n, rt.num_layers) == deepest[:n]]
     return [shared] + [[n] for n in counts if n not in shared]
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many blocks two execution orders run alike from the start."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -138,20 +136,35 @@ def rollout_batch(
         input_tokens[tier] = mask.sum(1).cpu()  # [B]
         for top_k in dict.fromkeys(k.top_k for k in configs if k.tier == tier):
             counts = [k.num_blocks for k in configs if k.tier == tier and k.top_k == top_k]
-            for chain in plan_chains(rt, counts):
-                deepest = KnobConfig(tier, top_k, chain[-1])
-                order = rt.spec.blocks_for(deepest.num_blocks, rt.num_layers)
-                cache = new_cache(rt)
-                with rt.knobs_applied(deepest), rt.block_outputs(keep_sequence=[DECISION_BLOCK]) as outs:
-                    prefill(rt, inputs, cache)
-                if tier not in vision:
-                    vision[tier] = vision_features(rt, outs.sequence[DECISION_BLOCK], inputs["input_ids"])
-                for n in chain:
-                    first = next_token(rt, rt.head_logits(outs.last[order[n - 1]]), ban_eos=False)  # [B]
-                    own = cache if n == chain[-1] else fork_cache(cache)
-                    knobs = KnobConfig(tier, top_k, n)
-                    with rt.knobs_applied(knobs):
-                        tokens[knobs] = continue_greedy(rt, first, own, mask, pos, max_new_tokens).cpu()
+            main, *branches = plan_chains(rt, counts)
+            deepest = KnobConfig(tier, top_k, main[-1])
+            order = rt.spec.blocks_for(deepest.num_blocks, rt.num_layers)
+            branch_blocks = {n: rt.spec.blocks_for(n, rt.num_layers) for [n] in branches}
+            # Blocks a branch starts from: keep their whole output (else only the last position).
+            starts = {order[shared_prefix(order, b) - 1] for b in branch_blocks.values()}
+            cache = new_cache(rt)
+            with rt.knobs_applied(deepest), rt.block_outputs(keep_sequence=[DECISION_BLOCK, *starts]) as outs:
+                prefill(rt, inputs, cache)
+            if tier not in vision:
+                vision[tier] = vision_features(rt, outs.sequence[DECISION_BLOCK], inputs["input_ids"])
+            for n, blocks in branch_blocks.items():  # before the main chain's decoding grows the cache
+                knobs = KnobConfig(tier, top_k, n)
+                d = shared_prefix(order, blocks)
+                own = new_cache(rt)  # empty: the model derives the prompt's causal mask from its length
+                with rt.knobs_applied(knobs), rt.blocks_run(blocks[d:]):
+                    hidden = prefill(rt, inputs, own, embeds=outs.sequence[order[d - 1]])  # [B, L, H]
+                shared = fork_cache(cache)
+                for b in blocks[:d]:
+                    own.layers[b] = shared.layers[b]
+                first = next_token(rt, rt.model.lm_head(hidden[:, -1]), ban_eos=False)  # [B]
+                with rt.knobs_applied(knobs):
+                    tokens[knobs] = continue_greedy(rt, first, own, mask, pos, max_new_tokens).cpu()
+            for n in main:
+                first = next_token(rt, rt.head_logits(outs.last[order[n - 1]]), ban_eos=False)  # [B]
+                own = cache if n == main[-1] else fork_cache(cache)
+                knobs = KnobConfig(tier, top_k, n)
+                with rt.knobs_applied(knobs):
+                    tokens[knobs] = continue_greedy(rt, first, own, mask, pos, max_new_tokens).cpu()
     return BatchResult(tokens=tokens, input_tokens=input_tokens, language=language_features(rt, question_ids).cpu(),
                        vision={t: v.cpu() for t, v in vision.items()})
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from knobctl.params import InputError, build, require, require_choice, require_int
+from knobctl.params import InputError, ParamsError, build, require, require_choice, require_int
 from knobctl.vqa.scenes import SceneParams, scene_rows
 
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
@@ -325,3 +325,16 @@ def decode_images(blobs: list[bytes], size: int | None = None) -> np.ndarray:
                 im = im.resize((size, size), Image.BILINEAR)
             out.append(np.asarray(im))
     return np.stack(out)
+
+
+def select_samples(df: pd.DataFrame, num_samples: int | None, seed: int, split: str = "val",
+                   key: str = "accuracy_table.num_samples") -> pd.DataFrame:
+    """A seeded subset of a split (all of it for None), in the split's own order; ``key`` names the
+    params value in the error when the split is too small."""
+    if num_samples is None:
+        return df.reset_index(drop=True)
+    if num_samples > len(df):
+        raise ParamsError(f"{key}={num_samples} but the {split} split has {len(df)} questions; lower it or use null "
+                          "for all")
+    rows = np.sort(np.random.default_rng(seed).choice(len(df), size=num_samples, replace=False))
+    return df.iloc[rows].reset_index(drop=True)
