@@ -3,7 +3,7 @@
 Which computation each batch runs through is the recipe (``train_base.knob_sampling``,
 :mod:`knobctl.base.recipe`): ``uniform`` draws one knob configuration per batch from the grid,
 so every exit and every top-k trains to the same quality; ``pretrained`` trains at the full
-configuration with LayerDrop, a share of reduced top-k batches and varied tiers, so the knobs
+configuration with varied tiers, LayerDrop and a share of reduced top-k batches, so the knobs
 degrade the model at inference as they degrade a pretrained MoE VLM. The loss is next-token
 cross-entropy on the answer words and the end token only (the prompt is not a target).
 
@@ -70,10 +70,10 @@ class TrainBaseParams:
     vision_warmstart_tier_weights: Mapping[str, float] | None = field(
         default_factory=lambda: {"low": 1.0, "medium": 2.0, "high": 3.0})
     num_threads: int = 0
-    knob_sampling: str = "pretrained"
+    knob_sampling: str = "uniform"
     tier_weights: Mapping[str, float] | None = None
-    reduced_topk_share: float = 0.0
-    layer_drop: float = 0.0
+    reduced_topk_share: float = 0.1
+    layer_drop: float = 0.2
 
     def __post_init__(self) -> None:
         require_choice(self.knob_sampling, "train_base.knob_sampling", KNOB_SAMPLINGS)

@@ -238,12 +238,12 @@ EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 class ModelParams:
     """The ``model:`` section: preset, tiny dimensions, block policy, experts kernel.
 
-    ``block_order`` defaults to the block_importance stage's output, which exists only once
-    that stage has run; train_base never applies it (the stages that load the trained model do).
+    ``block_order`` may name the block_importance stage's output, which exists only once that
+    stage has run; train_base never applies it (the stages that load the trained model do).
     """
 
     preset: str = "tiny"
-    block_order: str | tuple[int, ...] | None = "data/block_importance/importance.json"
+    block_order: str | tuple[int, ...] | None = "first"
     experts_implementation: str = "eager"
     dims: TinyDims = field(default_factory=TinyDims)
 
