@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
             pd.DataFrame(rows).to_csv(tmp / f"knob_{knob}.csv", index=False)
         pd.DataFrame(t["pareto_front"]).to_csv(tmp / "pareto.csv", index=False)
         pd.DataFrame(t["headroom"]).to_csv(tmp / "headroom.csv", index=False)
-    write_json_atomic(args.metrics, {"headline": headline(t), "full_vs_smallest": t["full_vs_smallest"]})
     ends, h = t["full_vs_smallest"], headline(t)
+    write_json_atomic(args.metrics, {"headline": h, "full_vs_smallest": ends})
     print(f"tradeoff: full {ends['full']} {ends['full_accuracy']:.1f} pts / {ends['full_latency_ms']:.1f} ms, "
           f"smallest {ends['smallest']} {ends['smallest_accuracy']:.1f} / {ends['smallest_latency_ms']:.1f} ms "
           f"({ends['full_over_smallest_latency']:.2f}x); goals met {h['goals_met']} of {h['goals_measured']}")
