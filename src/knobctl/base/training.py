@@ -70,10 +70,10 @@ class TrainBaseParams:
     vision_warmstart_tier_weights: Mapping[str, float] | None = field(
         default_factory=lambda: {"low": 1.0, "medium": 2.0, "high": 3.0})
     num_threads: int = 0
-    knob_sampling: str = "uniform"
+    knob_sampling: str = "pretrained"
     tier_weights: Mapping[str, float] | None = None
-    reduced_topk_share: float = 0.1
-    layer_drop: float = 0.2
+    reduced_topk_share: float = 0.0
+    layer_drop: float = 0.0
 
     def __post_init__(self) -> None:
         require_choice(self.knob_sampling, "train_base.knob_sampling", KNOB_SAMPLINGS)

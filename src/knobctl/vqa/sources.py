@@ -7,7 +7,9 @@ human answers), ``question_type``.
 Sources:
 
 * ``easy_vqa``: the PyPI package ``easy-vqa`` (64x64 images, one answer per question).
-  Its question type is derived from the answer: ``color``, ``shape`` or ``yes/no``.
+  Its question type is derived from the answer: ``color``, ``shape`` or ``yes/no``; with
+  ``knowledge.relations`` above 0, ``knowledge`` questions about seeded facts of each image's
+  kind of shape are added (:mod:`knobctl.vqa.knowledge`).
 * ``vqav2``: the official VQAv2 layout, a questions JSON, an annotations JSON (10
   human answers per question) and an image folder. ``question_type`` is the
   annotation's ``answer_type`` (``yes/no``, ``number``, ``other``).
@@ -35,6 +37,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from knobctl.params import InputError, ParamsError, build, require, require_choice, require_int
+from knobctl.vqa.knowledge import KnowledgeParams, knowledge_rows
 from knobctl.vqa.scenes import SceneParams, scene_rows
 
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
@@ -57,6 +60,7 @@ class DataParams:
     vqav2_train: Mapping[str, str] | None = None
     vqav2_test: Mapping[str, str] | None = None
     scenes: SceneParams = field(default_factory=SceneParams)
+    knowledge: KnowledgeParams = field(default_factory=KnowledgeParams)
 
     def __post_init__(self) -> None:
         require_choice(self.source, "prepare_data.source", ("easy_vqa", "vqav2", "scenes"))
@@ -301,6 +305,9 @@ def prepare(params: DataParams, seed: int) -> dict[str, pd.DataFrame]:
     """All three splits for the configured source."""
     if params.source == "easy_vqa":
         train, test = load_easy_vqa(params.max_train_images, params.max_test_images)
+        if params.knowledge.enabled:
+            train = pd.concat([train, knowledge_rows(train, "train", params.knowledge, seed)], ignore_index=True)
+            test = pd.concat([test, knowledge_rows(test, "test", params.knowledge, seed)], ignore_index=True)
         sources = {"train": _easy_vqa_questions_file("train"), "test": _easy_vqa_questions_file("test")}
     elif params.source == "scenes":
         train, test = load_scenes(params.scenes, seed, params.max_train_images, params.max_test_images)
