@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
     order = ModelParams.from_params(section(params, "model", args.params)).block_order
     rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype], block_order=order)
-    block_order = rt.spec.to_json()["block_order"]  # resolved: the file's list, not its path
+    block_order = rt.spec.block_order_json  # resolved: the file's list, not its path
     rt.validate_grid(grid)
     model_hash = checkpoint_hash(args.model)
     run_key = params_hash({"rollouts": p.__dict__, "configs": [k.label for k in configs], "seed": seed,

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/base_test.json")
     ap.add_argument("--plots", default="plots/base/test_corners.csv")
     args = ap.parse_args(argv)
-    from knobctl.params import load_params, section
+    from knobctl.params import load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import load_runtime
+    from knobctl.vqa.sources import select_samples
 
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = EvalParams.from_params(section(params, "eval_base", args.params))
@@ -35,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     order = ModelParams.from_params(section(params, "model", args.params)).block_order
     rt = load_runtime(args.model, device=own.device, block_order=order)
     rt.validate_grid(grid)
+    seed = seed_of(params, args.params)
     test = pd.read_parquet(Path(args.data) / "test.parquet")
+    test = select_samples(test, None if own.max_samples is None else min(own.max_samples, len(test)), seed, "test")
     results = evaluate(rt, test, grid.corners(), batch_size=own.batch_size, desc="test corners")
     metrics = {"headline": corner_headline(results, grid.full, grid.smallest), "questions": len(test)}
     write_json_atomic(args.metrics, metrics)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     test = build_tables(AccuracyTable.from_frames(rows, feats), est, grid.configs())
     val = build_tables(val_table, est, grid.configs())
     run_key = params_hash({"validate": p.__dict__, "seed": seed, "model": checkpoint_hash(args.model),
-                           "block_order": rt.spec.to_json()["block_order"],
+                           "block_order": rt.spec.block_order_json,
                            "controller": checkpoint_hash(args.controller), "data": file_hash(split_path),
                            "estimator": {f.name: file_hash(f) for f in sorted(Path(args.estimator).iterdir())}})
     store = PartStore(Path(args.cache) / run_key, flush_every=10**9)  # flushed per chunk of samples

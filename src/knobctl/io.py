@@ -87,7 +87,7 @@ def rounded(x: Any, digits: int = 4) -> float | None:
 
 def round4(x: Any) -> float:
     """:func:`rounded` to 4 decimals, for values that are never None."""
-    return round(float(x), 4) + 0.0
+    return float(rounded(x, 4))  # type: ignore[arg-type]  # not None for a value that is not None
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

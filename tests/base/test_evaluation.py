@@ -40,3 +40,9 @@ def test_eval_params():
     assert EvalParams.from_params({"batch_size": 8}).batch_size == 8
     with pytest.raises(ParamsError, match="eval_base.batch_size='abc': expected an integer"):
         EvalParams.from_params({"batch_size": "abc"})
+
+
+def test_eval_params_cap_is_checked():
+    assert EvalParams().max_samples == 3000 and EvalParams(max_samples=None).max_samples is None
+    with pytest.raises(ParamsError, match="eval_base.max_samples"):
+        EvalParams(max_samples=0)

@@ -72,7 +72,8 @@ def test_loss_runs_exactly_the_blocks_a_recipe_draws(train_df):
 
 
 def test_pretrained_recipe_trains_and_differs_from_uniform(train_df):
-    uniform, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=3, batch_size=4), seed=0)
+    uniform, _ = train_base(train_df, GRID, ModelParams(dims=DIMS), quick(steps=3, batch_size=4, knob_sampling="uniform"),
+                            seed=0)
     pre, summary = train_base(train_df, GRID, ModelParams(dims=DIMS),
                               quick(steps=3, batch_size=4, knob_sampling="pretrained", layer_drop=0.5), seed=0)
     a, b = uniform.model.state_dict(), pre.model.state_dict()

@@ -23,11 +23,14 @@ class EvalParams:
     """The ``eval_base:`` section of params.yaml."""
 
     batch_size: int = 256
+    max_samples: int | None = 3000
     device: str = "auto"
     num_threads: int = 0
 
     def __post_init__(self) -> None:
         require_int(self.batch_size, "eval_base.batch_size")
+        if self.max_samples is not None:
+            require_int(self.max_samples, "eval_base.max_samples")
         require_int(self.num_threads, "eval_base.num_threads", 0)
         require_device(self.device, "eval_base.device")
 

@@ -8,8 +8,9 @@ degrade the model at inference as they degrade a pretrained MoE VLM. The loss is
 cross-entropy on the answer words and the end token only (the prompt is not a target).
 
 Departures from a plain LLaVA recipe, on purpose: no frozen or pretrained parts (the
-whole model trains from scratch, end to end); no router load-balancing loss (the tiny model's
-top-k is a large share of its experts, so tokens spread over them anyway); a linear warm-up, a
+whole model trains from scratch, end to end); the router load-balancing loss is off by default
+(``router_aux_loss``; :mod:`knobctl.base.router_balance` names its own departures) because the
+default's top-k is all of its experts, where the loss is constant; a linear warm-up, a
 constant plateau, then cosine decay over the last ``decay_fraction`` of the steps,
 so learning takes off before the rate falls.
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from knobctl.base.recipe import KNOB_SAMPLINGS, draw_batch_knobs
+from knobctl.base.router_balance import balance_loss, router_logits_recorded
 from knobctl.base.vision_pretrain import WarmStartState, mine_image_labels, pretrain_vision
 from knobctl.execution import progress_bar
 from knobctl.io import atomic_dir, params_hash, recover_dir
@@ -74,11 +76,14 @@ class TrainBaseParams:
     tier_weights: Mapping[str, float] | None = None
     reduced_topk_share: float = 0.0
     layer_drop: float = 0.0
+    router_aux_loss: float = 0.0
 
     def __post_init__(self) -> None:
         require_choice(self.knob_sampling, "train_base.knob_sampling", KNOB_SAMPLINGS)
         require(0 <= self.reduced_topk_share <= 1, "train_base.reduced_topk_share", self.reduced_topk_share,
                 "use a share of batches in [0, 1]")
+        require(self.router_aux_loss >= 0, "train_base.router_aux_loss", self.router_aux_loss,
+                "use a weight >= 0 for the load-balancing loss (0 = none; OLMoE trained with 0.01)")
         require(0 <= self.layer_drop < 1, "train_base.layer_drop", self.layer_drop,
                 "use a skip probability in [0, 1) for the last block (0 = no LayerDrop)")
         for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
@@ -322,9 +327,14 @@ def train_base(
                                  reduced_topk_share=params.reduced_topk_share, layer_drop=params.layer_drop)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, params)
-        loss = batch_loss(rt, data, rows, drawn.knobs, drawn.blocks)
+        if params.router_aux_loss > 0:
+            with router_logits_recorded(rt.routers) as seen:
+                loss = batch_loss(rt, data, rows, drawn.knobs, drawn.blocks)
+            total = loss + params.router_aux_loss * balance_loss(seen)
+        else:
+            loss = total = batch_loss(rt, data, rows, drawn.knobs, drawn.blocks)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(rt.model.parameters(), params.grad_clip)
         opt.step()
         losses.append(loss.item())

@@ -121,10 +121,15 @@ class ModelSpec:
         if order[0] != 0:
             raise ValueError(f"block_order must start with block 0, the decision block, got {list(order)}")
 
+    @property
+    def block_order_json(self) -> str | list[int]:
+        """``block_order`` as JSON holds it: "first" or the resolved list (never a file's path)."""
+        return self.block_order if isinstance(self.block_order, str) else list(self.block_order)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["tiers"] = {k: asdict(v) for k, v in self.tiers.items()}
-        d["block_order"] = self.block_order if isinstance(self.block_order, str) else list(self.block_order)
+        d["block_order"] = self.block_order_json
         return d
 
     @classmethod

@@ -107,6 +107,11 @@ class Runtime:
         return self.config.text_config.num_experts
 
     @property
+    def routers(self) -> list[nn.Module]:
+        """Every router of the language model, block by block (each holds its ``top_k``)."""
+        return list(self._routers)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

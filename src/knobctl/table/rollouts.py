@@ -140,8 +140,9 @@ def rollout_batch(
             deepest = KnobConfig(tier, top_k, main[-1])
             order = rt.spec.blocks_for(deepest.num_blocks, rt.num_layers)
             branch_blocks = {n: rt.spec.blocks_for(n, rt.num_layers) for [n] in branches}
+            common = {n: shared_prefix(order, b) for n, b in branch_blocks.items()}  # blocks run alike
             # Blocks a branch starts from: keep their whole output (else only the last position).
-            starts = {order[shared_prefix(order, b) - 1] for b in branch_blocks.values()}
+            starts = {order[d - 1] for d in common.values()}
             cache = new_cache(rt)
             with rt.knobs_applied(deepest), rt.block_outputs(keep_sequence=[DECISION_BLOCK, *starts]) as outs:
                 prefill(rt, inputs, cache)
@@ -149,7 +150,7 @@ def rollout_batch(
                 vision[tier] = vision_features(rt, outs.sequence[DECISION_BLOCK], inputs["input_ids"])
             for n, blocks in branch_blocks.items():  # before the main chain's decoding grows the cache
                 knobs = KnobConfig(tier, top_k, n)
-                d = shared_prefix(order, blocks)
+                d = common[n]
                 own = new_cache(rt)  # empty: the model derives the prompt's causal mask from its length
                 with rt.knobs_applied(knobs), rt.blocks_run(blocks[d:]):
                     hidden = prefill(rt, inputs, own, embeds=outs.sequence[order[d - 1]])  # [B, L, H]

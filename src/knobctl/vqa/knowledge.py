@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from knobctl.params import require, require_int
+from knobctl.vqa.scenes import SPLIT_KEYS  # the same split streams as the scene generator's
 
 #: Relation words, the question's only variable part; the first ``relations`` are used.
 RELATIONS = ("taste", "sound", "smell", "mood", "origin", "season", "metal", "planet", "animal", "number",
@@ -38,7 +39,6 @@ EASY_VQA_COLORS = ("red", "green", "blue", "black", "gray", "yellow", "teal", "b
 EASY_VQA_SHAPES = ("circle", "rectangle", "triangle")
 QUESTION = "what is the {relation} of this shape?"
 FACT_KEY = 101  # the fact table's stream of the pipeline seed, apart from the scene generator's
-SPLIT_KEYS = {"train": 0, "test": 1}
 Kind = tuple[str, str]  # (colour, shape)
 _NEGATION = re.compile(r"\b(not|no)\b")
 

@@ -37,12 +37,11 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from knobctl.params import InputError, ParamsError, build, require, require_choice, require_int
-from knobctl.vqa.knowledge import KnowledgeParams, knowledge_rows
+from knobctl.vqa.knowledge import EASY_VQA_SHAPES, KnowledgeParams, knowledge_rows
 from knobctl.vqa.scenes import SceneParams, scene_rows
 
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
 SPLITS = ("train", "val", "test")
-EASY_VQA_SHAPES = frozenset({"circle", "rectangle", "triangle"})
 
 
 class DataError(InputError):
