@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override train_controller keys")
     ap.add_argument("--rollouts", default="data/rollouts")
     ap.add_argument("--estimator", default="models/latency_estimator")
+    ap.add_argument("--profile", default="data/profile", help="latency profile: each configuration's spread")
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--out", default="models/controller")
     ap.add_argument("--metrics", default="metrics/train.json")
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from knobctl.controller.evaluation import evaluation_frame, training_metrics
     from knobctl.controller.losses import RewardWeights
+    from knobctl.controller.spread import latency_spread
     from knobctl.controller.tables import build_tables
     from knobctl.controller.training import TrainParams, train_controller
     from knobctl.execution import use_threads
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     if absent:  # allowed (a table of some configurations), but slow: say so before training starts
         print(f"train_controller: {len(absent)} configurations of the knobs grid are not in {args.rollouts} (first: "
               f"{absent[0]}); the cells the policy samples there are answered online by the real model", file=sys.stderr)
-    tables = build_tables(table, LatencyEstimator.load(args.estimator), grid.configs())
+    spread = latency_spread(pd.read_parquet(Path(args.profile) / "summary.parquet"), grid.configs())
+    tables = build_tables(table, LatencyEstimator.load(args.estimator), grid.configs(), spread)
     meta = read_provenance(Path(args.rollouts) / "rollouts.parquet")
 
     def oracle():  # loaded only if a cell must come from the real model
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     result = train_controller(tables, p, weights, seed, fetch_factory=oracle)
     result.controller.save(args.out)
+    result.probe.save(args.out)
     write_parquet_atomic(Path(args.out) / "refresh_log.parquet", result.refresh_log)
     metrics = training_metrics(result.summary, result.evaluation)
     write_json_atomic(args.metrics, metrics)
@@ -74,7 +78,13 @@ def main(argv: list[str] | None = None) -> None:
           f"final reward {s['final']['reward']:.3f}, accuracy {s['final']['accuracy']:.3f}, violations "
           f"{s['final']['violation_rate']:.1%}; >= best static at {h['budgets_at_least_static']} of "
           f"{h['budgets_with_static']} budgets (> at {h['budgets_above_static']}), mean gain "
-          f"{h['mean_gain_over_static']:+.4f}")
+          f"{h['mean_gain_over_static']:+.4f}; where a choice exists: gain {_signed(h['mean_gain_where_choice'])}, "
+          f"probe - controller {_signed(h['probe_minus_controller_where_choice'])}; slow-request rate "
+          f"{h['mean_slow_rate']:.1%}")
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4f}"
 
 
 if __name__ == "__main__":

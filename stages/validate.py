@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from knobctl.controller.policy import Controller
+    from knobctl.controller.probe import Probe
     from knobctl.controller.tables import build_tables
     from knobctl.execution import use_threads
     from knobctl.io import (
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     # Every input must speak the params' knob grid before any request is timed.
     ctrl = Controller.load(args.controller)
     ctrl.check_grid(grid, args.controller)
+    probe = Probe.load(args.controller)
+    if len(probe.bias) != len(grid.configs()):
+        raise ValueError(f"{args.controller}'s probe covers {len(probe.bias)} configurations, the knobs grid "
+                         f"{len(grid.configs())}; rerun train_controller (`dvc repro train_controller`)")
     val_table = AccuracyTable.load(args.rollouts)
     val_table.check_grid(grid, args.rollouts)
     est = LatencyEstimator.load(args.estimator)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                            "controller": checkpoint_hash(args.controller), "data": file_hash(split_path),
                            "estimator": {f.name: file_hash(f) for f in sorted(Path(args.estimator).iterdir())}})
     store = PartStore(Path(args.cache) / run_key, flush_every=10**9)  # flushed per chunk of samples
-    requests, chosen, budgets, calibration = run_validation(rt, ctrl, samples, test, val, p, seed, store)
+    requests, chosen, budgets, calibration = run_validation(rt, ctrl, samples, test, val, p, seed, store, probe=probe)
     full = summarize(requests, chosen, budgets, calibration)
     meta = provenance(own, device=device_name(rt.device), model=args.model, controller=args.controller, seed=seed,
                       samples=len(samples), budgets=list(budgets))
@@ -98,9 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     gain = "none (no static fits)" if s["mean_gain_over_static"] is None else f"{s['mean_gain_over_static']:+.4f}"
     print(f"validate: {s['requests']} requests on {s['samples']} samples in {time.perf_counter() - start:.0f} s; "
           f">= best static at {s['budgets_at_least_static']} of {s['budgets_with_static']} budgets, mean gain "
-          f"{gain}, worst violation rate {s['worst_violation_rate']:.1%}, controller "
+          f"{gain}; within budget >= static at {s['budgets_at_least_static_within_budget']}, mean gain "
+          f"{_signed(s['mean_gain_over_static_within_budget'])}; worst violation rate {s['worst_violation_rate']:.1%}, "
+          f"controller "
           f"overhead {s['controller_overhead_ms']:.2f} ms ({s['controller_overhead_share']:.1%}), measured/estimated "
           f"latency {s['measured_over_estimated_median']:.2f}x")
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.4f}"
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from knobctl.controller.probe import fit_probe, probe_choices
+from knobctl.controller.probe import Probe, fit_probe, probe_choices
 from knobctl.controller.tables import CacheTables, complexity_of
 from knobctl.knobs import KnobGrid
 
@@ -33,3 +34,21 @@ def test_probe_learns_a_feature_that_decides_which_tier_is_right_and_chooses_by_
     assert torch.equal(probe_choices(prob[ev], t.latency_ms[ev], 15.0), torch.zeros(100, dtype=torch.long))
     # nothing fits: the fastest
     assert torch.equal(probe_choices(prob[ev], t.latency_ms[ev], 5.0), torch.zeros(100, dtype=torch.long))
+
+
+def test_a_saved_probe_predicts_what_the_fitted_one_does(tmp_path):
+    n = 60
+    gen = torch.Generator().manual_seed(1)
+    vision = torch.randn(n, 2, 3, generator=gen)
+    scores = torch.stack([(vision[:, 0, 0] > 0).float(), torch.ones(n)], 1)  # [S, 2]
+    t = CacheTables(sample_ids=np.array([f"s{i}" for i in range(n)]), question_types=np.array(["count"] * n),
+                    configs=CONFIGS, tiers=("low", "high"), scores=scores, latency_ms=torch.tensor([[10.0, 20.0]] * n),
+                    language=torch.randn(n, 3, generator=gen), vision=vision, complexity=complexity_of(CONFIGS))
+    probe = Probe.fit(t, torch.arange(40))
+    probe.save(tmp_path)
+    again = Probe.load(tmp_path)
+    assert torch.equal(again.predict(t.language, t.vision), probe.predict(t.language, t.vision))
+    assert torch.equal(probe.predict(t.language, t.vision), fit_probe(t, torch.arange(40)))
+    assert bool(again.constant[1]) and not bool(again.constant[0])
+    with pytest.raises(FileNotFoundError, match="dvc repro train_controller"):
+        Probe.load(tmp_path / "nowhere")

@@ -134,3 +134,48 @@ def _with_nan() -> CacheTables:
     t = toy_tables()
     t.scores[:, :] = float("nan")
     return t
+
+
+def edge_tables(n: int = 40) -> CacheTables:
+    """Every configuration is right. Low takes 10 ms, high 12 ms; a request lands between 0.9x and 1.2x
+    its estimate. At a 12.4-13 ms budget high fits by its estimate but runs over about half the time
+    (12 x 1.2 = 14.4 ms), low never does (12 ms), and epsilon < 0 prefers the larger configuration."""
+    latency = torch.tensor([[10.0 if k.tier == "low" else 12.0 for k in CONFIGS]] * n)
+    return CacheTables(sample_ids=np.array([f"s{i}" for i in range(n)]), question_types=np.array(["A"] * n),
+                       configs=CONFIGS, tiers=("low", "high"), scores=torch.ones(n, len(CONFIGS)), latency_ms=latency,
+                       language=torch.randn(n, 3, generator=torch.Generator().manual_seed(0)),
+                       vision=torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(1)),
+                       complexity=complexity_of(CONFIGS), text_tokens=torch.full((n,), 5),
+                       latency_spread=torch.tensor([[0.9, 1.2]] * len(CONFIGS)))
+
+
+EDGE = {**FAST, "steps": 300, "budget_range": (12.4, 13.0), "eval_budgets": 4}
+
+
+@pytest.mark.parametrize("sampling", ["spread", "expected"])
+def test_the_violation_weight_sets_the_margin_only_with_the_latency_spread(sampling):
+    def run(gamma: float, delta: float, sampling: str):
+        return train_controller(edge_tables(), TrainParams(**EDGE, latency_sampling=sampling),
+                                RewardWeights(gamma=gamma, delta=delta), seed=0, progress=False)
+
+    careless, careful = run(0.0, 0.0, sampling), run(8.0, 0.5, sampling)
+    widest = careless.evaluation[-1]  # 12.9 ms: everything fits by its estimate
+    assert widest["controller_slow_rate"] > 0.3 and widest["tier_share"]["high"] > 0.9  # epsilon's pick, late 42%
+    safe = careful.evaluation[-1]
+    assert safe["controller_slow_rate"] == 0.0 and safe["tier_share"]["low"] > 0.9
+    # At the median every allowed pick fits, so the violation and efficiency weights change nothing at all.
+    a, b = run(0.0, 0.0, "median"), run(8.0, 0.5, "median")
+    for (name, x), (_, y) in zip(a.controller.state_dict().items(), b.controller.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_the_probe_is_evaluated_beside_the_controller_on_the_same_samples():
+    result = train_controller(toy_tables(), TrainParams(**FAST), RewardWeights(), seed=0, progress=False)
+    tight = [e for e in result.evaluation if 11.3 <= e["budget_ms"] < 16]
+    for e in tight:  # the kind is in the language feature: the probe learns it as the controller does
+        assert e["probe_accuracy"] >= 0.9 and e["probe_violation_rate"] == 0.0
+        # smallest answers exactly the B samples, and full (16.3 ms for B) misses every budget here on exactly those
+        assert e["full_accuracy"] == 1.0 and e["full_violation_rate"] == e["smallest_accuracy"] > 0
+        assert e["smallest_accuracy"] <= e["random_accuracy"] < 1.0
+        assert 0 < e["fit_share"] < 1
+    assert result.probe.predict(toy_tables().language, toy_tables().vision).shape == (80, len(CONFIGS))

@@ -1,10 +1,11 @@
 """Evaluation of a trained controller on cached tables, at fixed budgets, with estimated latency.
 
-Per budget, on the evaluation samples: the argmax controller; the best static
+Per budget, on the evaluation samples: the argmax controller; the supervised probe
+(:mod:`knobctl.controller.probe`, fitted on the training samples); the best static
 configuration that fits the budget (chosen on the training samples: the most accurate
 configuration whose estimated latency fits the budget for >= 95% of them, the same rule
-as the validation stage's baseline); and the per-sample oracle (each sample's most
-accurate configuration that fits; an upper bound, not a method).
+as the validation stage's baseline); full, smallest and random; and the per-sample oracle
+(each sample's most accurate configuration that fits; an upper bound, not a method).
 
 Each gain over static comes with a paired bootstrap 95% interval over the evaluation
 samples: on a few hundred samples a difference of one or two answers is within noise, and
@@ -20,6 +21,8 @@ import pandas as pd
 import torch
 
 from knobctl.controller.policy import Controller
+from knobctl.controller.probe import probe_choices
+from knobctl.controller.spread import violation_probability
 from knobctl.controller.tables import CacheTables
 from knobctl.io import round4 as _r
 
@@ -51,34 +54,57 @@ def best_static(latency_ms: torch.Tensor, accuracy: torch.Tensor, budget_ms: flo
 
 
 def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tensor,
-             budgets: Sequence[float]) -> list[dict[str, Any]]:
-    """Argmax controller vs best static (fits on the training samples) vs oracle, per budget, on
-    the evaluation samples, with estimated latency."""
+             budgets: Sequence[float], probe: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Every method per budget on the evaluation samples, with estimated latency: the argmax
+    controller, the supervised probe (``probe``: its P(right) [S, C] for every table row, fitted on
+    the training samples), the best static configuration (fits on the training samples), full,
+    smallest, random (the expected accuracy of a uniform pick among the fitting configurations, the
+    cheapest where none fits) and the per-sample oracle.
+
+    Violation rates count estimates over the budget; ``*_slow_rate`` is the chance that the chosen
+    configuration runs over once the profile's spread is applied (:mod:`knobctl.controller.spread`),
+    which is where the reward's violation weight shows."""
     rows = []
     acc, lat = tables.scores[eval_idx], tables.latency_ms[eval_idx]  # [E, C]
     acc_filled = torch.nan_to_num(acc, nan=0.0)
     rows_e = torch.arange(len(eval_idx))
     column = {k: j for j, k in enumerate(tables.configs)}
     train_acc = mean_accuracy(tables.scores[train_idx])  # [C], the same at every budget
+    spread = tables.latency_spread  # [C, 2]
+    full, cheapest = int(tables.complexity.argmax()), int(tables.complexity.argmin())
+    per_tier = len(tables.configs) // len(tables.tiers)
     for budget in budgets:
         b = torch.full((len(eval_idx),), budget)
         chosen = ctrl.choose(tables.language[eval_idx], tables.vision[eval_idx], b, tables.text_tokens[eval_idx])
-        ci = torch.tensor([column[k] for k in chosen])  # [E]
-        c_acc, c_lat = acc_filled[rows_e, ci], lat[rows_e, ci]
+        picks = {"controller": torch.tensor([column[k] for k in chosen])}  # [E] each
+        if probe is not None:
+            picks["probe"] = probe_choices(probe[eval_idx], lat, budget, tables.complexity)
         static = best_static(tables.latency_ms[train_idx], train_acc, budget)
+        if static is not None:
+            picks["static"] = torch.full((len(eval_idx),), static)
+        picks["full"], picks["smallest"] = torch.full_like(b, full, dtype=torch.long), torch.full_like(
+            b, cheapest, dtype=torch.long)
         fit_cells = lat <= budget  # [E, C]
         oracle = torch.where(fit_cells, acc_filled, torch.tensor(-1.0)).max(1).values.clamp(min=0)  # [E]
-        row = {
-            "budget_ms": budget,
-            "controller_accuracy": _r(c_acc.mean()), "controller_violation_rate": _r((c_lat > budget).float().mean()),
-            "controller_mean_latency_ms": _r(c_lat.mean()),
-            "static_config": tables.configs[static].label if static is not None else None,
-            "static_accuracy": _r(acc_filled[:, static].mean()) if static is not None else None,
-            "static_violation_rate": _r((lat[:, static] > budget).float().mean()) if static is not None else None,
-            "oracle_accuracy": _r(oracle.mean()),
-            "tier_share": {t: _r((ci // (len(tables.configs) // len(tables.tiers)) == i).float().mean())
-                           for i, t in enumerate(tables.tiers)},
-        }
+        any_fit = fit_cells.any(1)  # [E]
+        random = torch.where(any_fit, (acc_filled * fit_cells).sum(1) / fit_cells.sum(1).clamp(min=1),
+                             acc_filled[:, cheapest])  # [E]: the expectation of a uniform pick
+        row: dict[str, Any] = {"budget_ms": budget, "fit_share": _r(fit_cells.float().mean()),
+                               "static_config": tables.configs[static].label if static is not None else None}
+        for name, ci in picks.items():
+            c_lat = lat[rows_e, ci]  # [E]
+            row[f"{name}_accuracy"] = _r(acc_filled[rows_e, ci].mean())
+            row[f"{name}_violation_rate"] = _r((c_lat > budget).float().mean())
+            row[f"{name}_slow_rate"] = _r(violation_probability(c_lat, budget, spread[ci]).mean())
+            if name in ("controller", "probe"):
+                row[f"{name}_mean_latency_ms"] = _r(c_lat.mean())
+        for name in ("probe", "static"):
+            for metric in ("accuracy", "violation_rate", "slow_rate"):
+                row.setdefault(f"{name}_{metric}", None)
+        row["random_accuracy"], row["oracle_accuracy"] = _r(random.mean()), _r(oracle.mean())
+        row["tier_share"] = {t: _r((picks["controller"] // per_tier == i).float().mean())
+                             for i, t in enumerate(tables.tiers)}
+        c_acc = acc_filled[rows_e, picks["controller"]]  # [E]
         row["gain_over_static"] = _r(row["controller_accuracy"] - row["static_accuracy"]) if static is not None else None
         row["gain_ci95_low"], row["gain_ci95_high"] = (gain_interval(c_acc - acc_filled[:, static])
                                                         if static is not None else (None, None))
@@ -98,7 +124,9 @@ def drift(log: pd.DataFrame) -> dict[str, Any]:
 
 
 #: Per-budget numbers kept in metrics/train.json; the rest of each evaluation row is in plots/train/budgets.csv.
-BUDGET_METRICS = ("controller_accuracy", "static_accuracy")
+BUDGET_METRICS = ("controller_accuracy", "probe_accuracy", "static_accuracy", "controller_slow_rate")
+#: A budget counts as "not below static" when the paired 95% interval of the gain reaches above this (points / 100).
+NOT_BELOW = -0.005
 
 
 def budget_key(position: int) -> str:
@@ -107,12 +135,39 @@ def budget_key(position: int) -> str:
     return f"b{position}"
 
 
+def choice_budgets(evaluation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation rows where a choice exists: some but not all configurations fit, and a static one does."""
+    return [e for e in evaluation if e["static_accuracy"] is not None and 0 < e["fit_share"] < 1]
+
+
+def controller_goals(evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The controller's held-out goals (issue 17) from :func:`evaluate`'s rows: never significantly below
+    static, and over the budgets where a choice exists the mean gain, the share of the static-to-oracle
+    gap closed and the distance to the probe (all in accuracy, 0..1)."""
+    with_static = [e for e in evaluation if e["static_accuracy"] is not None]
+    mid = choice_budgets(evaluation)
+    gap = sum(e["oracle_accuracy"] - e["static_accuracy"] for e in mid)
+    gains = [e["controller_accuracy"] - e["static_accuracy"] for e in mid]
+    probe = [e["probe_accuracy"] - e["controller_accuracy"] for e in mid if e["probe_accuracy"] is not None]
+    return {
+        "budgets_not_below_static": sum(e["gain_ci95_low"] >= NOT_BELOW for e in with_static),
+        "budgets_with_choice": len(mid),
+        "mean_gain_where_choice": _r(sum(gains) / len(gains)) if gains else None,
+        # undefined where the oracle is not above static in total (float sums of equal accuracies are not exactly 0)
+        "gap_closed_where_choice": _r(sum(gains) / gap) if gap > 1e-6 else None,
+        "probe_minus_controller_where_choice": _r(sum(probe) / len(probe)) if probe else None,
+        "probe_gain_where_choice": _r(sum(e["probe_accuracy"] - e["static_accuracy"] for e in mid) / len(mid))
+        if mid and mid[0]["probe_accuracy"] is not None else None,
+    }
+
+
 def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """metrics/train.json: a headline block, the run's size and speed, the last training point's reward,
-    accuracy and violations, and the controller's and the best static configuration's held-out accuracy per
-    evaluation budget, keyed by position. Everything else (entropies, online fills, intervals) is in the
-    stage's non-metric JSON and CSV beside the plots."""
+    """metrics/train.json: a headline block (with :func:`controller_goals`), the run's size and speed, the
+    last training point's reward, accuracy and violations, and per evaluation budget (keyed by position)
+    the controller's, the probe's and the best static configuration's held-out accuracy. Everything else
+    (entropies, online fills, intervals) is in the stage's non-metric JSON and CSV beside the plots."""
     gains = [e["gain_over_static"] for e in evaluation if e["gain_over_static"] is not None]
+    slow = [e["controller_slow_rate"] for e in evaluation]
     headline = {
         "mean_gain_over_static": _r(sum(gains) / max(len(gains), 1)),
         "budgets_at_least_static": sum(g >= 0 for g in gains),
@@ -120,6 +175,8 @@ def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any
         "budgets_with_static": len(gains),
         "budgets_significantly_below_static": sum(
             e["gain_ci95_high"] is not None and e["gain_ci95_high"] < 0 for e in evaluation),
+        **controller_goals(evaluation),
+        "mean_slow_rate": _r(sum(slow) / max(len(slow), 1)),
         "final_reward": summary["final"]["reward"],
         "final_violation_rate": summary["final"]["violation_rate"],
     }

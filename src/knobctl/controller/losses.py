@@ -49,8 +49,26 @@ Departures from the methods the losses are named after, on purpose:
   logp is the joint log-probability of both stages' actions.
 * With the fit mask (``train_controller.fit_mask``, the default), the policy samples only
   configurations whose estimated latency fits the group's budget (invalid-action masking;
-  :mod:`knobctl.controller.policy`), so the violation term acts only where nothing fits and the
-  cheapest configuration is forced; the loss ranks configurations that are all feasible.
+  :mod:`knobctl.controller.policy`); the loss ranks configurations that are all feasible *by their
+  estimate*. The latency a reward sees is then drawn from each configuration's profiled spread
+  (``train_controller.latency_sampling: spread``, :mod:`knobctl.controller.spread`), so a
+  configuration at the budget's edge runs over in some draws. Which terms act:
+
+  ========== ================================ =====================================================
+  term       spread (default) or expected     median (or fit_mask off: only where the policy
+                                                 picks a configuration over its budget)
+  ========== ================================ =====================================================
+  alpha      always                           always
+  beta       always (prefers faster)          always
+  gamma      near the budget's edge           only where nothing fits (the cheapest is forced)
+  delta      near the budget's edge           as alpha (every allowed pick fits)
+  epsilon    always (ties between rights)     always
+  ========== ================================ =====================================================
+
+  ``latency_sampling: expected`` (an addition) replaces the one draw per sampled configuration by
+  the reward's expectation over the spread, in closed form (:func:`expected_reward_terms`): the
+  same mean reward without the draw's noise, so a group's advantages differ by accuracy and by
+  each configuration's real risk of running over, not by which draws came up slow.
 """
 
 from __future__ import annotations
@@ -63,6 +81,7 @@ import torch
 import torch.nn.functional as F
 
 from knobctl.controller.policy import Controller
+from knobctl.controller.spread import expected_overshoot, violation_probability
 from knobctl.params import build, require
 
 LOSSES = ("pairwise", "grpo")
@@ -104,11 +123,29 @@ def reward_terms(accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: to
     }
 
 
-def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
-           complexity: torch.Tensor) -> torch.Tensor:
-    t = reward_terms(accuracy, latency_ms, budget_ms, complexity)
+def expected_reward_terms(accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
+                          complexity: torch.Tensor, spread: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The five terms' expectations over the latency spread (``spread`` [..., 2], each cell's
+    configuration's (low, high) ratios; :mod:`knobctl.controller.spread`), in closed form."""
+    low, high = spread[..., 0], spread[..., 1]
+    return {
+        "accuracy": accuracy,
+        "latency": latency_ms * (low + high) / 2 / budget_ms,
+        "violation": expected_overshoot(latency_ms, budget_ms, spread) / budget_ms,
+        "efficiency": accuracy * (1 - violation_probability(latency_ms, budget_ms, spread)),
+        "complexity": complexity.expand_as(accuracy),
+    }
+
+
+def combine(w: RewardWeights, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weighted sum of the terms (the formula in the module docstring)."""
     return (w.alpha * t["accuracy"] - w.beta * t["latency"] - w.gamma * t["violation"]
             + w.delta * t["efficiency"] - w.epsilon * t["complexity"])
+
+
+def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
+           complexity: torch.Tensor) -> torch.Tensor:
+    return combine(w, reward_terms(accuracy, latency_ms, budget_ms, complexity))
 
 
 PAIR_WEIGHTS = ("sign", "margin")

@@ -4,67 +4,119 @@ One L2-regularised logistic regression per configuration, fitted on the training
 language feature and the vision feature at that configuration's tier (standardised with the
 training samples' mean and std), predicts whether the configuration answers a sample right
 (VQA score > 0.5). A request then takes the fitting configuration with the highest
-prediction. It is a ceiling for what the features carry about which configuration a request
-needs (no policy, no reward), and the supervised baseline the GRPO controller is compared with.
+prediction ("the most accurate configuration that fits"). It is the supervised baseline the
+GRPO controller is compared with in train_controller's evaluation and in validate: no policy,
+no reward, and a ceiling for what the features carry about which configuration a request needs.
+Unlike the two-stage controller it reads the vision feature at *every* tier before choosing,
+which a live request would have to pay for; validate times only the configuration it picks.
 
-All configurations are fitted at once as one batched problem (full-batch L-BFGS on a
-``[C, D]`` weight matrix), so the probe needs torch only: no scikit-learn in the stages.
+All configurations are fitted at once as one batched problem (full-batch L-BFGS on ``[C, D]``
+weight matrices), so the probe needs torch only: no scikit-learn in the stages. A fitted
+:class:`Probe` is saved beside the controller (``probe.safetensors``, ``probe.json``).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file, save_file
 
 from knobctl.controller.tables import CacheTables
+from knobctl.io import atomic_path
 
 # The penalty on the summed training log-loss: 1 / C in scikit-learn's terms. 100 (C = 0.01) is what
 # benchmarks/controller_ceiling.py measured best; a weak penalty lets the argmax over 75 noisy
 # per-configuration fits pick a worse configuration than static (the winner's curse).
 L2 = 100.0
+WEIGHTS, META = "probe.safetensors", "probe.json"
 
 
-def _standardised(tables: CacheTables, train_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Language [S, D] and vision [S, T, D] features scaled by the training samples' mean and std."""
-    language, vision = tables.language.float(), tables.vision.float()
-    lt, vt = language[train_idx], vision[train_idx]
-    language = (language - lt.mean(0)) / lt.std(0).clamp(min=1e-6)
-    vision = (vision - vt.mean(0)) / vt.std(0).clamp(min=1e-6)
-    return language, vision
+@dataclass(frozen=True)
+class Probe:
+    """A fitted probe: normalisers, one logistic regression per configuration, and the configurations
+    whose training labels were all equal (they predict that label: nothing to fit)."""
+
+    language_mean: torch.Tensor  # [D]
+    language_std: torch.Tensor  # [D]
+    vision_mean: torch.Tensor  # [T, D]
+    vision_std: torch.Tensor  # [T, D]
+    w_language: torch.Tensor  # [C, D]
+    w_vision: torch.Tensor  # [C, D]
+    bias: torch.Tensor  # [C]
+    tier_of: torch.Tensor  # [C] tier index of each configuration
+    constant: torch.Tensor  # [C] bool: every training label equal
+    constant_value: torch.Tensor  # [C] that label
+
+    def logits(self, language: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        """Raw features, language [N, D] and vision at every tier [N, T, D] -> [N, C].
+
+        Configuration ``c``'s logit is ``language . w_language[c] + vision[tier(c)] . w_vision[c] + b[c]``:
+        computed per tier, never as an [N, C, 2D] feature tensor (about 20x faster on the default table)."""
+        lang = (language.float() - self.language_mean) / self.language_std  # [N, D]
+        vis = (vision.float() - self.vision_mean) / self.vision_std  # [N, T, D]
+        by_tier = vis @ self.w_vision.T  # [N, T, C]: every tier against every configuration
+        cols = torch.arange(len(self.bias))
+        return lang @ self.w_language.T + by_tier[:, self.tier_of, cols] + self.bias  # [N, C]
+
+    def predict(self, language: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        """P(right) per sample and configuration: [N, C]."""
+        with torch.no_grad():
+            prob = torch.sigmoid(self.logits(language, vision))  # [N, C]
+        return torch.where(self.constant[None], self.constant_value[None].expand_as(prob), prob)
+
+    @classmethod
+    def fit(cls, tables: CacheTables, train_idx: torch.Tensor, l2: float = L2, max_iter: int = 200) -> Probe:
+        """Fitted on the ``train_idx`` rows of ``tables`` only."""
+        lt, vt = tables.language[train_idx].float(), tables.vision[train_idx].float()
+        y = (torch.nan_to_num(tables.scores[train_idx], nan=0.0) > 0.5).float()  # [N, C]
+        num_configs, dim_l, dim_v = y.shape[1], lt.shape[1], vt.shape[2]
+        params = {"w_language": torch.zeros(num_configs, dim_l, requires_grad=True),
+                  "w_vision": torch.zeros(num_configs, dim_v, requires_grad=True),
+                  "bias": torch.zeros(num_configs, requires_grad=True)}
+        probe = cls(language_mean=lt.mean(0), language_std=lt.std(0).clamp(min=1e-6), vision_mean=vt.mean(0),
+                    vision_std=vt.std(0).clamp(min=1e-6), **params,
+                    tier_of=torch.tensor([tables.tiers.index(k.tier) for k in tables.configs]),
+                    constant=y.min(0).values == y.max(0).values, constant_value=y[0].clone())
+        opt = torch.optim.LBFGS(list(params.values()), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(probe.logits(lt, vt), y, reduction="sum")
+            loss = loss + 0.5 * l2 * sum((w * w).sum() for k, w in params.items() if k != "bias")
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return cls(**{**probe.__dict__, **{k: v.detach() for k, v in params.items()}})
+
+    def save(self, directory: str | Path) -> None:
+        """``probe.safetensors`` and ``probe.json`` into ``directory`` (each written atomically)."""
+        directory = Path(directory)
+        tensors = {k: v.contiguous() for k, v in self.__dict__.items()}
+        tensors["constant"] = tensors["constant"].to(torch.uint8)  # safetensors stores bool, but uint8 reads anywhere
+        with atomic_path(directory / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp))
+        with atomic_path(directory / META) as tmp:
+            tmp.write_text(json.dumps({"configs": len(self.bias), "method": "one L2 logistic regression per "
+                                       "configuration (knobctl.controller.probe)"}, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Probe:
+        path = Path(directory) / WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; run `dvc repro train_controller`, which fits the probe "
+                                    "beside the controller")
+        tensors = load_file(str(path))
+        tensors["constant"] = tensors["constant"].bool()
+        return cls(**tensors)
 
 
 def fit_probe(tables: CacheTables, train_idx: torch.Tensor, l2: float = L2, max_iter: int = 200) -> torch.Tensor:
-    """P(right) for every sample and configuration ([S, C]), fitted on ``train_idx`` only.
-
-    Configuration ``c`` sees the language feature and the vision feature at its tier, so its logit is
-    ``language . w_lang[c] + vision[tier(c)] . w_vision[c] + b[c]``: computed per tier, never as an
-    [S, C, 2D] feature tensor (about 20x faster on the default table). A configuration whose training
-    labels are all equal predicts that label (nothing to fit)."""
-    language, vision = _standardised(tables, train_idx)  # [S, D], [S, T, D]
-    tier_of = torch.tensor([tables.tiers.index(k.tier) for k in tables.configs])  # [C]
-    num_configs, cols = len(tables.configs), torch.arange(len(tables.configs))
-    y = (torch.nan_to_num(tables.scores[train_idx], nan=0.0) > 0.5).float()  # [N, C]
-    w_lang = torch.zeros(num_configs, language.shape[1], requires_grad=True)  # [C, D]
-    w_vision = torch.zeros(num_configs, vision.shape[2], requires_grad=True)  # [C, D]
-    b = torch.zeros(num_configs, requires_grad=True)  # [C]
-
-    def logits(rows: torch.Tensor) -> torch.Tensor:
-        by_tier = vision[rows] @ w_vision.T  # [N, T, C]: every tier against every configuration
-        return language[rows] @ w_lang.T + by_tier[:, tier_of, cols] + b  # [N, C]
-
-    opt = torch.optim.LBFGS([w_lang, w_vision, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits(train_idx), y, reduction="sum")
-        loss = loss + 0.5 * l2 * ((w_lang * w_lang).sum() + (w_vision * w_vision).sum())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        prob = torch.sigmoid(logits(torch.arange(language.shape[0])))  # [S, C]
-    constant = (y.min(0).values == y.max(0).values)  # [C]
-    return torch.where(constant[None], y[0][None].expand_as(prob), prob).detach()
+    """P(right) for every sample and configuration of ``tables`` ([S, C]), fitted on ``train_idx`` only."""
+    return Probe.fit(tables, train_idx, l2, max_iter).predict(tables.language, tables.vision)
 
 
 def probe_choices(prob: torch.Tensor, latency_ms: torch.Tensor, budget_ms: float,
@@ -75,4 +127,3 @@ def probe_choices(prob: torch.Tensor, latency_ms: torch.Tensor, budget_ms: float
     best = torch.where(fits, score, torch.tensor(-1.0)).argmax(1)  # [S]
     fastest = latency_ms.argmin(1)  # [S]
     return torch.where(fits.any(1), best, fastest)
-

@@ -39,12 +39,17 @@ class CacheTables:
     # what a fit-mask controller knows at request time (knobctl.controller.policy docstring)
     fit_latency_ms: torch.Tensor = field(default=None)
     fit_text_low: int = 0
+    # [C, 2] (p10, p90) / median of each configuration's profiled latency (knobctl.controller.spread);
+    # (1, 1) when no profile is given: every request takes exactly its estimate
+    latency_spread: torch.Tensor = field(default=None)
 
     def __post_init__(self) -> None:
         # contiguous: training reads cells through flat views and online fills write through them
         self.scores, self.latency_ms = self.scores.contiguous(), self.latency_ms.contiguous()
         if self.refreshed is None:
             self.refreshed = torch.zeros(self.scores.shape, dtype=torch.int32)
+        if self.latency_spread is None:
+            self.latency_spread = torch.ones(len(self.configs), 2)
         if self.text_tokens is None:
             self.text_tokens = torch.zeros(len(self.sample_ids), dtype=torch.long)
         if self.fit_latency_ms is None:  # tables built by hand: each length's median row, lengths in between filled
@@ -71,10 +76,11 @@ def complexity_of(configs: tuple[KnobConfig, ...]) -> torch.Tensor:
 FIT_MARGIN = 16  # question lengths priced beyond the table's shortest and longest (tokens)
 
 
-def build_tables(table: AccuracyTable, est: LatencyEstimator, configs: list[KnobConfig]) -> CacheTables:
+def build_tables(table: AccuracyTable, est: LatencyEstimator, configs: list[KnobConfig],
+                 spread: torch.Tensor | None = None) -> CacheTables:
     """Accuracy table + estimator -> lookup tensors over ``configs`` (the knobs grid), with one
     vectorised estimator call. A configuration the table lacks is a NaN column, fetched online
-    when the policy samples it."""
+    when the policy samples it. ``spread`` [C, 2]: :func:`knobctl.controller.spread.latency_spread`."""
     c = len(configs)
     have = {k: j for j, k in enumerate(table.configs)}
     cols = np.array([have.get(k, -1) for k in configs])  # [C] column in the table, -1 if absent
@@ -110,7 +116,7 @@ def build_tables(table: AccuracyTable, est: LatencyEstimator, configs: list[Knob
         latency_ms=torch.from_numpy(total.astype(np.float32)),
         language=torch.from_numpy(table.language), vision=torch.from_numpy(table.vision),
         complexity=complexity_of(tuple(configs)), text_tokens=torch.from_numpy(text.astype(np.int64)),
-        fit_latency_ms=torch.from_numpy(fit.astype(np.float32)), fit_text_low=int(lengths[0]),
+        fit_latency_ms=torch.from_numpy(fit.astype(np.float32)), fit_text_low=int(lengths[0]), latency_spread=spread,
     )
 
 

@@ -5,11 +5,15 @@ Each step draws ``batch_size`` training samples, one latency budget per sample (
 whose estimated latency for the sample's question length fits: :mod:`knobctl.controller.policy`),
 looks their accuracy and latency up in ``[S, C]`` tensors, computes rewards and one loss
 (:mod:`knobctl.controller.losses`), and takes an AdamW step. Latency is the LightGBM estimator's total for
-the sample's own question length and cached answer length, until an online refresh replaces a
-cell with a measured value.
+the sample's own question length and cached answer length (or a measured value once an online refresh
+has replaced the cell), and with ``latency_sampling: spread`` (the default) each sampled configuration's
+latency is that value times a ratio drawn from the configuration's profiled spread
+(:mod:`knobctl.controller.spread`): a real request is rarely at its median, and only with the draw do
+the reward's violation and efficiency terms act on configurations the fit mask allows.
 
 The table's samples are split (seeded) into training and evaluation samples; the metrics
-(:mod:`knobctl.controller.evaluation`) score the argmax policy on the evaluation samples.
+(:mod:`knobctl.controller.evaluation`) score the argmax policy on the evaluation samples, beside the
+supervised probe (:mod:`knobctl.controller.probe`) fitted on the same training samples.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from knobctl.controller.losses import (
     LOSSES,
     PAIR_WEIGHTS,
     RewardWeights,
+    combine,
+    expected_reward_terms,
     grpo_loss,
     pairwise_loss,
     reward,
@@ -36,6 +42,8 @@ from knobctl.controller.losses import (
     zero_variance,
 )
 from knobctl.controller.policy import ACTIVATIONS, Controller, ControllerConfig
+from knobctl.controller.probe import Probe
+from knobctl.controller.spread import draw_latency
 from knobctl.controller.tables import CacheTables, budgets_between
 from knobctl.execution import progress_bar
 from knobctl.io import round4 as _r
@@ -54,6 +62,9 @@ class RefreshParams:
         require_int(self.every, "train_controller.online_refresh.every")
         require(0 < self.fraction <= 1, "train_controller.online_refresh.fraction", self.fraction,
                 "it must be in (0, 1]")
+
+
+LATENCY_SAMPLING = ("spread", "expected", "median")
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,8 @@ class TrainParams:
     eval_fraction: float = 0.2
     log_every: int = 25
     online_refresh: RefreshParams | None = None
+    latency_sampling: str = "spread"
+    probe_l2: float = 100.0
     num_threads: int = 1
 
     def __post_init__(self) -> None:
@@ -102,6 +115,8 @@ class TrainParams:
         require(0 <= self.dropout < 1, "train_controller.dropout", self.dropout, "it must lie in [0, 1)")
         require(self.entropy_coef >= 0, "train_controller.entropy_coef", self.entropy_coef, "it must be >= 0")
         require(self.weight_decay >= 0, "train_controller.weight_decay", self.weight_decay, "it must be >= 0")
+        require_choice(self.latency_sampling, "train_controller.latency_sampling", LATENCY_SAMPLING)
+        require(self.probe_l2 > 0, "train_controller.probe_l2", self.probe_l2, "use a positive penalty such as 100")
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> TrainParams:
@@ -136,6 +151,7 @@ class TrainResult:
     evaluation: list[dict[str, Any]]  # one row per evaluation budget
     refresh_log: pd.DataFrame  # one row per cell fetched or refreshed online
     summary: dict[str, Any]
+    probe: Probe  # the supervised baseline, fitted on the same training samples
 
 
 def make_controller(tables: CacheTables, train_idx: torch.Tensor, hidden: int, dropout: float = 0.0,
@@ -205,7 +221,13 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
         if filled:  # the fills wrote into the tables
             acc = tables.scores.view(-1)[cells]  # [B, G]
         lat = tables.latency_ms.view(-1)[cells]  # [B, G]
-        r = reward(weights, acc, lat, budget[:, None], tables.complexity[acts.config])  # [B, G]
+        if p.latency_sampling == "expected":
+            r = combine(weights, expected_reward_terms(acc, lat, budget[:, None], tables.complexity[acts.config],
+                                                       tables.latency_spread[acts.config]))  # [B, G]
+        else:
+            if p.latency_sampling == "spread":
+                lat = draw_latency(lat, tables.latency_spread[acts.config], gen)  # [B, G]
+            r = reward(weights, acc, lat, budget[:, None], tables.complexity[acts.config])  # [B, G]
         if p.loss == "pairwise":
             loss, _ = pairwise_loss(r, acts.logp, p.pair_weight)
         else:
@@ -225,7 +247,9 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
             })
     seconds = time.perf_counter() - start
     ctrl.eval()
-    evaluation = evaluate(ctrl, tables, train_idx, eval_idx, budgets_between(tables.latency_ms[train_idx], p.eval_budgets))
+    probe = Probe.fit(tables, train_idx, p.probe_l2)
+    evaluation = evaluate(ctrl, tables, train_idx, eval_idx, budgets_between(tables.latency_ms[train_idx], p.eval_budgets),
+                          probe.predict(tables.language, tables.vision))
     log = online.log()
     summary = {
         "steps": p.steps, "loss_kind": p.loss, "train_samples": len(train_idx), "eval_samples": len(eval_idx),
@@ -237,7 +261,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
                    "cells_refreshed": int((log["reason"] == "refresh").sum()) if len(log) else 0,
                    **drift(log)},
     }
-    return TrainResult(ctrl, pd.DataFrame(curves), evaluation, log, summary)
+    return TrainResult(ctrl, pd.DataFrame(curves), evaluation, log, summary, probe)
 
 
 class _Online:

@@ -11,9 +11,14 @@ Methods, at every budget, on the same held-out test samples:
 * ``full`` and ``smallest``: the largest and the cheapest configuration of the grid;
 * ``random``: per (sample, budget), a seeded uniform pick among the configurations whose
   estimated latency for that request fits (the cheapest if none does);
-* ``oracle``: per (sample, budget), the most accurate configuration on the test rollouts
-  (the accuracy-table machinery run on these samples) whose estimated latency fits; an upper
-  bound, not a method (it knows the answers).
+* ``probe``: the supervised baseline fitted beside the controller (:mod:`knobctl.controller.probe`,
+  ``probe.safetensors`` in the controller's folder): per (sample, budget), the fitting configuration
+  it rates most likely right, from the sample's features in the test tables. Only its chosen
+  configuration is timed, not the features of every tier it reads (a live request would pay those);
+* ``oracle``: measured (:func:`knobctl.validate.summary.oracle_rows`): the best of all the
+  sample's measured requests that met the budget on the clock; an upper bound on accuracy within
+  budget, not a method. To give it its likeliest candidate, ``oracle_estimate`` (the most accurate
+  configuration on the test rollouts whose scaled estimate fits) is measured too.
 
 Baselines are fixed configurations, so each distinct (sample, configuration) is measured
 once and shared between the methods and budgets that use it; a sample's requests run in a
@@ -51,6 +56,7 @@ import torch
 
 from knobctl.controller.evaluation import best_static, mean_accuracy
 from knobctl.controller.policy import Controller, NumpyPolicy
+from knobctl.controller.probe import Probe, probe_choices
 from knobctl.controller.tables import CacheTables, budgets_between
 from knobctl.controller.two_stage import answer_controlled
 from knobctl.execution import progress_bar
@@ -159,8 +165,9 @@ class Baselines:
     of :meth:`choose`: a configuration fits when ``scale`` x its estimate does."""
 
     def __init__(self, test: CacheTables, val: CacheTables, budgets: Sequence[float], seed: int,
-                 static_scale: float = 1.0):
-        self.test, self.budgets, self.seed = test, tuple(float(b) for b in budgets), seed
+                 static_scale: float = 1.0, probe: torch.Tensor | None = None):
+        """``probe``: the probe's P(right) for every test sample and configuration [S, C] (None: no probe)."""
+        self.test, self.budgets, self.seed, self.probe = test, tuple(float(b) for b in budgets), seed, probe
         val_acc = mean_accuracy(val.scores)  # [C]
         self.static = [best_static(val.latency_ms * static_scale, val_acc, b) for b in self.budgets]
         self.scores = torch.nan_to_num(test.scores, nan=-1.0)  # [S, C]; an error cell never wins
@@ -170,14 +177,16 @@ class Baselines:
         """baseline -> one column per budget (-1 where the baseline has none)."""
         gen = np.random.default_rng([self.seed, row])
         lat = self.test.latency_ms[row] * scale  # [C]
-        out: dict[str, list[int]] = {m: [] for m in BASELINES}
+        out: dict[str, list[int]] = {m: [] for m in BASELINES if m != "probe" or self.probe is not None}
         for b, static in zip(self.budgets, self.static):
             ok = torch.nonzero(lat <= b).flatten()  # [F]
             out["static"].append(-1 if static is None else static)
             out["full"].append(self.full)
             out["smallest"].append(self.cheapest)
             out["random"].append(int(ok[gen.integers(len(ok))]) if len(ok) else self.cheapest)
-            out["oracle"].append(int(ok[self.scores[row, ok].argmax()]) if len(ok) else self.cheapest)
+            out["oracle_estimate"].append(int(ok[self.scores[row, ok].argmax()]) if len(ok) else self.cheapest)
+            if self.probe is not None:
+                out["probe"].append(int(probe_choices(self.probe[row : row + 1], lat[None], b, self.test.complexity)[0]))
         return out
 
 
@@ -225,8 +234,8 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
 
 
 def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: CacheTables, val: CacheTables,
-                   p: ValidateParams, seed: int, store: PartStore,
-                   progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, tuple[float, ...], tuple[float, float]]:
+                   p: ValidateParams, seed: int, store: PartStore, progress: bool = True,
+                   probe: Probe | None = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[float, ...], tuple[float, float]]:
     """Warm up, calibrate (or reload a killed run's calibration), then measure the samples the
     store does not hold yet, one flushed part per chunk. Returns (requests, chosen, budgets,
     (starting scale, starting overhead_ms))."""
@@ -244,7 +253,8 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
         write_json_atomic(saved, [ratios, overheads])
     tracker = SpeedTracker(ratios, overheads, p.speed_window, p.speed_quantile, live=p.calibrate)
     budgets = p.budgets or budgets_between(test.latency_ms, p.num_budgets, tracker.scale)
-    baselines = Baselines(test, val, budgets, seed, static_scale=tracker.scale)
+    baselines = Baselines(test, val, budgets, seed, static_scale=tracker.scale,
+                          probe=None if probe is None else probe.predict(test.language, test.vision))
     calibration = (round(tracker.scale, 4), round(tracker.overhead_ms, 4))
     choices = PartStore(store.directory / "choices", flush_every=10**9)
     done = set(store.read().get("sample_id", []))

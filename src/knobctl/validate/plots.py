@@ -2,6 +2,8 @@
 
 * ``accuracy.csv`` / ``accuracy.png``: accuracy against budget, one column/line per method;
 * ``violations.csv``: violation rate against budget, per method;
+* ``accuracy_within_budget.csv`` (second panel of ``accuracy.png``): accuracy with every late answer
+  counted wrong, per method; the measured oracle bounds every method here;
 * ``latency.csv`` / ``latency.png``: every controller and static request's measured
   latency with its budget (the PNG: one box per budget, the budget marked);
 * ``choices.csv`` / ``choices.png``: the controller's knob choices per budget and per
@@ -28,9 +30,11 @@ def tables(requests: pd.DataFrame, chosen: pd.DataFrame, test: CacheTables) -> d
     """Every plot's data, by file stem."""
     rows = method_rows(requests, chosen)
     rows["violation"] = rows["over"].astype(float)
+    rows["score_within_budget"] = rows["score"] * ~rows["over"]
     wide = {name: rows.pivot_table(index="budget_ms", columns="method", values=col, aggfunc="mean")
             .reindex(columns=[m for m in METHODS if m in set(rows["method"])]).round(4).reset_index()
-            for name, col in (("accuracy", "score"), ("violations", "violation"))}
+            for name, col in (("accuracy", "score"), ("violations", "violation"),
+                              ("accuracy_within_budget", "score_within_budget"))}
     latency = rows[rows["method"].isin(["controller", "static"])][["method", "budget_ms", "sample_id", "latency_ms"]]
     ctrl = requests[requests["kind"] == "controller"]
     choices = _choices(ctrl.assign(question_type="all")) if len(ctrl) else pd.DataFrame()
@@ -85,13 +89,15 @@ def _pngs(data: dict[str, pd.DataFrame], directory: Path) -> None:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
 
-    acc = data["accuracy"]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for m in acc.columns[1:]:
-        ax.plot(acc["budget_ms"], acc[m], marker="o", label=m, linewidth=2.5 if m == "controller" else 1.2)
-    ax.set(xlabel="latency budget (ms)", ylabel="VQA accuracy", title="Accuracy against budget (measured)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (name, title) in zip(axes, (("accuracy", "Accuracy against budget (measured)"),
+                                        ("accuracy_within_budget", "Accuracy within budget (late = wrong)"))):
+        acc = data[name]
+        for m in acc.columns[1:]:
+            ax.plot(acc["budget_ms"], acc[m], marker="o", label=m, linewidth=2.5 if m == "controller" else 1.2)
+        ax.set(xlabel="latency budget (ms)", ylabel="VQA accuracy", title=title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     save(fig, "accuracy")
 
     lat = data["latency"]

@@ -16,20 +16,39 @@ PLOTS = (("accuracy.png", "Accuracy against budget, measured"),
          ("choices.png", "Controller tier choice per budget"),
          ("pareto.png", "Static configurations: accuracy against latency"))
 
-# (label, how the value reads, goal test) for the validate summary
+# (label, how the value reads, goal test) for the validate summary (issue 17's real-clock goals)
 GOALS = (
-    ("controller accuracy >= best static at every budget",
-     lambda s: f"{s['budgets_at_least_static']} of {s['budgets_with_static']} budgets",
-     lambda s: s["budgets_at_least_static"] == s["budgets_with_static"]),
+    ("violation rate <= 5% at every budget the cheapest configuration meets at its own p95",
+     lambda s: (f"worst {_pct(s['worst_violation_rate_where_cheapest_meets'])} over "
+                f"{s['budgets_cheapest_meets']} budgets"),
+     lambda s: s["budgets_cheapest_meets"] > 0 and s["worst_violation_rate_where_cheapest_meets"] <= 0.05),
+    ("accuracy within budget >= best static at every budget",
+     lambda s: f"{s['budgets_at_least_static_within_budget']} of {s['budgets_with_static']} budgets",
+     lambda s: s["budgets_at_least_static_within_budget"] == s["budgets_with_static"]),
+    ("accuracy alone >= best static - 1 point at every budget",
+     lambda s: f"{s['budgets_within_slack_of_static']} of {s['budgets_with_static']} budgets",
+     lambda s: s["budgets_within_slack_of_static"] == s["budgets_with_static"]),
     ("mean accuracy gain over best static >= 2 points",
      lambda s: _pts(s["mean_gain_over_static"]), lambda s: (s["mean_gain_over_static"] or 0) >= 0.02),
-    ("violation rate <= 5% at every budget",
-     lambda s: f"worst {_pct(s['worst_violation_rate'])}", lambda s: s["worst_violation_rate"] <= 0.05),
-    (">= 50% of the static-to-oracle gap closed",
-     lambda s: _pct(s["static_to_oracle_gap_closed"]), lambda s: (s["static_to_oracle_gap_closed"] or 0) >= 0.5),
     ("controller overhead <= 2% of mean latency",
      lambda s: f"{s['controller_overhead_ms']:.2f} ms = {_pct(s['controller_overhead_share'])}",
      lambda s: s["controller_overhead_share"] <= 0.02),
+)
+
+# The controller's goals on held-out samples with estimated latency (train_controller's evaluation, issue 17)
+TRAIN_GOALS = (
+    ("at or above best static at every budget (paired 95% interval's low end >= -0.5 points)",
+     lambda h: f"{h['budgets_not_below_static']} of {h['budgets_with_static']} budgets",
+     lambda h: h["budgets_not_below_static"] == h["budgets_with_static"]),
+    ("mean gain over best static >= 2 points where some but not all configurations fit",
+     lambda h: f"{_pts(h['mean_gain_where_choice'])} over {h['budgets_with_choice']} budgets",
+     lambda h: (h["mean_gain_where_choice"] or 0) >= 0.02),
+    (">= 30% of the static-to-oracle gap closed there",
+     lambda h: _pct(h["gap_closed_where_choice"]), lambda h: (h["gap_closed_where_choice"] or 0) >= 0.3),
+    ("within 1 point of the supervised probe there",
+     lambda h: f"probe - controller {_pts(h['probe_minus_controller_where_choice'])} (probe over static "
+               f"{_pts(h['probe_gain_where_choice'])})",
+     lambda h: h["probe_minus_controller_where_choice"] is not None and h["probe_minus_controller_where_choice"] <= 0.01),
 )
 
 
@@ -45,19 +64,20 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
            "## Goals", "", "| goal | measured | met |", "| --- | --- | --- |"]
     out += [f"| {label} | {show(s)} | {'yes' if ok(s) else '**no**'} |" for label, show, ok in GOALS]
     out += ["", "## Accuracy (%), violation rate (%) and latency (ms) per budget", "",
-            ("| budget (ms) | controller acc | viol | mean / p95 (ms) | static | static acc | viol | full acc | "
-             "smallest acc | random acc | oracle acc |"), "| " + " | ".join(["---"] * 11) + " |"]
+            ("| budget (ms) | controller acc | viol | mean / p95 (ms) | static | static acc | viol | probe acc | "
+             "full acc | smallest acc | random acc | oracle acc |"), "| " + " | ".join(["---"] * 12) + " |"]
     for e in validate["per_budget"].values():
         c, st = e["controller"], e["static"]
         cells = [f"{e['budget_ms']:.1f}", _pct(c["accuracy"]), _pct(c["violation_rate"]),
                  f"{c['latency_mean_ms']:.1f} / {c['latency_p95_ms']:.1f}",
                  st["config"] if st else "none fits", _pct(st["accuracy"]) if st else "-",
                  _pct(st["violation_rate"]) if st else "-"]
-        cells += [_pct(e[m]["accuracy"]) if e.get(m) else "-" for m in METHODS[2:]]
+        cells += [_pct(e[m]["accuracy"]) if e.get(m) else "-" for m in METHODS if m not in ("controller", "static")]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", "## Accuracy within budget (%): an answer over its budget counts as wrong", "",
-            ("The goals above compare accuracy alone; a method that misses its budget more often can score higher "
-             "there. Here a late answer scores 0: "
+            ("Accuracy alone rewards a method that misses its budget more often; here a late answer scores 0, and "
+             "the measured oracle (the best of every request measured for a sample that met the budget) bounds "
+             "every method: "
              f"controller at least static at {s['budgets_at_least_static_within_budget']} of "
              f"{s['budgets_with_static']} budgets, mean gain {_pts(s['mean_gain_over_static_within_budget'])}."), "",
             "| budget (ms) | " + " | ".join(METHODS) + " |", "| " + " | ".join(["---"] * (len(METHODS) + 1)) + " |"]
@@ -84,7 +104,14 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
                 f"| cached rollouts per second | {train['rollouts_per_s']:,} |",
                 (f"| held-out budgets at least / above best static | {h['budgets_at_least_static']} / "
                  f"{h['budgets_above_static']} of {h['budgets_with_static']} |"),
-                f"| held-out mean gain over best static | {_pts(h['mean_gain_over_static'])} |", ""]
+                f"| held-out mean gain over best static | {_pts(h['mean_gain_over_static'])} |",
+                (f"| chance a chosen configuration runs over (profiled spread), mean over budgets | "
+                 f"{_pct(h.get('mean_slow_rate'))} |"), ""]
+        if "budgets_not_below_static" in h:
+            out += ["Goals on held-out samples (estimated latency; `dvc repro train_controller`, metrics/train.json):",
+                    "", "| goal | measured | met |", "| --- | --- | --- |"]
+            out += [f"| {label} | {show(h)} | {'yes' if ok(h) else '**no**'} |" for label, show, ok in TRAIN_GOALS]
+            out += [""]
     if table:
         h = table["headline"]
         out += ["## Accuracy table (val rollouts)", "", "| configuration | accuracy |", "| --- | --- |",

@@ -4,6 +4,12 @@ Each method's answer to a (sample, budget) is one measured request (:mod:`knobct
 the baselines are fixed configurations, so one request serves every method and budget that uses
 it). A request *violates* its budget when its measured latency exceeds it; accuracy within budget
 counts a late answer as wrong.
+
+The oracle is measured, not estimated (:func:`oracle_rows`): for each (sample, budget) it takes the
+best of *every* request measured for that sample (any method's, at any budget) that met the budget
+on the clock. Every method's answer there is one of those requests, so the oracle's accuracy within
+budget is at least every method's, sample by sample: an upper bound on that metric by construction.
+Its accuracy alone is not a bound (a method that runs over its budget may answer better).
 """
 
 from __future__ import annotations
@@ -16,18 +22,37 @@ import pandas as pd
 
 from knobctl.io import round4 as _r
 
-METHODS = ("controller", "static", "full", "smallest", "random", "oracle")
-BASELINES = METHODS[1:]
+METHODS = ("controller", "probe", "static", "full", "smallest", "random", "oracle")
+#: The fixed configurations validate chooses per (sample, budget) before measuring. ``oracle_estimate``
+#: (the most accurate configuration whose scaled estimate fits, by the test rollouts) is measured so that
+#: the measured oracle has its likeliest candidate; it is not reported as a method.
+BASELINES = ("probe", "static", "full", "smallest", "random", "oracle_estimate")
+#: Allowed shortfall of the controller's accuracy (alone) against static at any budget, as a goal (issue 17).
+STATIC_SLACK = 0.01
+
+
+def oracle_rows(requests: pd.DataFrame, budgets: Sequence[float]) -> pd.DataFrame:
+    """The measured oracle, one row per (sample, budget): among all the sample's measured requests, the
+    best-scoring one that met the budget (ties: the faster); where none did, the fastest one."""
+    cand = requests.drop(columns=["budget_ms"]).merge(pd.DataFrame({"budget_ms": list(budgets)}), how="cross")
+    cand = cand.assign(over=cand["latency_ms"] > cand["budget_ms"])
+    cand = cand.assign(rank_score=cand["score"].where(~cand["over"], -1.0))  # a late answer never beats one in time
+    best = cand.sort_values(["sample_id", "budget_ms", "rank_score", "latency_ms"],
+                            ascending=[True, True, False, True], kind="stable")
+    return best.drop_duplicates(["sample_id", "budget_ms"]).drop(columns=["rank_score"]).assign(method="oracle")
 
 
 def method_rows(requests: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, budget, sample): the request that answers it (baselines share them),
-    with ``over``: whether it missed that budget."""
+    with ``over``: whether it missed that budget. The oracle's rows come from :func:`oracle_rows`."""
     ctrl = requests[requests["kind"] == "controller"].assign(method="controller")
     fixed = requests[requests["kind"] == "fixed"].drop(columns=["budget_ms"])
-    base = chosen.merge(fixed, on=["sample_id", "config"], how="left", validate="many_to_one")
+    base = chosen[chosen["method"].isin(METHODS)].merge(fixed, on=["sample_id", "config"], how="left",
+                                                        validate="many_to_one")
     rows = pd.concat([ctrl, base], ignore_index=True)
-    return rows.assign(over=rows["latency_ms"] > rows["budget_ms"])
+    rows = rows.assign(over=rows["latency_ms"] > rows["budget_ms"])
+    budgets = sorted(ctrl["budget_ms"].unique())
+    return pd.concat([rows, oracle_rows(requests, budgets)], ignore_index=True) if len(requests) else rows
 
 
 def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[float],
@@ -51,19 +76,25 @@ def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[fl
     with_static = [e for e in per_budget.values() if e["static"] is not None]
     gains = [e["controller"]["accuracy"] - e["static"]["accuracy"] for e in with_static]
     gains_in = [e["controller"]["accuracy_within_budget"] - e["static"]["accuracy_within_budget"] for e in with_static]
-    gap = sum(e["oracle"]["accuracy"] - e["static"]["accuracy"] for e in with_static)
+    gap = sum(e["oracle"]["accuracy_within_budget"] - e["static"]["accuracy_within_budget"] for e in with_static)
+    # The violation goal holds where a budget is fair: the cheapest configuration meets it at its own p95.
+    fair = [e for e in per_budget.values() if e["smallest"]["latency_p95_ms"] <= e["budget_ms"]]
     ctrl, fixed = requests[requests["kind"] == "controller"], requests[requests["kind"] == "fixed"]
     est = requests["estimated_ms"] / requests["latency_ms"] - 1
     summary = {
         "samples": int(requests["sample_id"].nunique()), "budgets": list(budgets), "requests": len(requests),
         "mean_gain_over_static": _r(np.mean(gains)) if gains else None,
         "budgets_at_least_static": sum(g >= 0 for g in gains), "budgets_with_static": len(gains),
+        "budgets_within_slack_of_static": sum(g >= -STATIC_SLACK - 1e-9 for g in gains),
         "mean_gain_over_static_within_budget": _r(np.mean(gains_in)) if gains_in else None,
         "budgets_at_least_static_within_budget": sum(g >= 0 for g in gains_in),
         "worst_violation_rate": _r(max(e["controller"]["violation_rate"] for e in per_budget.values())),
-        # Undefined when the oracle is not above static in total (float sums of equal accuracies
-        # are not exactly 0, hence the tolerance).
-        "static_to_oracle_gap_closed": _r(sum(gains) / gap) if gap > 1e-6 else None,
+        "budgets_cheapest_meets": len(fair),
+        "worst_violation_rate_where_cheapest_meets": _r(max(e["controller"]["violation_rate"] for e in fair))
+        if fair else None,
+        # Within budget, where the oracle is a bound; undefined when it is not above static in total (float
+        # sums of equal accuracies are not exactly 0, hence the tolerance).
+        "static_to_oracle_gap_closed": _r(sum(gains_in) / gap) if gap > 1e-6 else None,
         "controller_overhead_ms": _r(ctrl["controller_ms"].median()),
         "controller_overhead_share": _r(ctrl["controller_ms"].median() / ctrl["latency_ms"].mean()),
         "estimator_mape": _r(est.abs().mean()),
@@ -72,8 +103,8 @@ def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[fl
             fixed["latency_ms"] / fixed["estimated_ms"], [0.1, 0.5, 0.9])] if len(fixed) else None,
         "calibration": {"scale": calibration[0], "overhead_ms": calibration[1]},
         "controller_budget_scale_median": _r(_given_scale(ctrl)),
-        # The oracle chooses with the test rollouts' scores and is scored by its measured requests;
-        # greedy decoding makes the two the same answer, and this counts the requests where they are not.
+        # The probe, random and oracle_estimate choose with the test tables and are scored by their measured
+        # requests; greedy decoding makes the two the same answer, and this counts the requests where they are not.
         "requests_differing_from_rollouts": int((requests["score"] != requests["rollout_score"]).sum()),
     }
     return {"summary": summary, "per_budget": per_budget}
@@ -84,8 +115,9 @@ def _given_scale(ctrl: pd.DataFrame) -> float:
     return float((ctrl["budget_ms"] / ctrl["controller_budget_ms"]).median()) if len(ctrl) else float("nan")
 
 
-HEADLINE = ("budgets_at_least_static", "budgets_with_static", "mean_gain_over_static",
+HEADLINE = ("budgets_at_least_static", "budgets_with_static", "mean_gain_over_static", "budgets_within_slack_of_static",
             "budgets_at_least_static_within_budget", "mean_gain_over_static_within_budget", "worst_violation_rate",
+            "budgets_cheapest_meets", "worst_violation_rate_where_cheapest_meets", "static_to_oracle_gap_closed",
             "controller_overhead_share")
 #: The run's own numbers kept beside the headline: its size and how far the clock was from the estimate.
 RUN = ("samples", "requests", "measured_over_estimated_median", "estimator_mape", "requests_differing_from_rollouts")
@@ -100,9 +132,11 @@ def validation_metrics(full: dict[str, Any]) -> dict[str, Any]:
     s = full["summary"]
     budgets = {}
     for i, e in enumerate(full["per_budget"].values()):
-        ctrl, static = e["controller"], e["static"] or {}
+        ctrl, static, probe = e["controller"], e["static"] or {}, e.get("probe") or {}
         budgets[f"b{i}"] = {"controller_accuracy": ctrl["accuracy"], "static_accuracy": static.get("accuracy"),
+                            "probe_accuracy": probe.get("accuracy"),
                             "controller_accuracy_within_budget": ctrl["accuracy_within_budget"],
+                            "probe_accuracy_within_budget": probe.get("accuracy_within_budget"),
                             "static_accuracy_within_budget": static.get("accuracy_within_budget")}
     return {"headline": {k: s[k] for k in HEADLINE}, **{k: s[k] for k in RUN}, "calibration_scale":
             s["calibration"]["scale"], "budgets": budgets}
