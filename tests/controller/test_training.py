@@ -163,6 +163,8 @@ def test_the_violation_weight_sets_the_margin_only_with_the_latency_spread(sampl
     assert widest["controller_slow_rate"] > 0.3 and widest["tier_share"]["high"] > 0.9  # epsilon's pick, late 42%
     safe = careful.evaluation[-1]
     assert safe["controller_slow_rate"] == 0.0 and safe["tier_share"]["low"] > 0.9
+    # every answer is right: within budget, the careless pick keeps only its in-time share (0.58 at 12.9 ms)
+    assert safe["controller_accuracy_within_budget"] == 1.0 and widest["controller_accuracy_within_budget"] < 0.7
     # At the median every allowed pick fits, so the violation and efficiency weights change nothing at all.
     a, b = run(0.0, 0.0, "median"), run(8.0, 0.5, "median")
     for (name, x), (_, y) in zip(a.controller.state_dict().items(), b.controller.state_dict().items()):

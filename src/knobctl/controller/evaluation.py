@@ -63,7 +63,9 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
 
     Violation rates count estimates over the budget; ``*_slow_rate`` is the chance that the chosen
     configuration runs over once the profile's spread is applied (:mod:`knobctl.controller.spread`),
-    which is where the reward's violation weight shows."""
+    which is where the reward's violation weight shows, and ``*_accuracy_within_budget`` the accuracy
+    with each right answer weighted by its chance of arriving in time (validate's metric of that name,
+    with the profile's spread in place of the clock)."""
     rows = []
     acc, lat = tables.scores[eval_idx], tables.latency_ms[eval_idx]  # [E, C]
     acc_filled = torch.nan_to_num(acc, nan=0.0)
@@ -95,11 +97,14 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
             c_lat = lat[rows_e, ci]  # [E]
             row[f"{name}_accuracy"] = _r(acc_filled[rows_e, ci].mean())
             row[f"{name}_violation_rate"] = _r((c_lat > budget).float().mean())
-            row[f"{name}_slow_rate"] = _r(violation_probability(c_lat, budget, spread[ci]).mean())
+            slow = violation_probability(c_lat, budget, spread[ci])  # [E]
+            row[f"{name}_slow_rate"] = _r(slow.mean())
+            # the analogue of validate's accuracy within budget: a right answer counts only when in time
+            row[f"{name}_accuracy_within_budget"] = _r((acc_filled[rows_e, ci] * (1 - slow)).mean())
             if name in ("controller", "probe"):
                 row[f"{name}_mean_latency_ms"] = _r(c_lat.mean())
         for name in ("probe", "static"):
-            for metric in ("accuracy", "violation_rate", "slow_rate"):
+            for metric in ("accuracy", "violation_rate", "slow_rate", "accuracy_within_budget"):
                 row.setdefault(f"{name}_{metric}", None)
         row["random_accuracy"], row["oracle_accuracy"] = _r(random.mean()), _r(oracle.mean())
         row["tier_share"] = {t: _r((picks["controller"] // per_tier == i).float().mean())
@@ -149,6 +154,7 @@ def controller_goals(evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
     gap = sum(e["oracle_accuracy"] - e["static_accuracy"] for e in mid)
     gains = [e["controller_accuracy"] - e["static_accuracy"] for e in mid]
     probe = [e["probe_accuracy"] - e["controller_accuracy"] for e in mid if e["probe_accuracy"] is not None]
+    within = [e["controller_accuracy_within_budget"] - e["static_accuracy_within_budget"] for e in mid]
     return {
         "budgets_not_below_static": sum(e["gain_ci95_low"] >= NOT_BELOW for e in with_static),
         "budgets_with_choice": len(mid),
@@ -158,6 +164,7 @@ def controller_goals(evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "probe_minus_controller_where_choice": _r(sum(probe) / len(probe)) if probe else None,
         "probe_gain_where_choice": _r(sum(e["probe_accuracy"] - e["static_accuracy"] for e in mid) / len(mid))
         if mid and mid[0]["probe_accuracy"] is not None else None,
+        "mean_gain_within_budget_where_choice": _r(sum(within) / len(within)) if within else None,
     }
 
 

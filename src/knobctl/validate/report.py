@@ -106,7 +106,9 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
                  f"{h['budgets_above_static']} of {h['budgets_with_static']} |"),
                 f"| held-out mean gain over best static | {_pts(h['mean_gain_over_static'])} |",
                 (f"| chance a chosen configuration runs over (profiled spread), mean over budgets | "
-                 f"{_pct(h.get('mean_slow_rate'))} |"), ""]
+                 f"{_pct(h.get('mean_slow_rate'))} |"),
+                (f"| gain over best static within budget (profiled spread) where a choice exists | "
+                 f"{_pts(h.get('mean_gain_within_budget_where_choice'))} |"), ""]
         if "budgets_not_below_static" in h:
             out += ["Goals on held-out samples (estimated latency; `dvc repro train_controller`, metrics/train.json):",
                     "", "| goal | measured | met |", "| --- | --- | --- |"]
