@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from knobctl.controller.losses import (
     RewardWeights,
     grpo_loss,
+    imitation_loss,
     pairwise_loss,
     reward,
     reward_terms,
@@ -152,3 +153,18 @@ def test_masked_configurations_are_never_drawn_and_the_rest_renormalise():
     assert (freq - expected).abs().max() < 0.015
     assert torch.isfinite(a.logp).all() and all(torch.isfinite(v).all() for v in a.entropy.values())
     assert (a.config[2] == 5).all() and torch.allclose(a.logp[2], torch.zeros(20_000), atol=1e-6)  # one choice: logp 0
+
+
+def test_imitation_loss_is_the_cross_entropy_of_both_stages():
+    ctrl, lang, vis, budget = small_policy()
+    target = torch.tensor([1, 6, 3])  # tier * 4 + pair: (0, 1), (1, 2), (0, 3)
+    p1 = F.softmax(ctrl.tier_logits(lang, budget), -1)
+    expected = 0.0
+    for row, c in enumerate(target.tolist()):
+        t, pair = divmod(c, 4)
+        p2 = F.softmax(ctrl.pair_logits(vis[row, t], torch.tensor(t), lang[row], budget[row]), -1)
+        expected -= math.log(p1[row, t].item() * p2[pair].item()) / 3
+    loss = imitation_loss(ctrl, lang, vis, budget, target)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()  # it trains both stages
+    assert ctrl.stage1[1].weight.grad.abs().sum() > 0 and ctrl.stage2[1].weight.grad.abs().sum() > 0

@@ -9,8 +9,16 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from knobctl.knobs import KnobGrid
+from knobctl.model.families import family_of
 from knobctl.model.images import tier_pixels
-from knobctl.model.presets import MOLMOE_TIERS, TINY_TIERS, TierSpec, molmoe_1b_shape_config, preset_config
+from knobctl.model.presets import (
+    MOLMOE_TIERS,
+    TINY_TIERS,
+    TierSpec,
+    molmoe_1b_shape_config,
+    preset_config,
+    qwen3_vl_30b_a3b_shape_config,
+)
 from knobctl.model.runtime import Runtime
 from knobctl.model.tokenizer import build_word_tokenizer
 
@@ -120,3 +128,20 @@ def test_a_block_order_file_of_another_model_is_named(tmp_path):
     path.write_text(json.dumps({"order": [3, *range(3), *range(4, 16)]}))
     with pytest.raises(ValueError, match=f"{path}: block_order must start with block 0"):
         make_runtime(block_order=str(path))
+
+
+def test_qwen3_vl_30b_a3b_shape_has_the_published_parameter_counts():
+    """30.5 B parameters in the language model and 3.3 B active per token (8 of 128 experts), as published."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    config = qwen3_vl_30b_a3b_shape_config()
+    with torch.device("meta"):
+        model = Qwen3VLMoeForConditionalGeneration(config)
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    vision = sum(n for name, n in sizes.items() if name.startswith("model.visual."))
+    experts = sum(n for name, n in sizes.items() if ".mlp.experts." in name)
+    text = sum(sizes.values()) - vision
+    active = text - experts + experts * 8 / 128
+    assert abs(text / 30.5e9 - 1) < 0.01 and abs(active / 3.3e9 - 1) < 0.03, (text, active)
+    assert 0.4e9 < vision < 0.7e9
+    assert family_of(json.loads(config.to_json_string())).deepstack

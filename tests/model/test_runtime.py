@@ -9,7 +9,8 @@ from transformers import DynamicCache
 
 from knobctl.knobs import KnobConfig
 from knobctl.model.decoding import continue_greedy, fork_cache, generate, next_token
-from knobctl.model.runtime import DECISION_BLOCK, load_runtime, save_runtime
+from knobctl.model.families import DECISION_BLOCK
+from knobctl.model.runtime import load_runtime, save_runtime
 from tests.conftest import TEST_DIMS, make_runtime
 
 QUESTION = "what color is the shape ?"

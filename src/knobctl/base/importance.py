@@ -32,8 +32,9 @@ from knobctl.execution import progress_bar
 from knobctl.io import rounded
 from knobctl.knobs import KnobGrid
 from knobctl.model.decoding import generate, teacher_forced
+from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.presets import EOS
-from knobctl.model.runtime import DECISION_BLOCK, Runtime
+from knobctl.model.runtime import Runtime
 from knobctl.params import build, require, require_choice, require_device, require_int
 from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import decode_images, select_samples

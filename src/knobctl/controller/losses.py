@@ -211,11 +211,8 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     at a fraction of its cost on CPU (its exponential draws were a visible share of a step)."""
     b, t = vision.shape[0], vision.shape[1]
     rows = torch.arange(b)[:, None]  # [B, 1]
-    tier_ok = None if feasible is None else feasible.any(-1)  # [B, T]
-    tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms, tier_ok), dim=-1)  # [B, T]
+    tier_logp, all_logp = stage_log_probs(ctrl, language, vision, budget_ms, feasible)  # [B, T], [B, T, P]
     tier = _draw(tier_logp.detach().exp(), group_size, generator)  # [B, G]
-    all_logp = F.log_softmax(ctrl.pair_logits(vision, torch.arange(t).expand(b, t), language[:, None].expand(-1, t, -1),
-                                              budget_ms[:, None].expand(-1, t), feasible), dim=-1)  # [B, T, P]
     pair_logp = all_logp[rows, tier]  # [B, G, P]
     pair = _draw(pair_logp.detach().exp(), 1, generator).squeeze(-1)  # [B, G]
     logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
@@ -232,6 +229,29 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     entropy = {"tier": -(tier_logp.exp() * tier_logp).sum(-1),  # [B]
                **{k: v.gather(1, tier) for k, v in per_tier.items()}}  # [B, G] each, at the drawn tier
     return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy=entropy)
+
+
+def stage_log_probs(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
+                    feasible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both stages' log-probabilities: stage 1 over tiers [B, T], stage 2 over pairs at every tier [B, T, P]
+    (inputs as :func:`sample_actions`)."""
+    b, t = vision.shape[0], vision.shape[1]
+    tier_ok = None if feasible is None else feasible.any(-1)  # [B, T]
+    tier_logp = F.log_softmax(ctrl.tier_logits(language, budget_ms, tier_ok), dim=-1)  # [B, T]
+    all_logp = F.log_softmax(ctrl.pair_logits(vision, torch.arange(t).expand(b, t), language[:, None].expand(-1, t, -1),
+                                              budget_ms[:, None].expand(-1, t), feasible), dim=-1)  # [B, T, P]
+    return tier_logp, all_logp
+
+
+def imitation_loss(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
+                   target: torch.Tensor, feasible: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the two-stage policy on target configurations [B] (index tier * P + pair):
+    -mean(log P1(tier) + log P2(pair | tier)), the warm start's loss (:mod:`knobctl.controller.training`)."""
+    tier_logp, all_logp = stage_log_probs(ctrl, language, vision, budget_ms, feasible)  # [B, T], [B, T, P]
+    n_pairs = all_logp.shape[-1]
+    tier, pair = target // n_pairs, target % n_pairs  # [B] each
+    rows = torch.arange(len(target))
+    return -(tier_logp[rows, tier] + all_logp[rows, tier, pair]).mean()
 
 
 def _draw(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -33,9 +33,10 @@ import torch
 from knobctl.controller.policy import Controller, NumpyPolicy
 from knobctl.knobs import KnobConfig
 from knobctl.model.decoding import continue_greedy, new_cache, next_token, prefill
+from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.features import language_feature_one, vision_feature_one
 from knobctl.model.images import ImageLike, Images
-from knobctl.model.runtime import DECISION_BLOCK, Runtime
+from knobctl.model.runtime import Runtime
 from knobctl.model.timing import Stopwatch
 
 

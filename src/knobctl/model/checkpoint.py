@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from knobctl.model.families import family_of
 from knobctl.model.presets import SPEC_FILE
 from knobctl.params import InputError
 
@@ -46,6 +47,13 @@ def check_checkpoint(path: Path) -> None:
                 "from a checkpoint, so it refuses to load it. A stock Llava/CLIP/OLMoE checkpoint needs no "
                 "auto_map: remove it, or rebuild the checkpoint with save_runtime"
             )
+    family = family_of(_read_json(path / "config.json"), str(path / "config.json"))
+    if family.model_type != "llava":  # read before any weights are built: a true-size config would build for minutes
+        raise CheckpointError(
+            f"{path} is a {family.name} checkpoint; knobctl's knob adapter applies top_k and num_blocks to such a "
+            "model (knobctl.model.families), but the runtime that answers requests and runs the stages loads only "
+            "knobctl's own Llava + OLMoE format so far"
+        )
     if not (path / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{path} has no {TOKENIZER_FILE} (the word-level tokenizer); {REBUILD}")
     _check_weights(path)

@@ -2,7 +2,7 @@
 
 Stage 1 picks the tier before the vision encoder runs, so its feature sees the question
 only. Stage 2 picks top_k and blocks after the decision block (block 0, the first transformer
-block: :data:`knobctl.model.runtime.DECISION_BLOCK`) has run over the full prompt at the chosen
+block: :data:`knobctl.model.families.DECISION_BLOCK`) has run over the full prompt at the chosen
 tier, so its feature sees the image too. The decision block always runs at the model's
 own top-k, so neither feature depends on the knobs being chosen.
 
@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from knobctl.model.decoding import prefill
+from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.presets import IMAGE, PAD
-from knobctl.model.runtime import DECISION_BLOCK, Runtime
+from knobctl.model.runtime import Runtime
 
 #: What the two features are (H = the language model's hidden size; both are float32 vectors of 2H).
 FEATURE_DEFINITIONS = (

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import CLIPVisionConfig, LlavaConfig, OlmoeConfig
+from transformers import CLIPVisionConfig, LlavaConfig, OlmoeConfig, Qwen3VLMoeConfig
 
 from knobctl.knobs import TIER_ORDER
 from knobctl.params import ParamsError, build, fail, require, require_choice, require_int
@@ -356,6 +356,27 @@ def _llava(vision: CLIPVisionConfig, text: OlmoeConfig, feature_layer: int) -> L
         projector_hidden_act="gelu",
         tie_word_embeddings=False,
     )
+
+
+def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
+    """Qwen3-VL-30B-A3B's published dimensions (48 layers, 128 experts, 8 active, DeepStack after vision
+    blocks 8/16/24), for random-weight latency: about 30.5 B parameters in the language model, 3.3 B
+    active per token. Qwen3VLMoeConfig's own defaults are another model (24 layers, 60 experts).
+    Not yet in :data:`PRESETS`: :func:`knobctl.model.runtime.load_runtime` runs knobctl's Llava format
+    only; :mod:`knobctl.model.families` applies the knobs to a model built from it."""
+    rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
+    return Qwen3VLMoeConfig(
+        text_config={"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+                     "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                     "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+                     "decoder_sparse_step": 1, "mlp_only_layers": [], "max_position_embeddings": 262144,
+                     "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "rope_parameters": rope},
+        vision_config={"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "patch_size": 16,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 2048,
+                       "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24],
+                       "hidden_act": "gelu_pytorch_tanh"},
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=False)
 
 
 PRESETS: tuple[str, ...] = ("tiny", "molmoe-1b-shape")

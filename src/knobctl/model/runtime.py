@@ -31,6 +31,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedT
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.model.checkpoint import REBUILD, TOKENIZER_FILE, CheckpointError, check_checkpoint, model_card
 from knobctl.model.decoding import generate
+from knobctl.model.families import FAMILIES, is_router, knobs_applied
 from knobctl.model.images import ImageLike, Images, as_batch, batch_pixels, tier_pixels
 from knobctl.model.presets import (
     BOS,
@@ -50,11 +51,6 @@ from knobctl.model.presets import (
 #: dtype names accepted in params.yaml.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-#: The block after which Stage 2 decides; it always runs, at the model's own top-k.
-DECISION_BLOCK = 0
-
-def _is_router(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "top_k", None), int) and hasattr(module, "num_experts")
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.spec.validate(self.num_layers)
         self._all_layers: nn.ModuleList = self.lm.layers
-        self._block_routers = [[m for m in layer.modules() if _is_router(m)] for layer in self._all_layers]
+        self._block_routers = [[m for m in layer.modules() if is_router(m)] for layer in self._all_layers]
         self._routers = [r for routers in self._block_routers for r in routers]
         if not self._routers:
             raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
@@ -159,23 +155,8 @@ class Runtime:
         """Within the scope, routers after the decision block pick ``top_k`` experts and only
         ``blocks`` run, in model order: :meth:`knobs_applied` for any set of blocks, not only
         the block policy's (block importance drops one block at a time, block 0 included)."""
-        order = sorted(blocks)
-        if not order or len(set(order)) != len(order) or not 0 <= order[0] <= order[-1] < self.num_layers:
-            raise ValueError(f"blocks {list(blocks)} must be distinct indices in 0..{self.num_layers - 1}")
-        if not 1 <= top_k <= self.num_experts:
-            raise ValueError(f"top_k={top_k} is outside 1..{self.num_experts} (the model's number of experts)")
-        saved_k = [r.top_k for r in self._routers]
-        try:
-            for i, routers in enumerate(self._block_routers):
-                if i == DECISION_BLOCK:
-                    continue
-                for r in routers:
-                    r.top_k = top_k
-            with self.blocks_run(order):
-                yield
-        finally:
-            for r, k in zip(self._routers, saved_k):
-                r.top_k = k
+        with knobs_applied(self.model, FAMILIES["llava"], list(blocks), top_k, all_layers=self._all_layers):
+            yield
 
     @contextlib.contextmanager
     def blocks_run(self, indices: Sequence[int]) -> Iterator[None]:

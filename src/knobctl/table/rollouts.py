@@ -36,9 +36,10 @@ import torch
 
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.model.decoding import continue_greedy, fork_cache, new_cache, next_token, prefill
+from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.features import language_features, vision_features
 from knobctl.model.presets import EOS
-from knobctl.model.runtime import DECISION_BLOCK, DTYPES, Runtime
+from knobctl.model.runtime import DTYPES, Runtime
 from knobctl.params import ParamsError, build, require, require_choice, require_device, require_int
 from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import SPLITS, decode_images

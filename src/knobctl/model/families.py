@@ -1,0 +1,215 @@
+"""Knob adapters for the MoE VLM families: where each keeps its decoder layers, routers and visual-token
+setting, and how ``top_k`` and ``num_blocks`` are applied to a loaded HF model and undone.
+
+Every supported family keeps its text decoder's layers at ``model.model.language_model.layers``
+and one router per MoE layer at ``layer.mlp.gate``, which stores ``top_k`` as a module attribute at
+init and reads it at forward time (editing the config after loading changes nothing); the experts
+module takes k from the shape of the router's output, so setting the router is enough.
+
+* ``top_k``: every router after the decision block (block 0) is set to ``top_k``; the decision block
+  runs at the model's own top-k. A group-limited router (``n_group``, ``topk_group``) can pick at
+  most ``topk_group * num_experts / n_group`` experts: a larger k silently picks excluded experts in
+  transformers' code, so :func:`max_top_k` bounds the grid. A router that does not renormalise the
+  kept weights (``renormalises`` below) shrinks the MoE output as k falls: the report says so.
+* ``num_blocks``: the layers list is swapped for the kept layers, in model order, each keeping its
+  ``layer_idx``. In the HF families the KV cache pre-creates one slot per configured layer and reads
+  the sequence length from slot 0, so block 0 must be kept (a skipped layer's slot stays empty).
+  Qwen3-VL's DeepStack adds visual features after the first executed layers *by loop position*;
+  with blocks skipped, :func:`knobs_applied` moves feature j to the last kept layer at or before
+  original layer j (adding to the residual stream before a skipped layer equals adding after the
+  kept layer before it), so skipping never shifts a feature onto a later layer.
+* ``tier``: the family's processor setting that bounds visual tokens per image (:attr:`Family.tier_setting`).
+
+A directory is classified from its ``config.json`` alone (:func:`family_of`), before any weights
+are built: a family that is not supported is an error naming the supported ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from knobctl.params import InputError
+
+#: The block after which Stage 2 decides; it always runs, at the model's own top-k.
+DECISION_BLOCK = 0
+
+
+class UnsupportedModel(InputError):
+    """A model whose family knobctl has no adapter for; the message names the supported families."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One MoE VLM family: what its config calls things and what each knob means for it."""
+
+    model_type: str  # config.json's model_type
+    name: str
+    text_model_types: tuple[str, ...]  # text_config.model_type values accepted
+    experts_keys: tuple[str, ...]  # text config keys that may hold the routed experts per MoE layer (first found)
+    top_k_key: str  # text config key: the model's own top-k
+    renormalises: str  # what the router does with the kept experts' weights
+    tier_setting: str  # the processor setting a tier maps to
+    pixels_per_token: int  # image pixels per visual token at that setting
+    # Visual tokens per image at each tier (params will override them); a tier caps the tokens, a small
+    # image gets fewer. Qwen3-VL's own processor default allows 16,384.
+    tier_tokens: tuple[tuple[str, int], ...] = (("low", 256), ("medium", 576), ("high", 1280))
+    deepstack: bool = False  # visual features added after the first layers by loop position
+    keep_first_block: bool = True  # the KV cache reads the sequence length from layer 0's slot
+    dense_first_layers_key: str | None = None  # text config key: leading layers with a dense MLP (no router)
+
+    def text_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        return config.get("text_config") or {}
+
+    def num_experts(self, config: Mapping[str, Any]) -> int:
+        text = self.text_config(config)
+        return int(next((text[k] for k in self.experts_keys if text.get(k)), 0))
+
+    def own_top_k(self, config: Mapping[str, Any]) -> int:
+        return int(self.text_config(config).get(self.top_k_key) or 0)
+
+    def num_layers(self, config: Mapping[str, Any]) -> int:
+        return int(self.text_config(config).get("num_hidden_layers") or 0)
+
+    def processor_size(self, max_tokens: int, min_tokens: int = 4) -> dict[str, int]:
+        """The image processor's ``size`` for between ``min_tokens`` and ``max_tokens`` visual tokens per image."""
+        if not self.pixels_per_token:
+            raise ValueError(f"{self.name} sets its tiers in knobctl.json, not through a processor setting")
+        return {"shortest_edge": min_tokens * self.pixels_per_token, "longest_edge": max_tokens * self.pixels_per_token}
+
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    Family(model_type="llava", name="Llava + OLMoE (knobctl's own format: the tiny default, molmoe-1b-shape)",
+           text_model_types=("olmoe",), experts_keys=("num_experts",), top_k_key="num_experts_per_tok",
+           renormalises="only with norm_topk_prob (OLMoE: false, so the MoE output shrinks as top_k falls)",
+           tier_setting="knobctl.json tiers (image size, crops, pooling)", pixels_per_token=0,
+           keep_first_block=False),  # knobctl's own decode loop keeps no per-layer cache slots
+    Family(model_type="qwen3_vl_moe", name="Qwen3-VL-MoE (e.g. Qwen3-VL-30B-A3B)", text_model_types=("qwen3_vl_moe_text",),
+           # the hub's config.json says num_experts; transformers 5 saves it as num_local_experts
+           experts_keys=("num_experts", "num_local_experts"), top_k_key="num_experts_per_tok",
+           renormalises="always (softmax over all experts, then the kept weights sum to 1)",
+           tier_setting="image processor size.longest_edge (max pixels per image)", pixels_per_token=32 * 32,
+           deepstack=True),
+    Family(model_type="glm4v_moe", name="GLM-4.5V (glm4v_moe)", text_model_types=("glm4v_moe_text",),
+           experts_keys=("n_routed_experts",), top_k_key="num_experts_per_tok",
+           renormalises="with norm_topk_prob (GLM-4.5V: true), then times routed_scaling_factor; one shared "
+                        "expert always runs",
+           # GLM's resize counts a still image twice (temporal patch 2): 2 x 28 x 28 pixels per token
+           tier_setting="image processor size.longest_edge (twice the max pixels per image)",
+           pixels_per_token=2 * 28 * 28, dense_first_layers_key="first_k_dense_replace"),
+)}
+
+
+def supported() -> str:
+    return ", ".join(f"{f.model_type} ({f.name})" for f in FAMILIES.values())
+
+
+def family_of(config: Mapping[str, Any], source: str = "the model") -> Family:
+    """The family of a parsed ``config.json``; :class:`UnsupportedModel` naming the supported ones otherwise."""
+    model_type = config.get("model_type")
+    family = FAMILIES.get(str(model_type))
+    if family is None:
+        raise UnsupportedModel(f"{source}: model_type {model_type!r} is not a supported MoE VLM family; "
+                               f"knobctl supports: {supported()}")
+    text_type = (config.get("text_config") or {}).get("model_type")
+    if text_type not in family.text_model_types:
+        raise UnsupportedModel(f"{source}: a {model_type} model whose text model is {text_type!r}; knobctl needs "
+                               f"{' or '.join(family.text_model_types)} (a top-k MoE language model)")
+    return family
+
+
+def max_top_k(config: Mapping[str, Any], family: Family) -> int:
+    """The largest top-k every router can honour: the number of experts, or for a group-limited router
+    the experts of the ``topk_group`` groups it keeps."""
+    text = family.text_config(config)
+    experts = family.num_experts(config)
+    groups, kept = int(text.get("n_group") or 1), int(text.get("topk_group") or 1)
+    return experts if groups <= 1 else kept * experts // groups
+
+
+def check_top_k(config: Mapping[str, Any], family: Family, values: Sequence[int], source: str) -> None:
+    """Raise naming the first ``knobs.top_k`` value the model's routers cannot honour."""
+    limit = max_top_k(config, family)
+    for k in values:
+        if not 1 <= k <= limit:
+            why = ("its routers keep topk_group of n_group expert groups" if limit < family.num_experts(config)
+                   else "its number of experts per MoE layer")
+            raise InputError(f"{source}: knobs.top_k={k} is outside 1..{limit} ({why}); use values in that range")
+
+
+def is_router(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "top_k", None), int) and isinstance(getattr(module, "num_experts", None), int)
+
+
+def decoder(model: nn.Module) -> nn.Module:
+    """The text decoder: the module whose ``layers`` the blocks knob swaps."""
+    return model.model.language_model
+
+
+def layer_routers(layers: Sequence[nn.Module]) -> list[list[nn.Module]]:
+    """Per decoder layer, its routers (empty for a dense layer)."""
+    return [[m for m in layer.modules() if is_router(m)] for layer in layers]
+
+
+@contextlib.contextmanager
+def knobs_applied(model: nn.Module, family: Family, blocks: Sequence[int], top_k: int,
+                  all_layers: nn.ModuleList | None = None) -> Iterator[None]:
+    """Within the scope, routers after the decision block pick ``top_k`` experts and only ``blocks``
+    run, in model order; everything is restored on exit, exceptions included. ``all_layers`` is the
+    full layer list when the caller already holds it (the model's own list is swapped in the scope)."""
+    lm = decoder(model)
+    full = lm.layers if all_layers is None else all_layers
+    order = sorted(blocks)
+    if not order or len(set(order)) != len(order) or not 0 <= order[0] <= order[-1] < len(full):
+        raise ValueError(f"blocks {list(blocks)} must be distinct indices in 0..{len(full) - 1}")
+    if family.keep_first_block and order[0] != 0:
+        raise ValueError(f"blocks {list(blocks)} skip block 0; a {family.name} model must run it (its KV cache "
+                         "reads the sequence length from block 0)")
+    routers = layer_routers(full)
+    flat = [r for rs in routers for r in rs]
+    if not flat:
+        raise ValueError("the language model has no top-k MoE routers; knobctl needs an MoE LM")
+    too_many = [r.num_experts for r in flat if top_k > r.num_experts]
+    if top_k < 1 or too_many:
+        raise ValueError(f"top_k={top_k} is outside 1..{min(r.num_experts for r in flat)} (the model's experts)")
+    saved_k = [r.top_k for r in flat]
+    saved_layers = lm.layers
+    hook = None
+    try:
+        for i, rs in enumerate(routers):
+            for r in rs:
+                if i != DECISION_BLOCK:
+                    r.top_k = top_k
+        if len(order) < len(full):
+            lm.layers = nn.ModuleList([full[i] for i in order])
+            if family.deepstack:
+                hook = lm.register_forward_pre_hook(_deepstack_by_original_index(order), with_kwargs=True)
+        yield
+    finally:
+        if hook is not None:
+            hook.remove()
+        lm.layers = saved_layers
+        for r, k in zip(flat, saved_k):
+            r.top_k = k
+
+
+def _deepstack_by_original_index(kept: Sequence[int]):
+    """A forward pre-hook on the text decoder that re-lists DeepStack features by loop position over the
+    kept layers: feature j goes after the last kept layer whose original index is <= j."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        features = kwargs.get("deepstack_visual_embeds")
+        if not features:
+            return None
+        position = [max(p for p, original in enumerate(kept) if original <= j) for j in range(len(features))]
+        moved: list[torch.Tensor] = [torch.zeros_like(features[0]) for _ in range(max(position) + 1)]
+        for j, p in enumerate(position):
+            moved[p] = moved[p] + features[j]  # [visual tokens, H]
+        return args, {**kwargs, "deepstack_visual_embeds": moved}
+
+    return hook

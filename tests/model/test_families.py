@@ -1,0 +1,248 @@
+"""Knob adapters on tiny random Qwen3-VL-MoE and GLM-4.5V (glm4v_moe) models built from configs, on CPU:
+work counted per knob with hooks, cached decoding against recomputation under the same knobs, DeepStack
+under skipped blocks, restoring after an exception, and refusing unsupported configs before building."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from transformers import (
+    Glm4vImageProcessorPil,
+    Glm4vMoeConfig,
+    Glm4vMoeForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+)
+
+from knobctl.model.checkpoint import CheckpointError
+from knobctl.model.families import (
+    FAMILIES,
+    UnsupportedModel,
+    check_top_k,
+    decoder,
+    family_of,
+    knobs_applied,
+    max_top_k,
+)
+from knobctl.params import InputError
+
+IMAGE, VIDEO, START, END = 250, 251, 252, 253
+
+
+def qwen_config(**text) -> Qwen3VLMoeConfig:
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
+    return Qwen3VLMoeConfig(
+        text_config={"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "moe_intermediate_size": 16,
+                     "num_experts": 8, "num_experts_per_tok": 4, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                     "max_position_embeddings": 512, "tie_word_embeddings": False,
+                     "initializer_range": 0.2,  # large enough that top_k and skipped blocks change tokens
+                     "rope_parameters": rope, **text},
+        vision_config={"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 16,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32,
+                       "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1]},
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
+
+
+def glm_config(**text) -> Glm4vMoeConfig:
+    rope = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
+    return Glm4vMoeConfig(
+        text_config={"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "moe_intermediate_size": 16,
+                     "n_routed_experts": 8, "num_experts_per_tok": 4, "n_shared_experts": 1, "norm_topk_prob": True,
+                     "routed_scaling_factor": 1.0, "first_k_dense_replace": 1, "max_position_embeddings": 512,
+                     "initializer_range": 0.2, "n_group": 1, "topk_group": 1, "rope_parameters": rope, **text},
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "image_size": 56,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32},
+        image_token_id=IMAGE, video_token_id=VIDEO, image_start_token_id=START, image_end_token_id=END,
+        video_start_token_id=254, video_end_token_id=255)
+
+
+def image_processor(family: str, max_tokens: int):
+    """The family's image processor with the tier setting for at most ``max_tokens`` visual tokens."""
+    size = FAMILIES[family].processor_size(max_tokens)
+    if family == "qwen3_vl_moe":
+        return Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, size=size,
+                                        image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return Glm4vImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2, size=size)
+
+
+BUILD = {"qwen3_vl_moe": (qwen_config, Qwen3VLMoeForConditionalGeneration),
+         "glm4v_moe": (glm_config, Glm4vMoeForConditionalGeneration)}
+
+
+def tiny(family: str, seed: int = 0, **text) -> nn.Module:
+    make_config, model_class = BUILD[family]
+    torch.manual_seed(seed)
+    model = model_class(make_config(**text)).eval()
+    model.set_experts_implementation("eager")
+    return model
+
+
+def picture(width: int = 224, height: int = 160) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def inputs_for(family: str, max_tokens: int = 64, image: Image.Image | None = None) -> dict[str, torch.Tensor]:
+    """Prompt ids by hand (a word, the image's tokens between its start and end markers, three words) and
+    the image processor's pixels: what the family's processor would give, without its tokenizer."""
+    pixels = image_processor(family, max_tokens)(images=[image or picture()], return_tensors="pt")
+    n = int(pixels["image_grid_thw"].prod(-1).sum()) // 4  # merge 2 x 2
+    ids = torch.tensor([[5, START] + [IMAGE] * n + [END, 1, 2, 3]])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == IMAGE).int(),
+            **pixels}
+
+
+class Work:
+    """Hooks counting decoder layer calls and (token, expert) evaluations per original layer index."""
+
+    def __init__(self, model: nn.Module):
+        self.calls: dict[int, int] = {}
+        self.experts: dict[int, list[int]] = {}
+        for i, layer in enumerate(decoder(model).layers):
+            layer.register_forward_pre_hook(lambda m, a, i=i: self.calls.__setitem__(i, self.calls.get(i, 0) + 1))
+            if hasattr(layer.mlp, "experts"):
+                layer.mlp.experts.register_forward_pre_hook(lambda m, a, i=i: self._count(i, m, a[1]))
+
+    def _count(self, i: int, experts: nn.Module, index: torch.Tensor) -> None:
+        tokens, evaluated = self.experts.setdefault(i, [0, 0])
+        self.experts[i] = [tokens + index.shape[0], evaluated + int((index < experts.num_experts).sum())]
+
+    def per_token(self) -> dict[int, float]:
+        return {i: e / t for i, (t, e) in sorted(self.experts.items())}
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe"])
+def test_experts_per_token_follow_top_k_after_the_decision_block(family):
+    model, inputs = tiny(family), inputs_for(family)
+    work = Work(model)
+    routed = [1, 2, 3] if family == "glm4v_moe" else [0, 1, 2, 3]  # GLM-4.5V's block 0 is dense
+    for k in (4, 2, 1):
+        work.experts.clear()
+        with torch.no_grad(), knobs_applied(model, FAMILIES[family], range(4), k):
+            model(**inputs)
+        per_token = work.per_token()
+        assert sorted(per_token) == routed
+        assert all(per_token[i] == (4 if i == 0 else k) for i in routed), (k, per_token)
+    assert all(layer.mlp.gate.top_k == 4 for layer in decoder(model).layers if hasattr(layer.mlp, "gate"))
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe"])
+@pytest.mark.parametrize(("blocks", "top_k"), [([0, 1, 3], 2), ([0, 2], 4)])
+def test_skipped_blocks_never_run_and_cached_decoding_equals_recomputation(family, blocks, top_k):
+    model, inputs = tiny(family, seed=1), inputs_for(family)
+    work = Work(model)
+    steps = 5
+    with torch.no_grad(), knobs_applied(model, FAMILIES[family], blocks, top_k):
+        cached = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+        calls = dict(work.calls)
+        ids, kinds, recomputed = inputs["input_ids"], inputs["mm_token_type_ids"], []
+        for _ in range(steps):  # the whole prompt and answer again at every step, no cache
+            logits = model(**{**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids),
+                              "mm_token_type_ids": kinds}, use_cache=False).logits
+            token = logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
+            ids, kinds = torch.cat([ids, token], 1), torch.cat([kinds, torch.zeros_like(token, dtype=kinds.dtype)], 1)
+            recomputed.append(int(token))
+        full = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    assert calls == {b: steps for b in blocks}  # prefill + 4 decode steps, on the kept blocks only
+    assert cached[0, -steps:].tolist() == recomputed
+    assert len(decoder(model).layers) == 4
+    stock = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    assert not torch.equal(full, stock) or top_k == 4 and len(blocks) == 4  # the knobs changed the answer
+
+
+def test_deepstack_features_stay_on_their_original_blocks_when_blocks_are_skipped():
+    """Keeping blocks 0, 2, 3 must equal the full model with block 1 an identity: DeepStack's second feature
+    (meant for after block 1) is added after block 0, not after block 2."""
+
+    class Identity(nn.Module):
+        def forward(self, hidden_states, *args, **kwargs):
+            return hidden_states
+
+    model, inputs = tiny("qwen3_vl_moe", seed=2), inputs_for("qwen3_vl_moe")
+    with torch.no_grad():
+        with knobs_applied(model, FAMILIES["qwen3_vl_moe"], [0, 2, 3], 4):
+            skipped = model(**inputs).logits
+        layers = decoder(model).layers
+        kept = layers[1]
+        layers[1] = Identity()
+        reference = model(**inputs).logits
+        layers[1] = kept
+        shifted = model(**inputs).logits  # sanity: block 1 matters
+    assert torch.allclose(skipped, reference, atol=1e-5)
+    assert not torch.allclose(shifted, reference, atol=1e-3)
+
+
+def test_knobs_are_restored_after_an_exception_and_block_0_is_required():
+    model = tiny("qwen3_vl_moe")
+    layers = decoder(model).layers
+    with pytest.raises(RuntimeError, match="inside"), knobs_applied(model, FAMILIES["qwen3_vl_moe"], [0, 3], 1):
+        assert len(decoder(model).layers) == 2 and layers[3].mlp.gate.top_k == 1 and layers[0].mlp.gate.top_k == 4
+        assert decoder(model)._forward_pre_hooks
+        raise RuntimeError("inside")
+    assert decoder(model).layers is layers and all(layer.mlp.gate.top_k == 4 for layer in layers)
+    assert not decoder(model)._forward_pre_hooks
+    with pytest.raises(ValueError, match="skip block 0"), knobs_applied(model, FAMILIES["qwen3_vl_moe"], [1, 2], 4):
+        pass
+    with pytest.raises(ValueError, match="top_k=9 is outside 1..8"), knobs_applied(model, FAMILIES["qwen3_vl_moe"],
+                                                                                   [0, 1], 9):
+        pass
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe"])
+def test_the_tier_setting_bounds_the_visual_tokens_that_enter_the_language_model(family):
+    image = picture(640, 480)
+    counts = []
+    for max_tokens in (16, 64, 256):
+        inputs = inputs_for(family, max_tokens, image)
+        counts.append(int((inputs["input_ids"] == IMAGE).sum()))
+        assert counts[-1] <= max_tokens
+        with torch.no_grad():  # the model itself checks the image tokens against the features
+            tiny(family)(**inputs)
+    assert counts[0] < counts[1] < counts[2] and counts[2] > 0.7 * 256
+    assert dict(FAMILIES[family].tier_tokens) == {"low": 256, "medium": 576, "high": 1280}
+    with pytest.raises(ValueError, match="knobctl.json"):
+        FAMILIES["llava"].processor_size(16)
+
+
+def test_group_limited_routers_bound_top_k():
+    config = json.loads(glm_config(n_group=2, topk_group=1).to_json_string())
+    family = family_of(config)
+    assert max_top_k(config, family) == 4  # one group of 4 experts out of 2 x 4
+    check_top_k(config, family, [1, 4], "glm")
+    with pytest.raises(InputError, match="knobs.top_k=5 is outside 1..4 .*topk_group"):
+        check_top_k(config, family, [4, 5], "glm")
+    qwen = json.loads(qwen_config().to_json_string())
+    assert max_top_k(qwen, family_of(qwen)) == 8
+
+
+def test_family_of_reads_config_json_and_names_the_supported_families():
+    assert family_of(json.loads(qwen_config().to_json_string())).model_type == "qwen3_vl_moe"
+    assert family_of({"model_type": "llava", "text_config": {"model_type": "olmoe"}}).model_type == "llava"
+    with pytest.raises(UnsupportedModel, match="'mllama' is not a supported .*qwen3_vl_moe.*glm4v_moe"):
+        family_of({"model_type": "mllama", "text_config": {"model_type": "mllama_text_model"}})
+    with pytest.raises(UnsupportedModel, match="text model is 'llama'.*top-k MoE"):
+        family_of({"model_type": "llava", "text_config": {"model_type": "llama"}})
+
+
+def test_a_true_size_hub_config_is_refused_before_any_weights_are_built(tmp_path, monkeypatch):
+    """A Qwen3-VL-30B-A3B directory as it comes from the hub: config.json alone decides, in milliseconds."""
+    from knobctl.model import runtime
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(runtime.LlavaForConditionalGeneration, "from_pretrained", never)
+    config = qwen_config(num_hidden_layers=48, hidden_size=2048, num_experts=128, num_experts_per_tok=8)
+    (tmp_path / "config.json").write_text(config.to_json_string())
+    with pytest.raises(CheckpointError, match="is a Qwen3-VL-MoE .* checkpoint"):
+        runtime.load_runtime(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3", "text_config": {}}))
+    with pytest.raises(UnsupportedModel, match="idefics3.*supports: llava"):
+        runtime.load_runtime(tmp_path)
