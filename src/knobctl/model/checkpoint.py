@@ -40,23 +40,27 @@ def check_checkpoint(path: Path) -> None:
     asks for remote code. Reads JSON and safetensors headers only, so it is cheap."""
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} has no config.json; a checkpoint directory is what save_runtime writes")
-    for name in REMOTE_CODE_FILES:
-        if (path / name).is_file() and (maps := _auto_maps(_read_json(path / name))):
-            raise CheckpointError(
-                f"{path / name} asks for remote code (auto_map: {maps}); knobctl never runs code "
-                "from a checkpoint, so it refuses to load it. A stock Llava/CLIP/OLMoE checkpoint needs no "
-                "auto_map: remove it, or rebuild the checkpoint with save_runtime"
-            )
+    check_remote_code(path)
     family = family_of(_read_json(path / "config.json"), str(path / "config.json"))
     if family.model_type != "llava":  # read before any weights are built: a true-size config would build for minutes
         raise CheckpointError(
-            f"{path} is a {family.name} checkpoint; knobctl's knob adapter applies top_k and num_blocks to such a "
-            "model (knobctl.model.families), but the runtime that answers requests and runs the stages loads only "
-            "knobctl's own Llava + OLMoE format so far"
+            f"{path} is a {family.name} checkpoint; knobctl.model.family_runtime.load_family_model loads it and "
+            "answers with knobs, but the stages run only knobctl's own Llava + OLMoE format so far"
         )
     if not (path / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{path} has no {TOKENIZER_FILE} (the word-level tokenizer); {REBUILD}")
     _check_weights(path)
+
+
+def check_remote_code(path: Path) -> None:
+    """Raise a :class:`CheckpointError` naming the first file of ``path`` that asks for remote code."""
+    for name in REMOTE_CODE_FILES:
+        if (path / name).is_file() and (maps := _auto_maps(_read_json(path / name))):
+            raise CheckpointError(
+                f"{path / name} asks for remote code (auto_map: {maps}); knobctl never runs code "
+                "from a checkpoint, so it refuses to load it. A stock checkpoint of a supported family needs no "
+                "auto_map: remove it, or rebuild the checkpoint with save_runtime"
+            )
 
 
 def _read_json(file: Path) -> dict[str, Any]:

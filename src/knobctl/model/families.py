@@ -62,6 +62,9 @@ class Family:
     deepstack: bool = False  # visual features added after the first layers by loop position
     keep_first_block: bool = True  # the KV cache reads the sequence length from layer 0's slot
     dense_first_layers_key: str | None = None  # text config key: leading layers with a dense MLP (no router)
+    model_class: str = ""  # the transformers class that loads a checkpoint of the family
+    image_processor_class: str = ""  # its PIL image processor (the stock processors need torchvision)
+    image_markers: tuple[str, str, str] = ("", "", "")  # image start, the placeholder token, image end
 
     def text_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
         return config.get("text_config") or {}
@@ -94,14 +97,18 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            experts_keys=("num_experts", "num_local_experts"), top_k_key="num_experts_per_tok",
            renormalises="always (softmax over all experts, then the kept weights sum to 1)",
            tier_setting="image processor size.longest_edge (max pixels per image)", pixels_per_token=32 * 32,
-           deepstack=True),
+           deepstack=True, model_class="Qwen3VLMoeForConditionalGeneration",
+           image_processor_class="Qwen2VLImageProcessorPil",
+           image_markers=("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")),
     Family(model_type="glm4v_moe", name="GLM-4.5V (glm4v_moe)", text_model_types=("glm4v_moe_text",),
            experts_keys=("n_routed_experts",), top_k_key="num_experts_per_tok",
            renormalises="with norm_topk_prob (GLM-4.5V: true), then times routed_scaling_factor; one shared "
                         "expert always runs",
            # GLM's resize counts a still image twice (temporal patch 2): 2 x 28 x 28 pixels per token
            tier_setting="image processor size.longest_edge (twice the max pixels per image)",
-           pixels_per_token=2 * 28 * 28, dense_first_layers_key="first_k_dense_replace"),
+           pixels_per_token=2 * 28 * 28, dense_first_layers_key="first_k_dense_replace",
+           model_class="Glm4vMoeForConditionalGeneration", image_processor_class="Glm4vImageProcessorPil",
+           image_markers=("<|begin_of_image|>", "<|image|>", "<|end_of_image|>")),
 )}
 
 
