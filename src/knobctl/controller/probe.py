@@ -119,9 +119,10 @@ def fit_probe(tables: CacheTables, train_idx: torch.Tensor, l2: float = L2, max_
     return Probe.fit(tables, train_idx, l2, max_iter).predict(tables.language, tables.vision)
 
 
-def probe_choices(prob: torch.Tensor, latency_ms: torch.Tensor, budget_ms: float,
+def probe_choices(prob: torch.Tensor, latency_ms: torch.Tensor, budget_ms: float | torch.Tensor,
                   tie_break: torch.Tensor | None = None) -> torch.Tensor:
-    """Per sample, the fitting configuration the probe rates highest; the fastest where none fits ([S])."""
+    """Per sample, the fitting configuration the probe rates highest; the fastest where none fits ([S]).
+    ``budget_ms`` is one budget for all samples or one per sample ([S, 1])."""
     score = prob + (1e-6 * tie_break[None] if tie_break is not None else 0)  # [S, C]
     fits = latency_ms <= budget_ms  # [S, C]
     best = torch.where(fits, score, torch.tensor(-1.0)).argmax(1)  # [S]

@@ -64,7 +64,7 @@ from knobctl.controller.losses import (
     zero_variance,
 )
 from knobctl.controller.policy import ACTIVATIONS, Controller, ControllerConfig
-from knobctl.controller.probe import Probe
+from knobctl.controller.probe import Probe, probe_choices
 from knobctl.controller.spread import draw_latency
 from knobctl.controller.tables import CacheTables, budgets_between
 from knobctl.execution import progress_bar
@@ -304,17 +304,16 @@ def _warm_start(ctrl: Controller, opt: torch.optim.Optimizer, tables: CacheTable
     draws them), the target is the probe's pick, the allowed configuration with the highest predicted
     P(right) (the fit mask's configurations with ``fit_mask``, else those whose estimate fits; the
     cheapest where none does), larger configurations winning ties. Returns the last step's loss."""
-    tie_break = 1e-6 * tables.complexity  # [C]
     loss = torch.zeros(())
     for _ in progress_bar(range(p.warm_start_steps), desc="warm start", unit="step", disable=not progress):
         idx = train_idx[torch.randint(len(train_idx), (p.batch_size,), generator=gen)]  # [B]
         budget = sample_budgets(tables, idx, p, gen)  # [B]
         feasible = ctrl.feasible(tables.text_tokens[idx], budget) if p.fit_mask else None  # [B, T, P]
-        lat = tables.latency_ms[idx]  # [B, C]
-        allowed = (feasible.reshape(len(idx), -1) if feasible is not None else
-                   (lat <= budget[:, None]) | ((lat == lat.min(1, keepdim=True).values)
-                                                & ~(lat <= budget[:, None]).any(1, keepdim=True)))  # [B, C]
-        target = torch.where(allowed, predicted[idx] + tie_break, torch.tensor(-1.0)).argmax(1)  # [B]
+        if feasible is None:
+            target = probe_choices(predicted[idx], tables.latency_ms[idx], budget[:, None], tables.complexity)  # [B]
+        else:
+            allowed = feasible.reshape(len(idx), -1)  # [B, C]
+            target = torch.where(allowed, predicted[idx] + 1e-6 * tables.complexity, torch.tensor(-1.0)).argmax(1)
         loss = imitation_loss(ctrl, tables.language[idx], tables.vision[idx], budget, target, feasible)
         opt.zero_grad(set_to_none=True)
         loss.backward()

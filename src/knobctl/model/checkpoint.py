@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError, safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from knobctl.model.families import family_of
+from knobctl.model.families import Family, family_of
 from knobctl.model.presets import SPEC_FILE
 from knobctl.params import InputError
 
@@ -38,10 +38,7 @@ class CheckpointError(InputError):
 def check_checkpoint(path: Path) -> None:
     """Raise a :class:`CheckpointError` naming the first file of ``path`` that is missing, broken or
     asks for remote code. Reads JSON and safetensors headers only, so it is cheap."""
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path} has no config.json; a checkpoint directory is what save_runtime writes")
-    check_remote_code(path)
-    family = family_of(_read_json(path / "config.json"), str(path / "config.json"))
+    family = checkpoint_family(path)
     if family.model_type != "llava":  # read before any weights are built: a true-size config would build for minutes
         raise CheckpointError(
             f"{path} is a {family.name} checkpoint; knobctl.model.family_runtime.load_family_model loads it and "
@@ -50,6 +47,16 @@ def check_checkpoint(path: Path) -> None:
     if not (path / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{path} has no {TOKENIZER_FILE} (the word-level tokenizer); {REBUILD}")
     _check_weights(path)
+
+
+def checkpoint_family(path: Path) -> Family:
+    """The family of the checkpoint folder ``path``, from its config.json alone, before any weights are
+    built; a missing config.json, remote code or an unsupported family is an error naming the file."""
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json; give the folder save_runtime wrote or a model was "
+                              "downloaded to")
+    check_remote_code(path)
+    return family_of(_read_json(path / "config.json"), str(path / "config.json"))
 
 
 def check_remote_code(path: Path) -> None:

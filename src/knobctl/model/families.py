@@ -27,7 +27,7 @@ are built: a family that is not supported is an error naming the supported ones.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,6 @@ class Family:
     name: str
     text_model_types: tuple[str, ...]  # text_config.model_type values accepted
     experts_keys: tuple[str, ...]  # text config keys that may hold the routed experts per MoE layer (first found)
-    top_k_key: str  # text config key: the model's own top-k
     renormalises: str  # what the router does with the kept experts' weights
     tier_setting: str  # the processor setting a tier maps to
     pixels_per_token: int  # image pixels per visual token at that setting
@@ -61,7 +60,6 @@ class Family:
     tier_tokens: tuple[tuple[str, int], ...] = (("low", 256), ("medium", 576), ("high", 1280))
     deepstack: bool = False  # visual features added after the first layers by loop position
     keep_first_block: bool = True  # the KV cache reads the sequence length from layer 0's slot
-    dense_first_layers_key: str | None = None  # text config key: leading layers with a dense MLP (no router)
     model_class: str = ""  # the transformers class that loads a checkpoint of the family
     image_processor_class: str = ""  # its PIL image processor (the stock processors need torchvision)
     image_markers: tuple[str, str, str] = ("", "", "")  # image start, the placeholder token, image end
@@ -73,12 +71,6 @@ class Family:
         text = self.text_config(config)
         return int(next((text[k] for k in self.experts_keys if text.get(k)), 0))
 
-    def own_top_k(self, config: Mapping[str, Any]) -> int:
-        return int(self.text_config(config).get(self.top_k_key) or 0)
-
-    def num_layers(self, config: Mapping[str, Any]) -> int:
-        return int(self.text_config(config).get("num_hidden_layers") or 0)
-
     def processor_size(self, max_tokens: int, min_tokens: int = 4) -> dict[str, int]:
         """The image processor's ``size`` for between ``min_tokens`` and ``max_tokens`` visual tokens per image."""
         if not self.pixels_per_token:
@@ -88,25 +80,25 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family(model_type="llava", name="Llava + OLMoE (knobctl's own format: the tiny default, molmoe-1b-shape)",
-           text_model_types=("olmoe",), experts_keys=("num_experts",), top_k_key="num_experts_per_tok",
+           text_model_types=("olmoe",), experts_keys=("num_experts",),
            renormalises="only with norm_topk_prob (OLMoE: false, so the MoE output shrinks as top_k falls)",
            tier_setting="knobctl.json tiers (image size, crops, pooling)", pixels_per_token=0,
            keep_first_block=False),  # knobctl's own decode loop keeps no per-layer cache slots
     Family(model_type="qwen3_vl_moe", name="Qwen3-VL-MoE (e.g. Qwen3-VL-30B-A3B)", text_model_types=("qwen3_vl_moe_text",),
            # the hub's config.json says num_experts; transformers 5 saves it as num_local_experts
-           experts_keys=("num_experts", "num_local_experts"), top_k_key="num_experts_per_tok",
+           experts_keys=("num_experts", "num_local_experts"),
            renormalises="always (softmax over all experts, then the kept weights sum to 1)",
            tier_setting="image processor size.longest_edge (max pixels per image)", pixels_per_token=32 * 32,
            deepstack=True, model_class="Qwen3VLMoeForConditionalGeneration",
            image_processor_class="Qwen2VLImageProcessorPil",
            image_markers=("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")),
     Family(model_type="glm4v_moe", name="GLM-4.5V (glm4v_moe)", text_model_types=("glm4v_moe_text",),
-           experts_keys=("n_routed_experts",), top_k_key="num_experts_per_tok",
+           experts_keys=("n_routed_experts",),
            renormalises="with norm_topk_prob (GLM-4.5V: true), then times routed_scaling_factor; one shared "
                         "expert always runs",
            # GLM's resize counts a still image twice (temporal patch 2): 2 x 28 x 28 pixels per token
            tier_setting="image processor size.longest_edge (twice the max pixels per image)",
-           pixels_per_token=2 * 28 * 28, dense_first_layers_key="first_k_dense_replace",
+           pixels_per_token=2 * 28 * 28,  # block 0 is dense (first_k_dense_replace): it has no router
            model_class="Glm4vMoeForConditionalGeneration", image_processor_class="Glm4vImageProcessorPil",
            image_markers=("<|begin_of_image|>", "<|image|>", "<|end_of_image|>")),
 )}
@@ -164,26 +156,30 @@ def layer_routers(layers: Sequence[nn.Module]) -> list[list[nn.Module]]:
 
 
 @contextlib.contextmanager
-def knobs_applied(model: nn.Module, family: Family, blocks: Sequence[int], top_k: int,
-                  all_layers: nn.ModuleList | None = None) -> Iterator[None]:
+def knobs_applied(model: nn.Module, family: Family, blocks: Iterable[int], top_k: int,
+                  all_layers: nn.ModuleList | None = None,
+                  routers: Sequence[Sequence[nn.Module]] | None = None) -> Iterator[None]:
     """Within the scope, routers after the decision block pick ``top_k`` experts and only ``blocks``
     run, in model order; everything is restored on exit, exceptions included. ``all_layers`` is the
-    full layer list when the caller already holds it (the model's own list is swapped in the scope)."""
+    full layer list and ``routers`` its :func:`layer_routers` when the caller already holds them (the
+    model's own list is swapped in the scope; a runtime called per request should not rescan every
+    module each time)."""
     lm = decoder(model)
     full = lm.layers if all_layers is None else all_layers
+    blocks = list(blocks)
     order = sorted(blocks)
     if not order or len(set(order)) != len(order) or not 0 <= order[0] <= order[-1] < len(full):
         raise ValueError(f"blocks {list(blocks)} must be distinct indices in 0..{len(full) - 1}")
     if family.keep_first_block and order[0] != 0:
         raise ValueError(f"blocks {list(blocks)} skip block 0; a {family.name} model must run it (its KV cache "
                          "reads the sequence length from block 0)")
-    routers = layer_routers(full)
+    routers = layer_routers(full) if routers is None else routers
     flat = [r for rs in routers for r in rs]
     if not flat:
         raise ValueError("the language model has no top-k MoE routers; knobctl needs an MoE LM")
-    too_many = [r.num_experts for r in flat if top_k > r.num_experts]
-    if top_k < 1 or too_many:
-        raise ValueError(f"top_k={top_k} is outside 1..{min(r.num_experts for r in flat)} (the model's experts)")
+    limit = min(r.num_experts for r in flat)
+    if not 1 <= top_k <= limit:
+        raise ValueError(f"top_k={top_k} is outside 1..{limit} (the model's experts)")
     saved_k = [r.top_k for r in flat]
     saved_layers = lm.layers
     hook = None

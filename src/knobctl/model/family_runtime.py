@@ -13,7 +13,6 @@ The stages do not use it yet: they run knobctl's Llava runtime (:mod:`knobctl.mo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from PIL import Image
 from torch import nn
 
 from knobctl.knobs import KnobConfig
-from knobctl.model.checkpoint import CheckpointError, check_remote_code
-from knobctl.model.families import Family, decoder, family_of, knobs_applied
+from knobctl.model.checkpoint import CheckpointError, checkpoint_family
+from knobctl.model.families import Family, decoder, knobs_applied
 
 
 @dataclass
@@ -67,8 +66,8 @@ class FamilyModel:
         count = int(pixels["image_grid_thw"].prod(-1).sum()) // merge**2
         placeholder = self.family.image_markers[1]
         text = self.prompt(question)
-        if text.count(placeholder) != 1:
-            raise ValueError(f"{self.source}: the prompt holds {text.count(placeholder)} {placeholder} placeholders, "
+        if (found := text.count(placeholder)) != 1:
+            raise ValueError(f"{self.source}: the prompt holds {found} {placeholder} placeholders, "
                              "not 1; the chat template does not place one image as the family's processor expects")
         ids = self.tokenizer(text.replace(placeholder, placeholder * count), add_special_tokens=False,
                              return_tensors="pt")["input_ids"]  # [1, L]
@@ -99,11 +98,7 @@ def load_family_model(source: str | Path, *, device: str | torch.device = "cpu",
     """A local HF directory of a supported family, exactly as downloaded; ``tiers`` overrides the family's
     visual tokens per tier. Unsupported families and remote code are refused before any weights are built."""
     path = Path(source)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json; give the folder a model was downloaded or saved to")
-    check_remote_code(path)
-    family = family_of(json.loads(config_file.read_text()), str(config_file))
+    family = checkpoint_family(path)
     if not family.model_class:
         raise CheckpointError(f"{path} is knobctl's own {family.name} format: load it with knobctl.load_runtime")
     model = getattr(transformers, family.model_class).from_pretrained(

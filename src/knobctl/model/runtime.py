@@ -31,7 +31,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedT
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.model.checkpoint import REBUILD, TOKENIZER_FILE, CheckpointError, check_checkpoint, model_card
 from knobctl.model.decoding import generate
-from knobctl.model.families import FAMILIES, is_router, knobs_applied
+from knobctl.model.families import FAMILIES, knobs_applied, layer_routers
 from knobctl.model.images import ImageLike, Images, as_batch, batch_pixels, tier_pixels
 from knobctl.model.presets import (
     BOS,
@@ -73,7 +73,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.spec.validate(self.num_layers)
         self._all_layers: nn.ModuleList = self.lm.layers
-        self._block_routers = [[m for m in layer.modules() if is_router(m)] for layer in self._all_layers]
+        self._block_routers = layer_routers(self._all_layers)
         self._routers = [r for routers in self._block_routers for r in routers]
         if not self._routers:
             raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
@@ -155,7 +155,8 @@ class Runtime:
         """Within the scope, routers after the decision block pick ``top_k`` experts and only
         ``blocks`` run, in model order: :meth:`knobs_applied` for any set of blocks, not only
         the block policy's (block importance drops one block at a time, block 0 included)."""
-        with knobs_applied(self.model, FAMILIES["llava"], list(blocks), top_k, all_layers=self._all_layers):
+        with knobs_applied(self.model, FAMILIES["llava"], blocks, top_k, all_layers=self._all_layers,
+                           routers=self._block_routers):
             yield
 
     @contextlib.contextmanager
