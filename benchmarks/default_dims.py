@@ -59,7 +59,7 @@ def train_step_seconds(rt, batch: int, text_tokens: int, repeats: int) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         visual = rt.encode_images(images, "high")  # [B, T, H]
-        inputs = rt.embed(visual, rt.prompt_from_ids(questions, visual.shape[1]))
+        inputs = rt.embed(visual, rt.prompt_from_ids(questions, visual.num_tokens))
         hidden = prefill(rt, inputs)  # [B, L, H]
         rt.model.lm_head(hidden[:, -2:]).float().square().mean().backward()
         rt.model.zero_grad(set_to_none=True)

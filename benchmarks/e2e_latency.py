@@ -70,7 +70,7 @@ def main() -> None:
     def out_tokens(knobs) -> int:
         with rt.knobs_applied(knobs), torch.inference_mode():
             visual = rt.encode_images(images, knobs.tier)
-            tokens = generate(rt, rt.embed(visual, rt.prompt_ids([question], visual.shape[1])), rt.spec.max_new_tokens)
+            tokens = generate(rt, rt.embed(visual, rt.prompt_ids([question], visual.num_tokens)), rt.spec.max_new_tokens)
         row = tokens[0].tolist()
         return row.index(rt.ids[EOS]) + 1 if rt.ids[EOS] in row else len(row)
 

@@ -68,14 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(p.num_threads)
     split_path = Path(args.data) / f"{p.split}.parquet"
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
-    order = ModelParams.from_params(section(params, "model", args.params)).block_order
-    rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype], block_order=order)
+    model = ModelParams.from_params(section(params, "model", args.params))
+    rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype], block_order=model.block_order,
+                      tier_tokens=model.tier_tokens)
     block_order = rt.spec.block_order_json  # resolved: the file's list, not its path
     rt.validate_grid(grid)
     model_hash = checkpoint_hash(args.model)
     run_key = params_hash({"rollouts": p.__dict__, "configs": [k.label for k in configs], "seed": seed,
                            "model": model_hash, "data": file_hash(split_path),
-                           "block_order": block_order})
+                           "block_order": block_order, "tiers": rt.tier_table()})
     plan = PartPlan(Path(args.cache) / run_key, len(samples), p.part_size)
 
     start = time.perf_counter()
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = provenance(own, volatile=False, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
                       model=args.model, model_hash=model_hash, block_order=block_order, seed=seed, split=p.split, samples=len(samples),
                       configs=[k.label for k in configs], tiers=rt.tier_table(),
+                      tier_tokens=None if rt.layout is None else dict(rt.layout.tiers),
                       max_new_tokens=p.max_new_tokens or rt.spec.max_new_tokens,
                       feature_dim=int(2 * rt.config.text_config.hidden_size), features=FEATURE_DEFINITIONS)
     out = Path(args.out)

@@ -36,12 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.execution import use_threads
     from knobctl.io import checkpoint_hash, provenance, write_json_atomic
     from knobctl.knobs import KnobGrid
+    from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import device_name, load_runtime
 
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     p = ImportanceParams.from_params(own)
     threads = use_threads(p.num_threads)
-    rt = load_runtime(p.source, device=p.device)
+    rt = load_runtime(p.source, device=p.device,
+                      tier_tokens=ModelParams.from_params(params.get("model") or {}).tier_tokens)
     rt.validate_grid(grid)
     df = pd.read_parquet(Path(args.data) / f"{p.split}.parquet")
     start = time.perf_counter()

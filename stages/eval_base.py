@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = EvalParams.from_params(section(params, "eval_base", args.params))
     use_threads(own.num_threads)
-    order = ModelParams.from_params(section(params, "model", args.params)).block_order
-    rt = load_runtime(args.model, device=own.device, block_order=order)
+    model = ModelParams.from_params(section(params, "model", args.params))
+    rt = load_runtime(args.model, device=own.device, block_order=model.block_order, tier_tokens=model.tier_tokens)
     rt.validate_grid(grid)
     seed = seed_of(params, args.params)
     test = pd.read_parquet(Path(args.data) / "test.parquet")

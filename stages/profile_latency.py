@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.latency.profiling import ROW_COLUMNS, ProfileParams, load_profiled_runtime, profile_runtime
     from knobctl.latency.stats import median_cv, round_speed, summarize, with_speed
+    from knobctl.model.presets import ModelParams
     from knobctl.model.runtime import device_name
     from knobctl.parts import PartStore
 
@@ -39,11 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     own = apply_overrides(section(params, "profile_latency", args.params), args.set, "profile_latency")
     p = ProfileParams.from_params(own)
     threads = use_threads(p.num_threads)
-    rt = load_profiled_runtime(p)
+    # model.tier_tokens only: a standalone profile of a preset may come with no model section at all
+    rt = load_profiled_runtime(p, ModelParams.from_params(params.get("model") or {}).tier_tokens)
     rt.validate_grid(grid)
     model_hash = checkpoint_hash(p.source)
     run_key = params_hash({"profile": p.__dict__, "knobs": [k.label for k in grid.configs()], "seed": seed,
-                           "model": model_hash})
+                           "model": model_hash, "tiers": rt.tier_table()})
     store = PartStore(Path(args.cache) / run_key, flush_every=p.flush_every, columns=ROW_COLUMNS)
     start = time.perf_counter()
     rows = with_speed(profile_runtime(rt, grid.configs(), p, seed, store))

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
         split = pd.read_parquet(Path(args.data) / f"{meta['split']}.parquet").set_index("sample_id")
         # The table's own block order (a file path in params may have changed since).
-        rt = load_runtime(meta["model"], block_order=meta.get("block_order"))
+        rt = load_runtime(meta["model"], block_order=meta.get("block_order"), tier_tokens=meta.get("tier_tokens"))
         return OnlineOracle(rt, split.loc[tables.sample_ids].reset_index(), tables.configs)
 
     result = train_controller(tables, p, weights, seed, fetch_factory=oracle)

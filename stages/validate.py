@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     val_table = AccuracyTable.load(args.rollouts)
     val_table.check_grid(grid, args.rollouts)
     est = LatencyEstimator.load(args.estimator)
-    order = ModelParams.from_params(section(params, "model", args.params)).block_order
-    rt = load_runtime(args.model, device=p.device, block_order=order)
+    model = ModelParams.from_params(section(params, "model", args.params))
+    rt = load_runtime(args.model, device=p.device, block_order=model.block_order, tier_tokens=model.tier_tokens)
     rt.validate_grid(grid)
     split_path = Path(args.data) / "test.parquet"
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, "test", key="validate.num_samples")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     test = build_tables(AccuracyTable.from_frames(rows, feats), est, grid.configs())
     val = build_tables(val_table, est, grid.configs())
     run_key = params_hash({"validate": p.__dict__, "seed": seed, "model": checkpoint_hash(args.model),
-                           "block_order": rt.spec.block_order_json,
+                           "block_order": rt.spec.block_order_json, "tiers": rt.tier_table(),
                            "controller": checkpoint_hash(args.controller), "data": file_hash(split_path),
                            "estimator": {f.name: file_hash(f) for f in sorted(Path(args.estimator).iterdir())}})
     store = PartStore(Path(args.cache) / run_key, flush_every=10**9)  # flushed per chunk of samples

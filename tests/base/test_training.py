@@ -45,7 +45,7 @@ def test_loss_depends_only_on_answer_targets(train_df):
     # Hand computation: the answer word and EOS are the last two tokens of each left-padded row.
     with torch.no_grad(), rt.knobs_applied(KnobConfig("high", 8, 16)):
         visual = rt.encode_images(data.images[data.image_index[rows]], "high")
-        seqs = [rt.prompt_from_ids([data.questions[r]], visual.shape[1])[0] + data.answers[r] + [rt.ids["[EOS]"]]
+        seqs = [rt.prompt_from_ids([data.questions[r]], visual.num_tokens)[0] + data.answers[r] + [rt.ids["[EOS]"]]
                 for r in rows]
         inputs = rt.embed(visual, seqs)
         h = rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],

@@ -39,7 +39,7 @@ def cached_choice(rt, ctrl, image, question, budget):
     vision = []
     for tier in ctrl.config.tiers:
         visual = rt.encode_images(image, tier)
-        inputs = rt.embed(visual, rt.prompt_from_ids(ids, visual.shape[1]))
+        inputs = rt.embed(visual, rt.prompt_from_ids(ids, visual.num_tokens))
         vision.append(vision_features(rt, decision_states(rt, inputs), inputs["input_ids"]))
     return ctrl.choose(language_features(rt, ids), torch.stack(vision, 1), budget, len(ids[0]))[0]
 

@@ -75,7 +75,7 @@ def test_forced_output_length_bans_eos(tiny_rt, images):
     try:
         with tiny_rt.knobs_applied(KnobConfig("high", 8, 16)):
             visual = tiny_rt.encode_images(images[:2], "high")
-            inputs = tiny_rt.embed(visual, tiny_rt.prompt_ids(["what color", "is it red"], visual.shape[1]))
+            inputs = tiny_rt.embed(visual, tiny_rt.prompt_ids(["what color", "is it red"], visual.num_tokens))
             free = generate(tiny_rt, inputs, 5)
             forced = generate(tiny_rt, inputs, 5, min_new_tokens=5)
     finally:

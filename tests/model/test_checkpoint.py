@@ -130,7 +130,7 @@ def test_stock_transformers_loads_the_weights_but_does_not_pool(saved, images):
     pixels = rt.pixel_values(images[:1], "high")
     with torch.no_grad():
         stock_feats = stock.get_image_features(pixel_values=pixels).pooler_output[0]  # [64, H]
-    assert stock_feats.shape[0] == 64 and rt.encode_images(images[:1], "high").shape[1] == 16
+    assert stock_feats.shape[0] == 64 and rt.encode_images(images[:1], "high").num_tokens == 16
 
     prompt = torch.tensor(rt.prompt_ids(QUESTIONS[:1], rt.visual_tokens("high")))
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
@@ -154,7 +154,7 @@ def test_stock_transformers_reproduces_knobctl_when_nothing_is_pooled(tmp_path, 
 
     with torch.no_grad(), rt.knobs_applied(FULL):
         visual = rt.encode_images(images, FULL.tier)
-        inputs = rt.embed(visual, rt.prompt_ids(QUESTIONS, visual.shape[1]))
+        inputs = rt.embed(visual, rt.prompt_ids(QUESTIONS, visual.num_tokens))
         ours = generate(rt, inputs, steps)
     theirs = stock.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                             pixel_values=rt.pixel_values(images, FULL.tier), max_new_tokens=steps, do_sample=False,

@@ -231,17 +231,21 @@ def test_family_of_reads_config_json_and_names_the_supported_families():
         family_of({"model_type": "llava", "text_config": {"model_type": "llama"}})
 
 
-def test_a_true_size_hub_config_is_refused_before_any_weights_are_built(tmp_path, monkeypatch):
-    """A Qwen3-VL-30B-A3B directory as it comes from the hub: config.json alone decides, in milliseconds."""
+def test_a_broken_true_size_hub_folder_is_refused_before_any_weights_are_built(tmp_path, monkeypatch):
+    """A Qwen3-VL-30B-A3B directory whose weights did not download: config.json and the safetensors headers
+    decide, in milliseconds, before the 30 B parameter model is built."""
+    import transformers
+
     from knobctl.model import runtime
 
     def never(*args, **kwargs):
         raise AssertionError("a model was built")
 
     monkeypatch.setattr(runtime.LlavaForConditionalGeneration, "from_pretrained", never)
+    monkeypatch.setattr(transformers.Qwen3VLMoeForConditionalGeneration, "from_pretrained", never)
     config = qwen_config(num_hidden_layers=48, hidden_size=2048, num_experts=128, num_experts_per_tok=8)
     (tmp_path / "config.json").write_text(config.to_json_string())
-    with pytest.raises(CheckpointError, match="is a Qwen3-VL-MoE .* checkpoint"):
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
         runtime.load_runtime(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3", "text_config": {}}))
     with pytest.raises(UnsupportedModel, match="idefics3.*supports: llava"):

@@ -30,7 +30,7 @@ def test_pool_states_is_the_selected_mean_then_the_last_state():
 def test_decision_states_are_the_first_blocks_output_whatever_the_knobs(tiny_rt, images):
     rt = tiny_rt
     visual = rt.encode_images(images[:3], "high")
-    inputs = rt.embed(visual, rt.prompt_ids(QUESTIONS, visual.shape[1]))
+    inputs = rt.embed(visual, rt.prompt_ids(QUESTIONS, visual.num_tokens))
     plain = decision_states(rt, inputs)
     with rt.knobs_applied(KnobConfig("high", 4, 12)):
         under_knobs = decision_states(rt, inputs)
@@ -49,7 +49,7 @@ def test_vision_features_differ_by_tier(tiny_rt, images):
     feats = {}
     for tier in ("low", "high"):
         visual = tiny_rt.encode_images(images[:3], tier)
-        inputs = tiny_rt.embed(visual, tiny_rt.prompt_ids(QUESTIONS, visual.shape[1]))
+        inputs = tiny_rt.embed(visual, tiny_rt.prompt_ids(QUESTIONS, visual.num_tokens))
         feats[tier] = vision_features(tiny_rt, decision_states(tiny_rt, inputs), inputs["input_ids"])
     assert feats["low"].shape == (3, 64) and not torch.allclose(feats["low"], feats["high"])
 
@@ -74,7 +74,7 @@ def test_one_request_features_equal_the_batched_ones(tiny_rt, images):
         np.testing.assert_allclose(language_feature_one(rt, q), batched[i].numpy(), rtol=1e-6, atol=1e-6)
     assert not np.any(language_feature_one(rt, []))
     visual = rt.encode_images(images[:1], "medium")  # [1, T, H]
-    inputs = rt.embed(visual, rt.prompt_from_ids(ids[:1], visual.shape[1]))
+    inputs = rt.embed(visual, rt.prompt_from_ids(ids[:1], visual.num_tokens))
     states = decision_states(rt, inputs)  # [1, L, H]
     np.testing.assert_allclose(vision_feature_one(rt, states, inputs["input_ids"]),
                                vision_features(rt, states, inputs["input_ids"])[0].numpy(), rtol=1e-6, atol=1e-6)

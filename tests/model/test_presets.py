@@ -52,7 +52,7 @@ def test_molmoe_vision_path_emits_the_tier_tokens_on_meta(molmoe_meta):
     img = torch.zeros(1, 3, 200, 300)
     for tier, n in (("low", 432), ("high", 1872)):
         out = molmoe_meta.encode_images(img, tier)
-        assert tuple(out.shape) == (1, n, 2048)
+        assert tuple(out.embeds.shape) == (1, n, 2048)
 
 
 def test_molmoe_accepts_every_knob_of_the_grid(molmoe_meta):

@@ -27,7 +27,7 @@ def run_prefill(rt, images, knobs, questions=None):
     try:
         with torch.no_grad(), rt.knobs_applied(knobs):
             visual = rt.encode_images(images, knobs.tier)
-            inputs = rt.embed(visual, rt.prompt_ids(questions, visual.shape[1]))
+            inputs = rt.embed(visual, rt.prompt_ids(questions, visual.num_tokens))
             with FlopCounterMode(display=False) as counter:
                 rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                       position_ids=inputs["position_ids"])
@@ -118,7 +118,7 @@ def test_batched_prefill_matches_single_requests(images):
     def last_logits(imgs, qs):
         with torch.no_grad(), rt.knobs_applied(knobs):
             visual = rt.encode_images(imgs, knobs.tier)
-            inputs = rt.embed(visual, rt.prompt_ids(qs, visual.shape[1]))
+            inputs = rt.embed(visual, rt.prompt_ids(qs, visual.num_tokens))
             h = rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
                       position_ids=inputs["position_ids"]).last_hidden_state
             return rt.model.lm_head(h[:, -1])
@@ -149,7 +149,7 @@ def test_save_and_load_round_trip(tmp_path, images):
     assert loaded.answer(images, qs, knobs) == rt.answer(images, qs, knobs)
     a = rt.encode_images(images, "high")
     b = loaded.encode_images(images, "high")
-    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a.embeds, b.embeds)
 
 
 def test_load_runtime_rejects_unknown_source(tmp_path):
@@ -175,7 +175,7 @@ def test_early_exit_and_forked_cache_equal_a_separate_run(tiny_rt, images):
     shallow, deep = KnobConfig("medium", 5, 13), KnobConfig("medium", 5, 16)
     with torch.no_grad():
         visual = rt.encode_images(images, "medium")
-        inputs = rt.embed(visual, rt.prompt_ids(questions, visual.shape[1]))
+        inputs = rt.embed(visual, rt.prompt_ids(questions, visual.num_tokens))
         with rt.knobs_applied(shallow):
             alone = generate(rt, inputs, 4, min_new_tokens=4)
         from transformers import DynamicCache
@@ -206,7 +206,7 @@ def test_blocks_applied_runs_any_set_of_blocks_and_restores(tiny_rt, images):
         with torch.no_grad(), tiny_rt.blocks_applied(reversed(blocks), 5):
             assert [r.top_k for r in tiny_rt._block_routers[3]] == [5] and tiny_rt._block_routers[0][0].top_k == 8
             visual = tiny_rt.encode_images(images, "low")
-            generate(tiny_rt, tiny_rt.embed(visual, tiny_rt.prompt_ids([QUESTION] * 4, visual.shape[1])), 1)
+            generate(tiny_rt, tiny_rt.embed(visual, tiny_rt.prompt_ids([QUESTION] * 4, visual.num_tokens)), 1)
     finally:
         for h in hooks:
             h.remove()
@@ -228,7 +228,7 @@ def test_decoding_without_block_0_is_right(images):
         rt._all_layers[0].mlp.experts.down_proj.zero_()
         questions = ["what color is the shape ?", "is there a red circle in the image ?", "is there a ?", "what ?"]
         visual = rt.encode_images(images, "high")
-        inputs = rt.embed(visual, rt.prompt_ids(questions, visual.shape[1]))
+        inputs = rt.embed(visual, rt.prompt_ids(questions, visual.num_tokens))
         with rt.blocks_applied(range(16), 8):
             full = generate(rt, inputs, 4, min_new_tokens=4)
         with rt.blocks_applied(range(1, 16), 8):

@@ -110,7 +110,7 @@ def test_shared_work_gives_exactly_the_answers_of_rt_answer(tiny_rt, frame):
         assert tiny_rt.decode(res.tokens[k]) == tiny_rt.answer(images, frame["question"].tolist(), k), k.label
     # The cached vision feature is the features module's own, computed apart.
     visual = tiny_rt.encode_images(images, "high")
-    inputs = tiny_rt.embed(visual, tiny_rt.prompt_ids(frame["question"].tolist(), visual.shape[1]))
+    inputs = tiny_rt.embed(visual, tiny_rt.prompt_ids(frame["question"].tolist(), visual.num_tokens))
     direct = vision_features(tiny_rt, decision_states(tiny_rt, inputs), inputs["input_ids"])
     torch.testing.assert_close(res.vision["high"], direct, rtol=0, atol=0)
     assert res.input_tokens["high"].tolist() == inputs["attention_mask"].sum(1).tolist()

@@ -43,7 +43,7 @@ def evaluate(
     rt: Runtime, df: pd.DataFrame, configs: Sequence[KnobConfig], batch_size: int = 256, desc: str = "eval"
 ) -> dict[str, Any]:
     """VQA accuracy of each configuration overall and per question type."""
-    images = torch.from_numpy(decode_images(df["image"].tolist(), size=rt.config.vision_config.image_size))
+    images = torch.from_numpy(decode_images(df["image"].tolist(), size=rt.image_size))
     questions = df["question"].tolist()
     results: dict[str, Any] = {}
     for cfg in progress_bar(configs, desc=desc, unit="config"):

@@ -118,7 +118,7 @@ def reference_answer(answers: Sequence[str]) -> str:
 @torch.inference_mode()
 def encode(rt: Runtime, df: pd.DataFrame, tier: str, batch_size: int) -> list[Batch]:
     """The samples in batches, their images through the vision tower at ``tier``."""
-    size = rt.config.vision_config.image_size
+    size = rt.image_size
     images = torch.from_numpy(decode_images(df["image"].tolist(), size=size))  # [N, S, S, 3] uint8
     tok = rt.tokenizer
     questions = tok(df["question"].tolist(), add_special_tokens=False)["input_ids"]
@@ -150,7 +150,7 @@ class Measurer:
         rt, parts = self.rt, []
         for i, b in enumerate(self.batches):
             with rt.blocks_applied(key, self.top_k):
-                inputs = rt.embed(b.visual, rt.prompt_from_ids(b.questions, b.visual.shape[1]))
+                inputs = rt.embed(b.visual, rt.prompt_from_ids(b.questions, b.visual.num_tokens))
                 preds = rt.decode(generate(rt, inputs, rt.spec.max_new_tokens))
                 logits, labels = teacher_forced(rt, b.visual, b.questions, b.targets)  # [B, S, V], [B, S]
             logp = F.log_softmax(logits.float(), dim=-1)  # [B, S, V]

@@ -288,7 +288,7 @@ def train_base(
     torch.manual_seed(seed)
     rt = build_tiny(train, model, seed)
     grid.validate_for(num_experts=rt.num_experts, num_layers=rt.num_layers, tiers=rt.spec.tiers)
-    data = encode_split(rt, train, size=rt.config.vision_config.image_size)
+    data = encode_split(rt, train, size=rt.image_size)
     opt = torch.optim.AdamW(param_groups(rt, params), lr=params.lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(seed)
     tag = params_hash({"train": asdict(params), "model": asdict(model) | {"block_order": None}, "grid": asdict(grid), "seed": seed, "n": len(train)})

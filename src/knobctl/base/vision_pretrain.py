@@ -136,7 +136,7 @@ def pretrain_vision(
         tier = tiers[int(torch.multinomial(weights, 1, generator=gen))]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 20)
-        feats = rt.encode_images(images[idx], tier).mean(dim=1)  # [B, H]
+        feats = rt.encode_images(images[idx], tier).embeds.mean(dim=1)  # [B, H]
         loss = feats.new_zeros(())
         for t, head in heads.items():
             y = targets[t][idx]  # [B]

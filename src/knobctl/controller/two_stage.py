@@ -72,7 +72,7 @@ def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: ImageL
     tier = policy.config.tiers[tier_index]
     spent = watch.mark() - t1
     visual = rt.encode_images(image, tier)  # [1, T, H]
-    inputs = rt.embed(visual, rt.prompt_from_ids(q_ids, visual.shape[1]))
+    inputs = rt.embed(visual, rt.prompt_from_ids(q_ids, visual.num_tokens))
     mask, pos = inputs["attention_mask"], inputs["position_ids"]
     first = new_cache(rt)
     with rt.blocks_run([DECISION_BLOCK]), rt.block_outputs(keep_sequence=[DECISION_BLOCK]) as outs:
@@ -92,7 +92,7 @@ def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: ImageL
         # cache's length, which must be 0 for this continuation of the same prompt.
         rest = new_cache(rt)
         with rt.blocks_run(blocks[1:]):
-            hidden = prefill(rt, inputs, rest, embeds=states)  # [1, L, H]
+            hidden = prefill(rt, inputs, rest, embeds=states, after=DECISION_BLOCK)  # [1, L, H]
         rest.layers[DECISION_BLOCK] = first.layers[DECISION_BLOCK]
         token = next_token(rt, rt.model.lm_head(hidden[:, -1]), ban_eos=False)  # [1]
         tokens = continue_greedy(rt, token, rest, mask, pos, max_new_tokens or rt.spec.max_new_tokens)

@@ -133,6 +133,8 @@ class RuntimeMeasurer:
         gen = torch.Generator().manual_seed(seed)
         self.images = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
         special = set(rt.ids.values())
+        if rt.layout is not None:  # an HF family's chat and image tokens are added tokens: keep them out too
+            special |= set(rt.tokenizer.all_special_ids) | set(rt.tokenizer.get_added_vocab().values())
         self._words = [i for i in range(len(rt.tokenizer)) if i not in special] or [rt.ids["[SEP]"]]
         self._gen = np.random.default_rng(seed)
         self._questions: dict[int, list[list[int]]] = {}
@@ -158,7 +160,7 @@ class RuntimeMeasurer:
             t0 = watch.mark()
             visual = rt.encode_images(self.images, case.knobs.tier)  # [B, T, H]
             t1 = watch.mark()
-            inputs = rt.embed(visual, self.prompt(case.text_tokens, visual.shape[1]))
+            inputs = rt.embed(visual, self.prompt(case.text_tokens, visual.num_tokens))
             generate(rt, inputs, case.output_tokens, min_new_tokens=case.output_tokens,
                         on_prefill=lambda: marks.append(watch.mark()))
             t3 = watch.mark()
@@ -250,10 +252,12 @@ def check_complete(rows: pd.DataFrame, cases: Sequence[Case], rounds: int, seed:
                            "folder and rerun the stage")
 
 
-def load_profiled_runtime(p: ProfileParams) -> Runtime:
-    """The runtime exactly as the profile measures it: source, device, dtype, experts kernel, threads."""
+def load_profiled_runtime(p: ProfileParams, tier_tokens: Mapping[str, int] | None = None) -> Runtime:
+    """The runtime exactly as the profile measures it: source, device, dtype, experts kernel, threads
+    (``tier_tokens``: an HF family's visual tokens per tier, params' ``model.tier_tokens``)."""
     use_threads(p.num_threads)
-    return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation)
+    return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation,
+                        tier_tokens=tier_tokens)
 
 
 def profile_runtime(

@@ -35,18 +35,15 @@ class CheckpointError(InputError):
 
 
 
-def check_checkpoint(path: Path) -> None:
-    """Raise a :class:`CheckpointError` naming the first file of ``path`` that is missing, broken or
-    asks for remote code. Reads JSON and safetensors headers only, so it is cheap."""
+def check_checkpoint(path: Path) -> Family:
+    """The folder's family, from config.json; a :class:`CheckpointError` naming the first file of ``path`` that
+    is missing, broken or asks for remote code. Reads JSON and safetensors headers only, so it is cheap, and
+    runs before any weights are built (a true-size config would build for minutes)."""
     family = checkpoint_family(path)
-    if family.model_type != "llava":  # read before any weights are built: a true-size config would build for minutes
-        raise CheckpointError(
-            f"{path} is a {family.name} checkpoint; knobctl.model.family_runtime.load_family_model loads it and "
-            "answers with knobs, but the stages run only knobctl's own Llava + OLMoE format so far"
-        )
-    if not (path / TOKENIZER_FILE).is_file():
+    if not family.model_class and not (path / TOKENIZER_FILE).is_file():
         raise CheckpointError(f"{path} has no {TOKENIZER_FILE} (the word-level tokenizer); {REBUILD}")
     _check_weights(path)
+    return family
 
 
 def checkpoint_family(path: Path) -> Family:

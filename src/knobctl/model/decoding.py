@@ -12,12 +12,14 @@ answers (base training's loss, block importance's log-likelihood) with one forwa
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache
 
+from knobctl.model.family_runtime import deepstack_injected
+from knobctl.model.images import Visual
 from knobctl.model.presets import EOS, PAD
 
 if TYPE_CHECKING:
@@ -29,18 +31,29 @@ def new_cache(rt: Runtime) -> DynamicCache:
     return DynamicCache(config=rt.lm.config)
 
 
-def prefill(rt: Runtime, inputs: dict[str, torch.Tensor], cache: DynamicCache | None = None,
-            embeds: torch.Tensor | None = None) -> torch.Tensor:
+def prefill(rt: Runtime, inputs: Mapping[str, Any], cache: DynamicCache | None = None,
+            embeds: torch.Tensor | None = None, after: int = -1) -> torch.Tensor:
     """The language model's forward over embedded prompts (:meth:`Runtime.embed`): hidden
     states after the last block run, before the final norm, [B, L, H].
 
     With a ``cache`` the keys and values are stored for decoding (use_cache); without one none
     are kept (training, features). ``embeds`` [B, L, H] replaces the prompt's embeddings as the
     first block's input, with the prompt's mask and positions: the two-stage flow continues a
-    prompt from the decision block's output this way."""
-    return rt.lm(inputs_embeds=inputs["inputs_embeds"] if embeds is None else embeds,
-                 attention_mask=inputs["attention_mask"], position_ids=inputs["position_ids"],
-                 past_key_values=cache, use_cache=cache is not None).last_hidden_state
+    prompt from the decision block's output this way (``after``: the original index of the block whose
+    output ``embeds`` is).
+
+    Positions are [B, L], or [3, B, L] for a family with M-RoPE. A Qwen3-VL prompt's DeepStack features
+    (``inputs['deepstack']``) are added after their own layers whichever of them run
+    (:func:`knobctl.model.family_runtime.deepstack_injected`)."""
+    with deepstack_injected(rt.all_layers, rt.lm.layers, inputs, after=-1 if embeds is None else after):
+        return rt.lm(inputs_embeds=inputs["inputs_embeds"] if embeds is None else embeds,
+                     attention_mask=inputs["attention_mask"], position_ids=inputs["position_ids"],
+                     past_key_values=cache, use_cache=cache is not None).last_hidden_state
+
+
+def visual_extras(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """What a prompt's forward needs besides embeddings, mask and positions (DeepStack features)."""
+    return {k: inputs[k] for k in ("visual_mask", "deepstack") if k in inputs}
 
 
 def next_token(rt: Runtime, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor:
@@ -69,7 +82,7 @@ def generate(rt: Runtime, inputs: dict[str, torch.Tensor], max_new_tokens: int, 
     if not cache_sets_mask(cache):
         # Only a block set without block 0 lands here (block importance drops each block once).
         return continue_greedy(rt, token, None, inputs["attention_mask"], inputs["position_ids"], max_new_tokens,
-                               min_new_tokens, embeds=inputs["inputs_embeds"])
+                               min_new_tokens, embeds=inputs["inputs_embeds"], extras=visual_extras(inputs))
     return continue_greedy(rt, token, cache, inputs["attention_mask"], inputs["position_ids"], max_new_tokens,
                            min_new_tokens)
 
@@ -87,13 +100,14 @@ def cache_sets_mask(cache: DynamicCache) -> bool:
 @torch.inference_mode()
 def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache | None, mask: torch.Tensor,
                     pos: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0,
-                    embeds: torch.Tensor | None = None) -> torch.Tensor:
+                    embeds: torch.Tensor | None = None, extras: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Greedy decode after a prefill: ``token`` [B] is the first generated token, ``cache``
     holds the prompt's keys and values, ``mask``/``pos`` [B, L] are the prompt's. Returns
     [B, <= max_new_tokens] token ids, ``token`` first (PAD after EOS).
 
-    Without a cache, ``embeds`` [B, L, H] (the prompt's) is given and each step reruns the
-    whole sequence: the way to decode when block 0 does not run (:func:`cache_sets_mask`)."""
+    Without a cache, ``embeds`` [B, L, H] (the prompt's) and its :func:`visual_extras` are given and
+    each step reruns the whole sequence: the way to decode when block 0 does not run
+    (:func:`cache_sets_mask`). ``pos`` may be M-RoPE's [3, B, L]: every axis advances by one per token."""
     lm, head = rt.lm, rt.model.lm_head
     if cache is None and embeds is None:
         raise ValueError("continue_greedy needs a cache or the prompt's embeddings")
@@ -109,10 +123,11 @@ def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache | None
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [B, L + step]
         if cache is None:
             embeds = torch.cat([embeds, lm.embed_tokens(token[:, None])], dim=1)  # [B, L + step, H]
-            pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)  # [B, L + step]
-            hidden = prefill(rt, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos})
+            pos = torch.cat([pos, pos[..., -1:] + 1], dim=-1)  # [(3,) B, L + step]
+            hidden = prefill(rt, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos,
+                                  **(extras or {})})
         else:
-            pos = pos[:, -1:] + 1  # [B, 1]
+            pos = pos[..., -1:] + 1  # [(3,) B, 1]
             hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
                         past_key_values=cache, use_cache=True).last_hidden_state  # [B, 1, H]
         token = next_token(rt, head(hidden[:, -1]), ban_eos=step < min_new_tokens)
@@ -133,16 +148,16 @@ def fork_cache(cache: DynamicCache) -> DynamicCache:
     return fork
 
 
-def teacher_forced(rt: Runtime, visual: torch.Tensor, questions: Sequence[Sequence[int]],
+def teacher_forced(rt: Runtime, visual: Visual, questions: Sequence[Sequence[int]],
                    targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of each target token given the prompt and the targets before it, in one forward.
 
-    ``visual`` [B, T, H] from :meth:`Runtime.encode_images`, ``questions`` and ``targets`` token
+    ``visual`` (embeds [B, T, H]) from :meth:`Runtime.encode_images`, ``questions`` and ``targets`` token
     ids (targets usually an answer and EOS). Returns logits [B, S, V] and labels [B, S]
     (S = the longest target; -100 where a shorter target has no token), under whatever knobs
     or blocks are applied around the call.
     """
-    prompts = rt.prompt_from_ids(questions, visual.shape[1])
+    prompts = rt.prompt_from_ids(questions, visual.num_tokens)
     inputs = rt.embed(visual, [p + list(t) for p, t in zip(prompts, targets)])
     hidden = prefill(rt, inputs)  # [B, L, H]
     width = hidden.shape[1]

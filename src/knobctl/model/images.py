@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,24 @@ from knobctl.model.presets import TierSpec
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | str | Path
 Images = Sequence[ImageLike] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Visual:
+    """A batch of images encoded for the language model at one tier (:meth:`Runtime.encode_images`).
+
+    ``grid`` and ``deepstack`` are empty for knobctl's Llava format. The HF families lay out positions
+    from each image's patch grid (M-RoPE), and Qwen3-VL adds one DeepStack feature per early layer at
+    the image's positions."""
+
+    embeds: torch.Tensor  # [B, T, H]: one row of visual tokens per request, in prompt order
+    grid: torch.Tensor | None = None  # [B, 3] (t, h, w) patches of each request's image
+    deepstack: tuple[torch.Tensor, ...] = ()  # per injected layer: [B, T, H]
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens per request."""
+        return int(self.embeds.shape[1])
 
 
 def to_image_tensor(image: ImageLike) -> torch.Tensor:

@@ -251,9 +251,18 @@ class ModelParams:
     block_order: str | tuple[int, ...] | None = "first"
     experts_implementation: str = "eager"
     dims: TinyDims = field(default_factory=TinyDims)
+    # Visual tokens per image at each tier for a checkpoint of an HF family (None: the family's defaults,
+    # knobctl.model.families); knobctl's own format sets its tiers in knobctl.json and ignores this.
+    tier_tokens: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         require_choice(self.preset, "model.preset", PRESETS)
+        if self.tier_tokens is not None:
+            require(isinstance(self.tier_tokens, Mapping) and len(self.tier_tokens) > 0
+                    and set(self.tier_tokens) <= set(TIER_ORDER), "model.tier_tokens", self.tier_tokens,
+                    f"use null or a mapping of tiers ({', '.join(TIER_ORDER)}) to visual tokens per image")
+            for tier, tokens in self.tier_tokens.items():
+                require_int(tokens, f"model.tier_tokens.{tier}", 4)
         # build() checks the form; a path is not read here: train_base parses this section
         # before the block_importance stage has written the file, and never applies the order.
         require_choice(self.experts_implementation, "model.experts_implementation", EXPERTS_IMPLEMENTATIONS)

@@ -1,4 +1,10 @@
-"""The knob-aware runtime: a HF Llava/OLMoE model, its tokenizer and its knob spec.
+"""The knob-aware runtime: a model of a supported family, its tokenizer and its knob spec.
+
+A runtime holds knobctl's own Llava + OLMoE format (the tiny default, molmoe-1b-shape) or a checkpoint of
+an HF MoE VLM family as it comes from the hub (Qwen3-VL-MoE, GLM-4.5V): :func:`load_runtime` reads the
+folder's config.json first and refuses an unsupported family before building anything. What differs per
+family (prompt layout, image processing, positions) is :class:`knobctl.model.family_runtime.FamilyLayout`;
+the knobs, the decoding loop and every stage are shared.
 
 Knobs change the computation itself:
 
@@ -9,7 +15,8 @@ Knobs change the computation itself:
 * ``num_blocks``: the language model's ``layers`` list is swapped for the chosen blocks,
   so the others are never called; the final norm and LM head follow the last block run;
 * ``tier``: images are resized/cropped to the tier's layout before the vision tower,
-  so both the vision tower's input and the visual tokens entering the LLM shrink.
+  so both the vision tower's input and the visual tokens entering the LLM shrink (an HF family:
+  the family's image processor at the tier's visual-token budget, :mod:`knobctl.model.family_runtime`).
 
 Knobs are applied inside :meth:`Runtime.knobs_applied` and restored on exit.
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +33,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlavaConfig, LlavaForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
 from knobctl.knobs import KnobConfig, KnobGrid
-from knobctl.model.checkpoint import REBUILD, TOKENIZER_FILE, CheckpointError, check_checkpoint, model_card
+from knobctl.model.checkpoint import (
+    REBUILD,
+    TOKENIZER_FILE,
+    CheckpointError,
+    check_checkpoint,
+    model_card,
+)
 from knobctl.model.decoding import generate
-from knobctl.model.families import FAMILIES, knobs_applied, layer_routers
-from knobctl.model.images import ImageLike, Images, as_batch, batch_pixels, tier_pixels
+from knobctl.model.families import FAMILIES, Family, knobs_applied, layer_routers, max_top_k
+from knobctl.model.family_runtime import MAX_NEW_TOKENS, FamilyLayout
+from knobctl.model.images import ImageLike, Images, Visual, as_batch, batch_pixels, tier_pixels
 from knobctl.model.presets import (
     BOS,
     EOS,
@@ -65,10 +79,11 @@ class BlockOutputs:
 class Runtime:
     """A loaded model ready to answer with any knob configuration of its grid."""
 
-    model: LlavaForConditionalGeneration
-    tokenizer: PreTrainedTokenizerFast
+    model: nn.Module  # LlavaForConditionalGeneration, or the family's class (Family.model_class)
+    tokenizer: Any
     spec: ModelSpec
     source: str
+    layout: FamilyLayout | None = None  # None: knobctl's own Llava format
 
     def __post_init__(self) -> None:
         self.spec.validate(self.num_layers)
@@ -77,6 +92,14 @@ class Runtime:
         self._routers = [r for routers in self._block_routers for r in routers]
         if not self._routers:
             raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
+        if self.layout is not None:
+            # The family's own tokens; PAD, EOS and IMAGE are the keys the decoding loop and features use.
+            eos = self.model.generation_config.eos_token_id
+            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+            eos = self.tokenizer.eos_token_id if eos is None else eos
+            pad = self.tokenizer.pad_token_id
+            self.ids = {PAD: eos if pad is None else pad, EOS: eos, IMAGE: self.layout.image_token_id}
+            return
         vocab = self.tokenizer.get_vocab()
         self.ids = {tok: vocab[tok] for tok in (PAD, BOS, EOS, SEP, IMAGE)}
         if self.ids[IMAGE] != self.config.image_token_id:
@@ -87,8 +110,12 @@ class Runtime:
 
     # ------------------------------------------------------------------ shape
     @property
-    def config(self) -> LlavaConfig:
+    def config(self) -> Any:
         return self.model.config
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES["llava"] if self.layout is None else self.layout.family
 
     @property
     def lm(self) -> nn.Module:
@@ -100,7 +127,24 @@ class Runtime:
 
     @property
     def num_experts(self) -> int:
-        return self.config.text_config.num_experts
+        """The largest top_k every router honours (a group-limited router keeps fewer than all experts)."""
+        if self.layout is None:
+            return self.config.text_config.num_experts
+        return min(max_top_k(self.config.to_dict(), self.family), min(r.num_experts for r in self._routers))
+
+    @property
+    def tier_names(self) -> list[str]:
+        return list(self.spec.tiers if self.layout is None else self.layout.tiers)
+
+    @property
+    def image_size(self) -> int:
+        """Side at which the stages decode dataset images before the tier's own resize."""
+        return self.config.vision_config.image_size if self.layout is None else self.layout.image_size
+
+    @property
+    def all_layers(self) -> nn.ModuleList:
+        """Every decoder layer in model order, whichever of them the current scope runs."""
+        return self._all_layers
 
     @property
     def routers(self) -> list[nn.Module]:
@@ -116,7 +160,9 @@ class Runtime:
         return self.config.vision_config.patch_size
 
     def visual_tokens(self, tier: str) -> int:
-        """Visual tokens that enter the LLM at a tier."""
+        """Visual tokens that enter the LLM at a tier (an HF family: for a square image of :attr:`image_size`)."""
+        if self.layout is not None:
+            return self.layout.visual_tokens(tier, self.image_size)
         return self.tier(tier).num_tokens(self.patch_size)
 
     def tier(self, name: str) -> TierSpec:
@@ -127,6 +173,11 @@ class Runtime:
     def tier_table(self) -> dict[str, dict[str, int]]:
         """What each tier costs in inputs: visual tokens, images (global + crops), pixels per side,
         and the prompt's length without the question (visual tokens plus the special tokens)."""
+        if self.layout is not None:
+            return {name: {"visual_tokens": self.visual_tokens(name), "max_visual_tokens": tokens, "num_images": 1,
+                           "image_size": self.image_size,
+                           "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
+                    for name, tokens in self.layout.tiers.items()}
         return {
             name: {"visual_tokens": self.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size,
                    "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
@@ -134,11 +185,11 @@ class Runtime:
         }
 
     def validate(self, knobs: KnobConfig) -> None:
-        knobs.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.spec.tiers)
+        knobs.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.tier_names)
 
     def validate_grid(self, grid: KnobGrid) -> None:
         """Raise a ParamsError naming the first value of the ``knobs:`` grid this model cannot run."""
-        grid.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.spec.tiers,
+        grid.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.tier_names,
                           source=self.source)
 
     # ------------------------------------------------------------------ knobs
@@ -155,7 +206,7 @@ class Runtime:
         """Within the scope, routers after the decision block pick ``top_k`` experts and only
         ``blocks`` run, in model order: :meth:`knobs_applied` for any set of blocks, not only
         the block policy's (block importance drops one block at a time, block 0 included)."""
-        with knobs_applied(self.model, FAMILIES["llava"], blocks, top_k, all_layers=self._all_layers,
+        with knobs_applied(self.model, self.family, blocks, top_k, all_layers=self._all_layers,
                            routers=self._block_routers):
             yield
 
@@ -212,8 +263,10 @@ class Runtime:
         std = torch.tensor(self.spec.image_std).view(1, 3, 1, 1)
         return ((pix - mean) / std).to(self.device, self.model.dtype)
 
-    def encode_images(self, images: ImageLike | Images, tier: str) -> torch.Tensor:
-        """Vision tower + optional pooling + projector: [B, T_visual, H_llm]."""
+    def encode_images(self, images: ImageLike | Images, tier: str) -> Visual:
+        """Vision tower + optional pooling + projector: embeds [B, T_visual, H_llm]."""
+        if self.layout is not None:
+            return self.layout.encode(self.model, images, tier)
         spec = self.tier(tier)
         pix = self.pixel_values(images, tier)  # [B*n, 3, S, S]
         inner = self.model.model
@@ -228,7 +281,7 @@ class Runtime:
             grid = feats.transpose(1, 2).reshape(n, d, side, side)
             feats = F.avg_pool2d(grid, spec.pool).flatten(2).transpose(1, 2)  # [B*n, P/pool^2, Dv]
         proj = inner.multi_modal_projector(feats)  # [B*n, t, H]
-        return proj.reshape(-1, spec.num_images * proj.shape[1], proj.shape[-1])  # [B, T, H]
+        return Visual(proj.reshape(-1, spec.num_images * proj.shape[1], proj.shape[-1]))  # [B, T, H]
 
     # ------------------------------------------------------------------ text
     def prompt_ids(self, questions: Sequence[str], num_visual: int) -> list[list[int]]:
@@ -237,12 +290,17 @@ class Runtime:
         return self.prompt_from_ids(words, num_visual)
 
     def prompt_from_ids(self, questions: Sequence[Sequence[int]], num_visual: int) -> list[list[int]]:
-        """The prompt layout of :meth:`prompt_ids` around already-tokenized questions."""
+        """The prompt layout of :meth:`prompt_ids` around already-tokenized questions (an HF family: its
+        chat template)."""
+        if self.layout is not None:
+            return self.layout.prompt_from_ids(questions, num_visual)
         head = [self.ids[BOS]] + [self.ids[IMAGE]] * num_visual
         return [head + list(q) + [self.ids[SEP]] for q in questions]
 
-    def embed(self, visual: torch.Tensor, sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    def embed(self, visual: Visual, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
         """Left-padded embeddings with visual features scattered into the image slots."""
+        if self.layout is not None:
+            return self.layout.embed(self.model, visual, sequences, self.ids[PAD])
         width = max(len(s) for s in sequences)
         pad = self.ids[PAD]
         ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self.device)  # [B, L]
@@ -250,7 +308,7 @@ class Runtime:
         mask = (torch.arange(width, device=self.device) >= width - lengths[:, None]).long()  # [B, L]
         embeds = self.lm.embed_tokens(ids)  # [B, L, H]
         slots = (ids == self.ids[IMAGE]).unsqueeze(-1)  # [B, L, 1]
-        embeds = embeds.masked_scatter(slots, visual.to(embeds.dtype))
+        embeds = embeds.masked_scatter(slots, visual.embeds.to(embeds.dtype))
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
         return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
 
@@ -285,7 +343,7 @@ class Runtime:
                 imgs = images[start : start + batch_size]
                 qs = questions[start : start + batch_size]
                 visual = self.encode_images(imgs, knobs.tier)
-                inputs = self.embed(visual, self.prompt_ids(qs, visual.shape[1]))
+                inputs = self.embed(visual, self.prompt_ids(qs, visual.num_tokens))
                 answers.extend(self.decode(generate(self, inputs, steps)))
         return answers
 
@@ -321,6 +379,7 @@ def load_runtime(
     vocab: Sequence[str] = (),
     dims: TinyDims | None = None,
     experts_implementation: str | None = None,
+    tier_tokens: Mapping[str, int] | None = None,
 ) -> Runtime:
     """Load a preset (random weights) or a local checkpoint directory; never a hub download.
 
@@ -333,11 +392,17 @@ def load_runtime(
     ``experts_implementation`` picks HF's MoE experts kernel (eager, grouped_mm,
     batched_mm); None keeps the checkpoint's. A preset is built directly on the device
     in ``dtype``, so a true-size preset never initialises 7 B parameters on the CPU.
+
+    A folder of a supported HF family (config.json's ``model_type``: qwen3_vl_moe, glm4v_moe) loads as it
+    comes from the hub, with its own tokenizer, chat template and image processor (``local_files_only``,
+    no remote code, safetensors only); ``tier_tokens`` overrides the family's visual tokens per tier
+    (:attr:`knobctl.model.families.Family.tier_tokens`). knobctl's own format sets its tiers in knobctl.json.
     """
     from knobctl.model.tokenizer import build_word_tokenizer
 
     dev = resolve_device(device)
     path = Path(source)
+    layout: FamilyLayout | None = None
     if str(source) in PRESETS and not path.is_dir():
         tokenizer = build_word_tokenizer(vocab)
         config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
@@ -348,8 +413,10 @@ def load_runtime(
                 model = LlavaForConditionalGeneration(config)
         finally:
             torch.set_default_dtype(saved_dtype)
+    elif path.is_dir() and (family := check_checkpoint(path)).model_class:
+        model, tokenizer, layout = _load_family(path, family, tier_tokens, dtype)
+        spec = ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS)
     elif path.is_dir():
-        check_checkpoint(path)
         spec = ModelSpec.load(path)
         if spec is None:
             raise CheckpointError(f"{path} has no {SPEC_FILE} (tier layout); copy one from a preset and edit it")
@@ -379,7 +446,24 @@ def load_runtime(
     if experts_implementation is not None:
         model.model.language_model.set_experts_implementation(experts_implementation)
     model.eval()
-    return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source))
+    return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source), layout=layout)
+
+
+def _load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | None, dtype: torch.dtype | None
+                 ) -> tuple[nn.Module, Any, FamilyLayout]:
+    """A hub-layout folder of an HF family: its model class, tokenizer and PIL image processor (the stock
+    processors also build a video processor, which needs torchvision)."""
+    import transformers
+
+    # use_safetensors: never fall back to pickled weights, which can run code when loaded.
+    model = getattr(transformers, family.model_class).from_pretrained(
+        path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    processor = getattr(transformers, family.image_processor_class).from_pretrained(path, local_files_only=True)
+    layout = FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,
+                          image_token_id=int(model.config.image_token_id),
+                          tiers=dict(tier_tokens or dict(family.tier_tokens)), source=str(path))
+    return model, tokenizer, layout
 
 
 def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:

@@ -132,7 +132,7 @@ def rollout_batch(
     vision: dict[str, torch.Tensor] = {}
     for tier in dict.fromkeys(k.tier for k in configs):
         visual = rt.encode_images(images, tier)  # [B, T_visual, H]
-        inputs = rt.embed(visual, rt.prompt_from_ids(question_ids, visual.shape[1]))
+        inputs = rt.embed(visual, rt.prompt_from_ids(question_ids, visual.num_tokens))
         mask, pos = inputs["attention_mask"], inputs["position_ids"]  # [B, L]
         input_tokens[tier] = mask.sum(1).cpu()  # [B]
         for top_k in dict.fromkeys(k.top_k for k in configs if k.tier == tier):
@@ -154,7 +154,7 @@ def rollout_batch(
                 d = common[n]
                 own = new_cache(rt)  # empty: the model derives the prompt's causal mask from its length
                 with rt.knobs_applied(knobs), rt.blocks_run(blocks[d:]):
-                    hidden = prefill(rt, inputs, own, embeds=outs.sequence[order[d - 1]])  # [B, L, H]
+                    hidden = prefill(rt, inputs, own, embeds=outs.sequence[order[d - 1]], after=order[d - 1])  # [B, L, H]
                 shared = fork_cache(cache)
                 for b in blocks[:d]:
                     own.layers[b] = shared.layers[b]
@@ -217,7 +217,7 @@ def rollout_part(
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows (sample-major, configurations in grid order) and features of one part of the samples."""
-    images = torch.from_numpy(decode_images(part["image"].tolist(), size=rt.config.vision_config.image_size))
+    images = torch.from_numpy(decode_images(part["image"].tolist(), size=rt.image_size))
     qids = rt.tokenizer(part["question"].tolist(), add_special_tokens=False)["input_ids"]
     steps = p.max_new_tokens or rt.spec.max_new_tokens
     decode, eos = _Decoder(rt), rt.ids[EOS]

@@ -239,7 +239,7 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     """Warm up, calibrate (or reload a killed run's calibration), then measure the samples the
     store does not hold yet, one flushed part per chunk. Returns (requests, chosen, budgets,
     (starting scale, starting overhead_ms))."""
-    images = torch.from_numpy(decode_images(samples["image"].tolist(), size=rt.config.vision_config.image_size))
+    images = torch.from_numpy(decode_images(samples["image"].tolist(), size=rt.image_size))
     policy = NumpyPolicy.from_controller(ctrl)
     n = len(samples)
     for i in range(p.warmup_requests):  # one-off allocations stay out of the measurements
