@@ -15,12 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
+from knobctl.params import MODEL_SOURCES  # after the path: this checkout's library
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override accuracy_table keys")
-    ap.add_argument("--model", default="models/base")
+    ap.add_argument("--model", default="models/base", help=MODEL_SOURCES)
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--out", default="data/rollouts")
     ap.add_argument("--metrics", default="metrics/accuracy_table.json")

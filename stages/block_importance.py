@@ -4,6 +4,8 @@ Writes data/block_importance/importance.json, whose `order` key `model.block_ord
 `load_runtime(..., block_order=PATH)`) accepts, and metrics/block_importance.json. Runs on any
 checkpoint or preset, e.g.:
     python stages/block_importance.py --set source=/path/to/checkpoint num_samples=200
+where source is a checkpoint folder (knobctl's own format, a Qwen3-VL-MoE or GLM-4.5V folder as downloaded
+from the hub, or a folder train_base recorded for model.source) or a preset.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Runs on its own too (no dvc needed), e.g. on a GPU machine:
     python stages/profile_latency.py --set source=molmoe-1b-shape dtype=bfloat16
+    python stages/profile_latency.py --set source=qwen3-vl-30b-a3b-shape dtype=bfloat16
+source: a checkpoint folder (knobctl's own format, a Qwen3-VL-MoE or GLM-4.5V folder as downloaded from
+the hub, or a folder train_base recorded for model.source) or a preset: tiny, molmoe-1b-shape,
+qwen3-vl-30b-a3b-shape (true sizes, random weights). An HF family's tiers are params' model.tier_tokens.
 """
 
 from __future__ import annotations

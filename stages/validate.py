@@ -13,12 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
+from knobctl.params import MODEL_SOURCES  # after the path: this checkout's library
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override validate keys")
-    ap.add_argument("--model", default="models/base")
+    ap.add_argument("--model", default="models/base", help=MODEL_SOURCES)
     ap.add_argument("--controller", default="models/controller")
     ap.add_argument("--estimator", default="models/latency_estimator")
     ap.add_argument("--rollouts", default="data/rollouts")

@@ -24,6 +24,11 @@ import yaml
 T = TypeVar("T")
 
 #: Top-level keys of params.yaml: the shared ones, then one section per stage.
+#: What a model source may be, for the stages' --help (src/knobctl/model/families.py has the families).
+MODEL_SOURCES = ("a checkpoint folder: knobctl's own format (models/base), a Qwen3-VL-MoE (qwen3_vl_moe) or GLM-4.5V "
+                 "(glm4v_moe) folder as downloaded from the hub, or a folder train_base recorded for model.source; "
+                 "or a preset: tiny, molmoe-1b-shape, qwen3-vl-30b-a3b-shape (random weights, for latency)")
+
 SECTIONS = ("seed", "knobs", "model", "prepare_data", "train_base", "eval_base", "block_importance",
             "profile_latency", "fit_estimator", "accuracy_table", "tradeoff", "reward", "train_controller", "validate")
 

@@ -5,6 +5,8 @@ against the family's stock processor and generate."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,9 @@ from transformers import PreTrainedTokenizerFast, Qwen3VLProcessor
 
 from knobctl.controller.policy import Controller, ControllerConfig
 from knobctl.controller.two_stage import answer_controlled
+from knobctl.io import checkpoint_hash
 from knobctl.knobs import KnobConfig
-from knobctl.model.checkpoint import CheckpointError
+from knobctl.model.checkpoint import CheckpointError, write_source
 from knobctl.model.decoding import continue_greedy, generate, prefill, visual_extras
 from knobctl.model.families import FAMILIES, UnsupportedModel, knobs_applied
 from knobctl.model.runtime import load_runtime
@@ -88,7 +91,7 @@ class ImageOnlyProcessor(Qwen3VLProcessor):
 def stock_inputs(family: str, tokenizer, question: str, tokens: int, image) -> dict[str, torch.Tensor]:
     """The request as the family's processor lays it out, at an exact budget of ``tokens`` visual tokens."""
     processor = image_processor(family, tokens)
-    processor.size = FAMILIES[family].processor_size(tokens, min_tokens=tokens)
+    processor.size = FAMILIES[family].processor_size(tokens, min_tokens=math.isqrt(tokens) ** 2)
     text = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "image"},
                                                                        {"type": "text", "text": question}]}],
                                          tokenize=False, add_generation_prompt=True)
@@ -216,3 +219,24 @@ def test_unsupported_and_remote_code_folders_are_refused_before_building(tmp_pat
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_runtime(tmp_path)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_model_source_is_recorded_not_copied_and_a_changed_folder_is_refused(tmp_path, qwen):
+    folder = tmp_path / "download"
+    shutil.copytree(qwen, folder)
+    record = write_source(tmp_path / "base", folder)
+    assert [p.name for p in (tmp_path / "base").iterdir()] == ["knobctl_source.json"]
+    assert record["model_type"] == "qwen3_vl_moe" and record["source"] == str(folder)
+    via = load_runtime(tmp_path / "base", device="cpu", tier_tokens=TIERS)
+    direct = load_runtime(folder, device="cpu", tier_tokens=TIERS)
+    knobs = KnobConfig("medium", 2, 3)
+    assert via.answer([picture()], [QUESTIONS[0]], knobs) == direct.answer([picture()], [QUESTIONS[0]], knobs)
+    assert checkpoint_hash(tmp_path / "base") != checkpoint_hash(folder)  # the record's hash: cheap at 60 GB
+    (folder / "generation_config.json").write_text((folder / "generation_config.json").read_text() + "\n")
+    with pytest.raises(CheckpointError, match="changed since train_base adopted it"):
+        load_runtime(tmp_path / "base")
+    shutil.rmtree(folder)
+    with pytest.raises(CheckpointError, match="not a folder here"):
+        load_runtime(tmp_path / "base")
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        write_source(tmp_path / "other", tmp_path / "base")

@@ -19,7 +19,7 @@ from knobctl.model.presets import (
     preset_config,
     qwen3_vl_30b_a3b_shape_config,
 )
-from knobctl.model.runtime import Runtime
+from knobctl.model.runtime import Runtime, load_runtime
 from knobctl.model.tokenizer import build_word_tokenizer
 
 
@@ -145,3 +145,21 @@ def test_qwen3_vl_30b_a3b_shape_has_the_published_parameter_counts():
     assert abs(text / 30.5e9 - 1) < 0.01 and abs(active / 3.3e9 - 1) < 0.03, (text, active)
     assert 0.4e9 < vision < 0.7e9
     assert family_of(json.loads(config.to_json_string())).deepstack
+
+
+def test_the_qwen3_vl_shape_preset_loads_as_a_family_runtime_on_meta():
+    """``profile_latency.source: qwen3-vl-30b-a3b-shape`` on a GPU: the same runtime, built here on the meta
+    device (no memory), with the family's tiers, prompt markers and knob bounds."""
+    from knobctl.knobs import KnobGrid
+    from knobctl.params import ParamsError
+
+    rt = load_runtime("qwen3-vl-30b-a3b-shape", device="meta", dtype=torch.bfloat16)
+    assert rt.family.model_type == "qwen3_vl_moe" and rt.num_layers == 48 and rt.num_experts == 128
+    assert abs(sum(p.numel() for p in rt.lm.parameters()) / 30.2e9 - 1) < 0.01  # LM without its head
+    assert {t: v["visual_tokens"] for t, v in rt.tier_table().items()} == {"low": 256, "medium": 576, "high": 1225}
+    start, image, end = (rt.tokenizer.convert_tokens_to_ids(t) for t in rt.family.image_markers)
+    assert (start, image, end) == (151652, 151655, 151653) and rt.ids["[EOS]"] == 151645
+    assert rt.prompt_ids(["w1 w2"], 3) == [[start, image, image, image, end, 1, 2]]
+    rt.validate_grid(KnobGrid(("low", "medium", "high"), (4, 5, 6, 7, 8), (40, 44, 48)))
+    with pytest.raises(ParamsError, match="knobs.num_blocks"):
+        rt.validate_grid(KnobGrid(("low",), (8,), (40, 49)))

@@ -9,7 +9,8 @@ block set below is scored three ways against all blocks run:
   (:func:`knobctl.model.decoding.teacher_forced`, base training's loss with the sign flipped);
 * mean KL(full || dropped) of the next-token distributions at those same answer tokens.
 
-Each block alone is dropped once, block 0 included for the record; the ranking puts block 0
+Each block alone is dropped once, block 0 included for the record (not on an HF family, whose KV cache
+needs block 0 to run); the ranking puts block 0
 first whatever it measured (it is the decision block and always runs), then the others by
 ``rank_by``. With that order the cumulative curve drops the least important blocks first, down
 to the grid's lowest block count, beside the ``first`` policy's curve (blocks 0..N-1). Agreement
@@ -230,7 +231,9 @@ def measure_importance(rt: Runtime, df: pd.DataFrame, grid: KnobGrid, params: Im
     tier, top_k, layers = grid.full.tier, grid.full.top_k, rt.num_layers
     measure = Measurer(rt, encode(rt, samples, tier, params.batch_size), top_k)
     everything = list(range(layers))
-    drop_sets = {b: [i for i in everything if i != b] for b in everything}
+    # An HF family's KV cache cannot run without block 0 (knobctl.model.families): its cost is not measured there.
+    droppable = [b for b in everything if b != DECISION_BLOCK or not rt.family.keep_first_block]
+    drop_sets = {b: [i for i in everything if i != b] for b in droppable}
     for blocks in progress_bar([everything, *drop_sets.values()], desc="block_importance", unit="block set"):
         measure(blocks)
     full = measure.figures(everything)
@@ -275,9 +278,9 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     important first (MolmoE-1B, published: 62.7%, then 3.1 / 5.4 / 7.5 / 18.4%), the likelihood cost
     at the lowest count, and the halves' agreement."""
     layers = result["config"]["num_blocks"]
-    block0 = next(p for p in result["per_block"] if p["block"] == DECISION_BLOCK)
+    block0 = next((p for p in result["per_block"] if p["block"] == DECISION_BLOCK), {})
     out: dict[str, Any] = {"full_accuracy": result["full"]["accuracy"],
-                           "block0_accuracy_cost_pct": block0["accuracy_cost_pct"]}
+                           "block0_accuracy_cost_pct": block0.get("accuracy_cost_pct")}
     out |= {f"drop{layers - p['num_blocks']}_accuracy_cost_pct": p["accuracy_cost_pct"] for p in result["curve"][1:]}
     if len(result["curve"]) > 1:
         lowest = result["curve"][-1]

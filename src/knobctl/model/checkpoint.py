@@ -9,6 +9,7 @@ with the checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,48 @@ REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json", "processor_config.j
 class CheckpointError(InputError):
     """A checkpoint folder knobctl refuses to load; the message names the file at fault."""
 
+
+
+#: What train_base writes to models/base for ``model.source``: the folder it adopted, instead of a copy of its weights.
+SOURCE_FILE = "knobctl_source.json"
+
+
+def source_fingerprint(path: Path) -> str:
+    """sha256 (16 hex) of a folder's config.json and the names and sizes of its files: cheap on a 60 GB
+    checkpoint, and it changes when a download is replaced or completed."""
+    h = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").is_file() else b"")
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            h.update(f"{f.name}:{f.stat().st_size};".encode())
+    return h.hexdigest()[:16]
+
+
+def write_source(directory: Path, source: Path) -> dict[str, str]:
+    """Record ``source`` (a checkpoint folder, checked as :func:`check_checkpoint` does) in ``directory``, atomically."""
+    from knobctl.io import atomic_dir
+
+    family = check_checkpoint(source)
+    record = {"source": str(source), "model_type": family.model_type, "fingerprint": source_fingerprint(source)}
+    with atomic_dir(directory) as tmp:
+        (tmp / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def resolve_source(path: Path) -> Path:
+    """The checkpoint folder ``path`` stands for: itself, or the folder its :data:`SOURCE_FILE` names, whose
+    files must still be those train_base adopted."""
+    pointer = path / SOURCE_FILE
+    if not pointer.is_file():
+        return path
+    record = _read_json(pointer)
+    source = Path(str(record.get("source", "")))
+    if not source.is_dir():
+        raise CheckpointError(f"{pointer} names {source}, which is not a folder here; download the model there "
+                              "or set model.source in params.yaml and rerun `dvc repro train_base`")
+    if source_fingerprint(source) != record.get("fingerprint"):
+        raise CheckpointError(f"{source} changed since train_base adopted it ({pointer}); rerun "
+                              "`dvc repro -f train_base` so every stage sees the new files")
+    return source
 
 
 def check_checkpoint(path: Path) -> Family:

@@ -13,9 +13,10 @@ work across configurations and requests:
 
 * the question is tokenized on its own and placed between the template's token ids before and after it
   (a BPE tokenizer could merge across that boundary where the stock processor tokenizes the whole text);
-* a tier is an exact budget: the processor's minimum and maximum pixels are both the tier's, so every image
-  is resized, aspect kept, to about the tier's visual tokens (the stock processor only caps large images,
-  which would leave a small image at the same few tokens in every tier);
+* a tier is a budget that every image fills: the processor's maximum pixels are the tier's and its minimum
+  those of the largest square grid within it, so every image is resized, aspect kept, to about the tier's
+  visual tokens (the stock processor only caps large images, which would leave a small image at the same
+  few tokens in every tier);
 * decoding stops at one token, the first of the checkpoint's end-of-turn ids (``generation_config``);
 * DeepStack features are added by hooks on the layers rather than by loop position
   (:func:`deepstack_injected`), so they stay where they belong when blocks are skipped or a prefill is
@@ -30,14 +31,16 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 from torch import nn
 
-from knobctl.model.families import Family
+from knobctl.model.families import Family, family_of
 from knobctl.model.images import ImageLike, Images, Visual, batch_pixels
 
 #: Stands in for the question while the chat template is rendered, to split the template around it.
@@ -71,8 +74,8 @@ class FamilyLayout:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = f"{start}{placeholder}{end}{QUESTION_MARK}"
-        before, _, after = text.partition(QUESTION_MARK)
-        if before.count(placeholder) != 1 or not _:
+        before, found, after = text.partition(QUESTION_MARK)
+        if before.count(placeholder) != 1 or not found:
             raise ValueError(f"{self.source}: the chat template places {before.count(placeholder)} {placeholder} "
                              "before the question, not 1; knobctl needs one image ahead of the question")
         head, _, tail = before.partition(placeholder)
@@ -92,7 +95,9 @@ class FamilyLayout:
         if tier not in self.tiers:
             raise ValueError(f"tier {tier!r} is not defined for {self.source}; it has: {', '.join(self.tiers)}")
         tokens = self.tiers[tier]
-        return self.family.processor_size(tokens, min_tokens=tokens)
+        # The floor is the largest square grid within the budget: a floor at the budget itself would round
+        # a square image up past it (the processor rounds each side to whole merged patches).
+        return self.family.processor_size(tokens, min_tokens=math.isqrt(tokens) ** 2)
 
     @property
     def image_size(self) -> int:
@@ -147,6 +152,46 @@ class FamilyLayout:
                                                   attention_mask=mask)  # [3, B, L]
         return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions,
                 "visual_mask": image, "deepstack": visual.deepstack}
+
+
+def shape_layout(name: str, config: Any, eos: tuple[str, int], tier_tokens: Mapping[str, int] | None = None,
+                 words: int = 1000) -> FamilyLayout:
+    """The layout of a random-weight shape preset: a word tokenizer (the words ``w1 ..`` at ids from 1, the
+    family's image markers and ``eos`` at the ids the config gives them) and the family's image processor
+    at the config's patch and merge sizes. Latency does not depend on which words a prompt holds."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    family = family_of(config.to_dict(), name)
+    start, placeholder, end = family.image_markers
+    ids = {placeholder: config.image_token_id, eos[0]: eos[1],
+           start: getattr(config, "vision_start_token_id", None) or config.image_start_token_id,
+           end: getattr(config, "vision_end_token_id", None) or config.image_end_token_id}
+    backend = Tokenizer(models.WordLevel(vocab={"<unk>": 0, **{f"w{i}": i for i in range(1, words)}, **ids},
+                                         unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token=eos[0],
+                                                     additional_special_tokens=[start, placeholder, end])
+    vision = config.vision_config
+    processor = getattr(transformers, family.image_processor_class)(
+        patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size, merge_size=vision.spatial_merge_size)
+    return FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,
+                        image_token_id=int(config.image_token_id),
+                        tiers=dict(tier_tokens or dict(family.tier_tokens)), source=name)
+
+
+def load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | None, dtype: torch.dtype | None
+                 ) -> tuple[nn.Module, Any, FamilyLayout]:
+    """A hub-layout folder of an HF family: its model class, tokenizer and PIL image processor (the stock
+    processors also build a video processor, which needs torchvision), and the layout they make."""
+    # use_safetensors: never fall back to pickled weights, which can run code when loaded.
+    model = getattr(transformers, family.model_class).from_pretrained(
+        path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    processor = getattr(transformers, family.image_processor_class).from_pretrained(path, local_files_only=True)
+    layout = FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,
+                          image_token_id=int(model.config.image_token_id),
+                          tiers=dict(tier_tokens or dict(family.tier_tokens)), source=str(path))
+    return model, tokenizer, layout
 
 
 @contextlib.contextmanager

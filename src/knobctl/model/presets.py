@@ -27,7 +27,7 @@ pooled 2x2 to 12x12 = 144 tokens per image, as Molmo does):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,9 @@ class ModelParams:
     """
 
     preset: str = "tiny"
+    # A checkpoint folder to use instead of training the tiny preset: knobctl's own format or an HF family's
+    # folder as downloaded (README.md, "Your own model"); train_base records it in models/base.
+    source: str | None = None
     block_order: str | tuple[int, ...] | None = "first"
     experts_implementation: str = "eager"
     dims: TinyDims = field(default_factory=TinyDims)
@@ -257,6 +260,8 @@ class ModelParams:
 
     def __post_init__(self) -> None:
         require_choice(self.preset, "model.preset", PRESETS)
+        require(self.source is None or (isinstance(self.source, str) and self.source.strip() != ""), "model.source",
+                self.source, "use null (train the tiny preset) or the path of a local checkpoint folder")
         if self.tier_tokens is not None:
             require(isinstance(self.tier_tokens, Mapping) and len(self.tier_tokens) > 0
                     and set(self.tier_tokens) <= set(TIER_ORDER), "model.tier_tokens", self.tier_tokens,
@@ -371,8 +376,7 @@ def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
     """Qwen3-VL-30B-A3B's published dimensions (48 layers, 128 experts, 8 active, DeepStack after vision
     blocks 8/16/24), for random-weight latency: about 30.5 B parameters in the language model, 3.3 B
     active per token. Qwen3VLMoeConfig's own defaults are another model (24 layers, 60 experts).
-    Not yet in :data:`PRESETS`: :func:`knobctl.model.runtime.load_runtime` runs knobctl's Llava format
-    only; :mod:`knobctl.model.families` applies the knobs to a model built from it."""
+    The preset ``qwen3-vl-30b-a3b-shape`` (:data:`FAMILY_PRESETS`)."""
     rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
     return Qwen3VLMoeConfig(
         text_config={"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
@@ -388,7 +392,11 @@ def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
         tie_word_embeddings=False)
 
 
-PRESETS: tuple[str, ...] = ("tiny", "molmoe-1b-shape")
+#: True-size shapes of HF families with random weights, for latency: preset name -> (config, end-of-turn token, id).
+FAMILY_PRESETS: dict[str, tuple[Callable[[], Any], str, int]] = {
+    "qwen3-vl-30b-a3b-shape": (qwen3_vl_30b_a3b_shape_config, "<|im_end|>", 151645),
+}
+PRESETS: tuple[str, ...] = ("tiny", "molmoe-1b-shape", *FAMILY_PRESETS)
 
 
 def full_tier_tokens(config: LlavaConfig, spec: ModelSpec) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
@@ -42,14 +43,16 @@ from knobctl.model.checkpoint import (
     CheckpointError,
     check_checkpoint,
     model_card,
+    resolve_source,
 )
 from knobctl.model.decoding import generate
 from knobctl.model.families import FAMILIES, Family, knobs_applied, layer_routers, max_top_k
-from knobctl.model.family_runtime import MAX_NEW_TOKENS, FamilyLayout
+from knobctl.model.family_runtime import MAX_NEW_TOKENS, FamilyLayout, load_family, shape_layout
 from knobctl.model.images import ImageLike, Images, Visual, as_batch, batch_pixels, tier_pixels
 from knobctl.model.presets import (
     BOS,
     EOS,
+    FAMILY_PRESETS,
     IMAGE,
     PAD,
     PRESETS,
@@ -97,6 +100,9 @@ class Runtime:
             eos = self.model.generation_config.eos_token_id
             eos = eos[0] if isinstance(eos, (list, tuple)) else eos
             eos = self.tokenizer.eos_token_id if eos is None else eos
+            if eos is None:
+                raise ValueError(f"{self.source}: neither generation_config.json nor the tokenizer names an end "
+                                 "token; add the model's eos_token_id to generation_config.json")
             pad = self.tokenizer.pad_token_id
             self.ids = {PAD: eos if pad is None else pad, EOS: eos, IMAGE: self.layout.image_token_id}
             return
@@ -397,24 +403,27 @@ def load_runtime(
     comes from the hub, with its own tokenizer, chat template and image processor (``local_files_only``,
     no remote code, safetensors only); ``tier_tokens`` overrides the family's visual tokens per tier
     (:attr:`knobctl.model.families.Family.tier_tokens`). knobctl's own format sets its tiers in knobctl.json.
+    A folder holding only train_base's ``knobctl_source.json`` (``model.source``) loads the folder it names.
     """
     from knobctl.model.tokenizer import build_word_tokenizer
 
     dev = resolve_device(device)
-    path = Path(source)
+    path = resolve_source(Path(source)) if Path(source).is_dir() else Path(source)
     layout: FamilyLayout | None = None
-    if str(source) in PRESETS and not path.is_dir():
+    if str(source) in FAMILY_PRESETS and not path.is_dir():
+        make_config, *eos = FAMILY_PRESETS[str(source)]
+        config = make_config()
+        layout = shape_layout(str(source), config, tuple(eos), tier_tokens)
+        model = _build(getattr(transformers, layout.family.model_class), config, dev, dtype)
+        model.generation_config.eos_token_id = layout.tokenizer.eos_token_id
+        tokenizer = layout.tokenizer
+        spec = ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS)
+    elif str(source) in PRESETS and not path.is_dir():
         tokenizer = build_word_tokenizer(vocab)
         config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
-        saved_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(dtype or torch.float32)
-        try:
-            with dev:
-                model = LlavaForConditionalGeneration(config)
-        finally:
-            torch.set_default_dtype(saved_dtype)
+        model = _build(LlavaForConditionalGeneration, config, dev, dtype)
     elif path.is_dir() and (family := check_checkpoint(path)).model_class:
-        model, tokenizer, layout = _load_family(path, family, tier_tokens, dtype)
+        model, tokenizer, layout = load_family(path, family, tier_tokens, dtype)
         spec = ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS)
     elif path.is_dir():
         spec = ModelSpec.load(path)
@@ -449,21 +458,16 @@ def load_runtime(
     return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source), layout=layout)
 
 
-def _load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | None, dtype: torch.dtype | None
-                 ) -> tuple[nn.Module, Any, FamilyLayout]:
-    """A hub-layout folder of an HF family: its model class, tokenizer and PIL image processor (the stock
-    processors also build a video processor, which needs torchvision)."""
-    import transformers
-
-    # use_safetensors: never fall back to pickled weights, which can run code when loaded.
-    model = getattr(transformers, family.model_class).from_pretrained(
-        path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    processor = getattr(transformers, family.image_processor_class).from_pretrained(path, local_files_only=True)
-    layout = FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,
-                          image_token_id=int(model.config.image_token_id),
-                          tiers=dict(tier_tokens or dict(family.tier_tokens)), source=str(path))
-    return model, tokenizer, layout
+def _build(model_class: type, config: Any, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    """Random weights built directly on the device in ``dtype``: a true-size preset never initialises
+    billions of float32 parameters on the CPU first."""
+    saved_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or torch.float32)
+    try:
+        with device:
+            return model_class(config)
+    finally:
+        torch.set_default_dtype(saved_dtype)
 
 
 def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:
