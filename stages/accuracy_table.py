@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     write_parquet_atomic(out / "features.parquet", feats, meta)
     metrics = summarize(rows, configs)
     write_json_atomic(out / "summary.json", metrics)  # per question type too; the metrics keep the headline
-    write_json_atomic(args.metrics, table_metrics(metrics))
+    family = rt.family  # the report says what top_k does to this family's MoE output
+    write_json_atomic(args.metrics, {**table_metrics(metrics), "model": {
+        "family": family.model_type, "name": family.name, "top_k_weights": family.renormalises}})
     write_csv_atomic(Path(args.plots) / "per_config.csv", per_config_table(rows, configs))
     plan.clear()
     print(f"accuracy_table: {len(rows)} rows ({len(samples)} samples x {len(configs)} configs), {ran} run now in "

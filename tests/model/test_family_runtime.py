@@ -57,10 +57,10 @@ def word_tokenizer(family: str) -> PreTrainedTokenizerFast:
     return tok
 
 
-def save_hub_checkpoint(path: Path, family: str, seed: int = 3) -> Path:
+def save_hub_checkpoint(path: Path, family: str, seed: int = 3, **text) -> Path:
     """What a download of the family holds: config, safetensors weights, generation config, tokenizer with its
-    chat template, the image processor's config; nothing of knobctl's."""
-    model = tiny(family, seed=seed)
+    chat template, the image processor's config; nothing of knobctl's. ``text``: text config overrides."""
+    model = tiny(family, seed=seed, **text)
     tok = word_tokenizer(family)
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids(EOS[family]), 0]
     model.save_pretrained(path, safe_serialization=True)
@@ -240,3 +240,16 @@ def test_model_source_is_recorded_not_copied_and_a_changed_folder_is_refused(tmp
         load_runtime(tmp_path / "base")
     with pytest.raises(CheckpointError, match="has no config.json"):
         write_source(tmp_path / "other", tmp_path / "base")
+
+
+def test_a_group_limited_router_bounds_the_grid(tmp_path):
+    """GLM-4.5V routes within topk_group of n_group expert groups: 1 of 2 groups of 4 experts keeps at most 4."""
+    from knobctl.knobs import KnobGrid
+    from knobctl.params import InputError
+
+    folder = save_hub_checkpoint(tmp_path / "glm", "glm4v_moe", n_group=2, topk_group=1, num_experts_per_tok=2)
+    rt = load_runtime(folder, device="cpu", tier_tokens=TIERS)
+    assert rt.num_experts == 4
+    rt.validate_grid(KnobGrid(("low",), (2, 4), (3, 4)))
+    with pytest.raises(InputError, match="knobs.top_k=5 is outside 1..4 .*topk_group of n_group"):
+        rt.validate_grid(KnobGrid(("low",), (4, 5), (3, 4)))

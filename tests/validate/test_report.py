@@ -36,7 +36,8 @@ def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
                                     "headline": {"budgets_at_least_static": 7, "budgets_above_static": 2,
                                                  "budgets_with_static": 7, "mean_gain_over_static": 0.0011}},
                   table={"headline": {"full_accuracy": 0.949, "smallest_accuracy": 0.847, "oracle_accuracy": 0.982,
-                                      "best_static_accuracy": 0.95}, "best_static_config": "high/k7/b16"},
+                                      "best_static_accuracy": 0.95}, "best_static_config": "high/k7/b16",
+                         "model": {"family": "llava", "name": "Llava + OLMoE", "top_k_weights": "not renormalised"}},
                   estimator={"headline": {"configs_total_mape": 0.077, "configs_total_within_10pct": 0.8}})
     # ... static, its accuracy and violations, then probe, full, smallest, random, oracle
     assert "| 10.0 | 50.0% | 50.0% | 10.5 / 11.8 | low/k4/b12 | 50.0% | 0.0% | 50.0% | 100.0% | 50.0% | 50.0% | 50.0% |" \
@@ -48,6 +49,7 @@ def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
     assert "| 10.0 | 0.0% | 50.0% | 50.0% | 0.0% | 50.0% | 50.0% | 50.0% |" in text  # controller ... oracle, late = wrong
     assert "| cached rollouts per second | 68,759 |" in text and "| best static (high/k7/b16) | 95.0% |" in text
     assert "held-out configurations: MAPE 7.7%, 80.0% within +-10%" in text
+    assert "Model family: Llava + OLMoE (`llava`). Its routers' kept expert weights: not renormalised." in text
     for name in ("accuracy", "latency", "choices", "pareto"):
         assert f"(../plots/validate/{name}.png)" in text
     assert render(metrics()) == render(metrics())  # no clock, no randomness

@@ -46,7 +46,7 @@ from knobctl.model.checkpoint import (
     resolve_source,
 )
 from knobctl.model.decoding import generate
-from knobctl.model.families import FAMILIES, Family, knobs_applied, layer_routers, max_top_k
+from knobctl.model.families import FAMILIES, Family, check_top_k, knobs_applied, layer_routers, max_top_k
 from knobctl.model.family_runtime import MAX_NEW_TOKENS, FamilyLayout, load_family, shape_layout
 from knobctl.model.images import ImageLike, Images, Visual, as_batch, batch_pixels, tier_pixels
 from knobctl.model.presets import (
@@ -195,6 +195,8 @@ class Runtime:
 
     def validate_grid(self, grid: KnobGrid) -> None:
         """Raise a ParamsError naming the first value of the ``knobs:`` grid this model cannot run."""
+        if self.layout is not None:  # a group-limited router: say why top_k stops below the experts
+            check_top_k(self.config.to_dict(), self.family, grid.top_k, self.source)
         grid.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.tier_names,
                           source=self.source)
 

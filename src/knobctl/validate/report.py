@@ -120,6 +120,9 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
                 f"| full | {_pct(h['full_accuracy'])} |", f"| smallest | {_pct(h['smallest_accuracy'])} |",
                 f"| best static ({table['best_static_config']}) | {_pct(h['best_static_accuracy'])} |",
                 f"| per-sample oracle | {_pct(h['oracle_accuracy'])} |", ""]
+        if model := table.get("model"):
+            out += [(f"Model family: {model['name']} (`{model['family']}`). Its routers' kept expert weights: "
+                     f"{model['top_k_weights']}."), ""]
     if estimator:
         held = estimator.get("headline", {})
         if "configs_total_mape" in held:
