@@ -50,39 +50,48 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.knobs import KnobGrid
     from knobctl.model.features import FEATURE_DEFINITIONS
     from knobctl.model.presets import ModelParams
-    from knobctl.model.runtime import DTYPES, device_name, load_runtime
+    from knobctl.model.runtime import DTYPES, load_runtime
     from knobctl.table.accuracy_table import (
+        LocalExecutor,
         PartPlan,
         merge_parts,
         per_config_table,
-        run_parts,
         summarize,
         table_metrics,
     )
-    from knobctl.table.rollouts import RolloutParams, select_configs
+    from knobctl.table.rollouts import EXECUTOR_KEYS, RolloutParams, select_configs
     from knobctl.vqa.sources import select_samples
 
     seed = seed_of(params, args.params)
     grid = KnobGrid.from_params(section(params, "knobs", args.params))
     own = apply_overrides(section(params, "accuracy_table", args.params), args.set, "accuracy_table")
     p = RolloutParams.from_params(own)
+    # Where the parts run changes no byte of the table: the executor's keys stay out of its metadata and key.
+    what = {k: v for k, v in own.items() if k not in EXECUTOR_KEYS}
     configs = select_configs(grid, p.configs)
-    use_threads(p.num_threads)
     split_path = Path(args.data) / f"{p.split}.parquet"
     samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
     model = ModelParams.from_params(section(params, "model", args.params))
-    rt = load_runtime(args.model, device=p.device, dtype=DTYPES[p.dtype], block_order=model.block_order,
-                      tier_tokens=model.tier_tokens)
-    block_order = rt.spec.block_order_json  # resolved: the file's list, not its path
-    rt.validate_grid(grid)
-    model_hash = checkpoint_hash(args.model)
-    run_key = params_hash({"rollouts": p.__dict__, "configs": [k.label for k in configs], "seed": seed,
-                           "model": model_hash, "data": file_hash(split_path),
-                           "block_order": block_order, "tiers": rt.tier_table()})
-    plan = PartPlan(Path(args.cache) / run_key, len(samples), p.part_size)
+    load = {"device": p.device, "dtype": DTYPES[p.dtype], "block_order": model.block_order,
+            "tier_tokens": model.tier_tokens}
+    if p.executor == "ray":
+        from knobctl.table.ray_executor import RayExecutor
 
-    start = time.perf_counter()
-    ran = 0 if args.merge_only else run_parts(rt, samples, configs, p, plan, plan.shard_parts(args.shard, args.num_shards))
+        executor = RayExecutor(args.model, load, p)
+    else:
+        use_threads(p.num_threads)
+        executor = LocalExecutor(load_runtime(args.model, **load), p)
+    with executor:
+        info = executor.describe(grid)
+        model_hash = checkpoint_hash(args.model)
+        run_key = params_hash({"rollouts": {k: v for k, v in p.__dict__.items() if k not in EXECUTOR_KEYS},
+                               "configs": [k.label for k in configs], "seed": seed, "model": model_hash,
+                               "data": file_hash(split_path), "block_order": info["block_order"],
+                               "tiers": info["tiers"]})
+        plan = PartPlan(Path(args.cache) / run_key, len(samples), p.part_size)
+        start = time.perf_counter()
+        ran = 0 if args.merge_only else executor.run(samples, configs, plan, plan.shard_parts(args.shard,
+                                                                                             args.num_shards))
     wall = time.perf_counter() - start
     rate = f"{ran / wall:.0f} rollouts/s" if ran else "nothing left to run"
     if plan.missing() and (args.num_shards > 1 or args.merge_only):
@@ -92,20 +101,18 @@ def main(argv: list[str] | None = None) -> None:
               + (f"; damaged, recomputed by a rerun of their shard: {damaged}" if damaged else ""))
         return
     rows, feats = merge_parts(plan)
-    meta = provenance(own, volatile=False, device=device_name(rt.device), device_type=rt.device.type, dtype=p.dtype,
-                      model=args.model, model_hash=model_hash, block_order=block_order, seed=seed, split=p.split, samples=len(samples),
-                      configs=[k.label for k in configs], tiers=rt.tier_table(),
-                      tier_tokens=None if rt.layout is None else dict(rt.layout.tiers),
-                      max_new_tokens=p.max_new_tokens or rt.spec.max_new_tokens,
-                      feature_dim=int(2 * rt.config.text_config.hidden_size), features=FEATURE_DEFINITIONS)
+    meta = provenance(what, volatile=False, device=info["device"], device_type=info["device_type"], dtype=p.dtype,
+                      model=args.model, model_hash=model_hash, block_order=info["block_order"], seed=seed,
+                      split=p.split, samples=len(samples), configs=[k.label for k in configs], tiers=info["tiers"],
+                      tier_tokens=info["tier_tokens"], max_new_tokens=info["max_new_tokens"],
+                      feature_dim=info["feature_dim"], features=FEATURE_DEFINITIONS)
     out = Path(args.out)
     write_parquet_atomic(out / "rollouts.parquet", rows, meta)
     write_parquet_atomic(out / "features.parquet", feats, meta)
     metrics = summarize(rows, configs)
     write_json_atomic(out / "summary.json", metrics)  # per question type too; the metrics keep the headline
-    family = rt.family  # the report says what top_k does to this family's MoE output
-    write_json_atomic(args.metrics, {**table_metrics(metrics), "model": {
-        "family": family.model_type, "name": family.name, "top_k_weights": family.renormalises}})
+    # the report says what top_k does to this family's MoE output
+    write_json_atomic(args.metrics, {**table_metrics(metrics), "model": info["family"]})
     write_csv_atomic(Path(args.plots) / "per_config.csv", per_config_table(rows, configs))
     plan.clear()
     print(f"accuracy_table: {len(rows)} rows ({len(samples)} samples x {len(configs)} configs), {ran} run now in "

@@ -76,6 +76,12 @@ def test_every_section_has_a_builder_and_code_defaults_equal_params_yaml():
     ("validate", {"calibrate": "yes"}, "validate.calibrate='yes': write true or false"),
     ("profile_latency", {"text_tokens": [4, 4]}, "profile_latency.text_tokens=[4, 4]: it repeats a value"),
     ("accuracy_table", {"split": "tset"}, "accuracy_table.split='tset': allowed: train, val, test"),
+    ("accuracy_table", {"executor": "dask"}, "accuracy_table.executor='dask': allowed: local, ray"),
+    ("accuracy_table", {"ray": {"num_worker": 2}}, "accuracy_table.ray: unknown keys ['num_worker']"),
+    ("accuracy_table", {"ray": {"num_gpus_per_worker": -1}}, "accuracy_table.ray.num_gpus_per_worker=-1.0"),
+    ("model", {"source": ""}, "model.source='': use null (train the tiny preset) or the path"),
+    ("model", {"tier_tokens": {"ultra": 64}}, "model.tier_tokens={'ultra': 64}: use null or a mapping of tiers"),
+    ("model", {"tier_tokens": {"low": 2}}, "model.tier_tokens.low=2: use an integer >= 4"),
     ("knobs", {"top_k": [4, 9.5]}, "knobs.top_k[1]=9.5: expected an integer"),
 ])
 def test_a_bad_value_names_section_key_value_and_what_is_allowed(name, values, message):

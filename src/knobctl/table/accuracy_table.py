@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,7 @@ from knobctl.execution import progress_bar
 from knobctl.io import round4 as _r
 from knobctl.io import write_parquet_atomic
 from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid, check_configs_in_grid
-from knobctl.model.runtime import Runtime
+from knobctl.model.runtime import Runtime, device_name
 from knobctl.params import InputError
 from knobctl.table.rollouts import RolloutParams, rollout_part
 
@@ -107,14 +107,21 @@ class PartPlan:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def run_parts(
-    rt: Runtime, samples: pd.DataFrame, configs: Sequence[KnobConfig], p: RolloutParams, plan: PartPlan,
-    parts: Sequence[int], progress: bool = True,
-) -> int:
-    """Roll out the given parts that are not done yet; returns the number of rollouts run.
+def table_info(rt: Runtime, grid: KnobGrid, p: RolloutParams) -> dict[str, Any]:
+    """What the table's metadata says about the model that answered (checked against the ``knobs:`` grid
+    first): the same whichever executor ran the parts."""
+    rt.validate_grid(grid)
+    family = rt.family
+    return {"device": device_name(rt.device), "device_type": rt.device.type, "tiers": rt.tier_table(),
+            "tier_tokens": None if rt.layout is None else dict(rt.layout.tiers),
+            "block_order": rt.spec.block_order_json,  # resolved: a file's list, not its path
+            "max_new_tokens": p.max_new_tokens or rt.spec.max_new_tokens,
+            "feature_dim": int(2 * rt.config.text_config.hidden_size),
+            "family": {"family": family.model_type, "name": family.name, "top_k_weights": family.renormalises}}
 
-    A part with a damaged file is deleted and run again (named on stderr).
-    """
+
+def parts_to_run(plan: PartPlan, parts: Sequence[int]) -> list[int]:
+    """The given parts that are not done yet; a part with a damaged file is deleted first (named on stderr)."""
     for i in parts:
         problems = plan.damage(i)
         if problems:
@@ -122,9 +129,17 @@ def run_parts(
                   "deleting and recomputing it", file=sys.stderr)
             plan.rows_path(i).unlink(missing_ok=True)  # rows first: the part stops counting as done at once
             plan.features_path(i).unlink(missing_ok=True)
-    todo = [i for i in parts if not plan.done(i)]
-    sizes = {i: len(samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]) for i in todo}
     plan.directory.mkdir(parents=True, exist_ok=True)
+    return [i for i in parts if not plan.done(i)]
+
+
+def run_parts(
+    rt: Runtime, samples: pd.DataFrame, configs: Sequence[KnobConfig], p: RolloutParams, plan: PartPlan,
+    parts: Sequence[int], progress: bool = True,
+) -> int:
+    """Roll out the given parts that are not done yet, here; returns the number of rollouts run."""
+    todo = parts_to_run(plan, parts)
+    sizes = {i: len(samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]) for i in todo}
     with progress_bar(total=sum(sizes.values()) * len(configs), desc="rollouts", unit="rollout",
                       disable=not progress) as bar:
         for i in todo:
@@ -133,6 +148,27 @@ def run_parts(
             write_parquet_atomic(plan.features_path(i), feats)
             write_parquet_atomic(plan.rows_path(i), rows)
     return sum(sizes.values()) * len(configs)
+
+
+class LocalExecutor:
+    """The parts in this process, on a loaded runtime (``accuracy_table.executor: local``); the Ray executor
+    (:class:`knobctl.table.ray_executor.RayExecutor`) has the same methods."""
+
+    def __init__(self, rt: Runtime, p: RolloutParams):
+        self.rt, self.p = rt, p
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self, grid: KnobGrid) -> dict[str, Any]:
+        return table_info(self.rt, grid, self.p)
+
+    def run(self, samples: pd.DataFrame, configs: Sequence[KnobConfig], plan: PartPlan, parts: Sequence[int],
+            progress: bool = True) -> int:
+        return run_parts(self.rt, samples, configs, self.p, plan, parts, progress)
 
 
 def merge_parts(plan: PartPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
