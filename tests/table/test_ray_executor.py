@@ -49,8 +49,9 @@ def stage(workdir, name: str, *overrides: str) -> str:
 
 
 def test_ray_with_two_cpu_workers_writes_the_local_table_byte_for_byte(workdir):
-    stage(workdir, "local", "executor=local")
-    printed = stage(workdir, "ray", "executor=ray", "ray={num_workers: 2}")
+    """As the defaults run: the local process on every core's threads, each worker on its one CPU's."""
+    stage(workdir, "local", "executor=local", "num_threads=0")
+    printed = stage(workdir, "ray", "executor=ray", "num_threads=0", "ray={num_workers: 2}")
     for name in ("rollouts/rollouts.parquet", "rollouts/features.parquet", "rollouts/summary.json", "metrics.json",
                  "plots/per_config.csv"):
         assert (workdir / "out_ray" / name).read_bytes() == (workdir / "out_local" / name).read_bytes(), name

@@ -112,7 +112,11 @@ def table_info(rt: Runtime, grid: KnobGrid, p: RolloutParams) -> dict[str, Any]:
     first): the same whichever executor ran the parts."""
     rt.validate_grid(grid)
     family = rt.family
-    return {"device": device_name(rt.device), "device_type": rt.device.type, "tiers": rt.tier_table(),
+    # device_name ends a CPU's name with its torch threads, which time a profile but change no rollout: a
+    # Ray worker runs fewer threads than the local process, and the table must be the same bytes either way.
+    device = device_name(rt.device)
+    device = device if rt.device.type == "cuda" else device.rsplit(" (", 1)[0]
+    return {"device": device, "device_type": rt.device.type, "tiers": rt.tier_table(),
             "tier_tokens": None if rt.layout is None else dict(rt.layout.tiers),
             "block_order": rt.spec.block_order_json,  # resolved: a file's list, not its path
             "max_new_tokens": p.max_new_tokens or rt.spec.max_new_tokens,
