@@ -180,7 +180,7 @@ def shape_layout(name: str, config: Any, eos: tuple[str, int], tier_tokens: Mapp
 
 
 def load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | None, dtype: torch.dtype | None
-                 ) -> tuple[nn.Module, Any, FamilyLayout]:
+                ) -> tuple[nn.Module, FamilyLayout]:
     """A hub-layout folder of an HF family: its model class, tokenizer and PIL image processor (the stock
     processors also build a video processor, which needs torchvision), and the layout they make."""
     # use_safetensors: never fall back to pickled weights, which can run code when loaded.
@@ -191,7 +191,7 @@ def load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | Non
     layout = FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,
                           image_token_id=int(model.config.image_token_id),
                           tiers=dict(tier_tokens or dict(family.tier_tokens)), source=str(path))
-    return model, tokenizer, layout
+    return model, layout
 
 
 @contextlib.contextmanager

@@ -96,6 +96,9 @@ class Runtime:
         if not self._routers:
             raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
         if self.layout is not None:
+            # Once: validate() reads it on every request, and a family's config.to_dict() is not free.
+            self._top_k_limit = min(max_top_k(self.config.to_dict(), self.family),
+                                    min(r.num_experts for r in self._routers))
             # The family's own tokens; PAD, EOS and IMAGE are the keys the decoding loop and features use.
             eos = self.model.generation_config.eos_token_id
             eos = eos[0] if isinstance(eos, (list, tuple)) else eos
@@ -134,9 +137,7 @@ class Runtime:
     @property
     def num_experts(self) -> int:
         """The largest top_k every router honours (a group-limited router keeps fewer than all experts)."""
-        if self.layout is None:
-            return self.config.text_config.num_experts
-        return min(max_top_k(self.config.to_dict(), self.family), min(r.num_experts for r in self._routers))
+        return self.config.text_config.num_experts if self.layout is None else self._top_k_limit
 
     @property
     def tier_names(self) -> list[str]:
@@ -356,20 +357,22 @@ class Runtime:
         return answers
 
 
-def device_name(device: torch.device) -> str:
-    """Human-readable accelerator or CPU model, for the table's metadata."""
+def device_name(device: torch.device, threads: bool = True) -> str:
+    """Human-readable accelerator or CPU model, for the table's metadata; a CPU's ends with its torch threads
+    unless ``threads`` is False (a table whose content does not depend on them)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    name = None
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
         pass
-    import platform
+    if name is None:
+        import platform
 
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        name = platform.processor() or platform.machine()
+    return f"{name} ({torch.get_num_threads()} threads)" if threads else name
 
 
 def resolve_device(device: str) -> torch.device:
@@ -425,7 +428,8 @@ def load_runtime(
         config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
         model = _build(LlavaForConditionalGeneration, config, dev, dtype)
     elif path.is_dir() and (family := check_checkpoint(path)).model_class:
-        model, tokenizer, layout = load_family(path, family, tier_tokens, dtype)
+        model, layout = load_family(path, family, tier_tokens, dtype)
+        tokenizer = layout.tokenizer
         spec = ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS)
     elif path.is_dir():
         spec = ModelSpec.load(path)

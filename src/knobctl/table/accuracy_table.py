@@ -66,6 +66,10 @@ class PartPlan:
     def features_path(self, i: int) -> Path:
         return self.directory / f"features-{i:05d}.parquet"
 
+    def part(self, samples: pd.DataFrame, i: int) -> pd.DataFrame:
+        """Part ``i``'s rows of the selected samples."""
+        return samples.iloc[i * self.part_size : (i + 1) * self.part_size]
+
     def part_samples(self, i: int) -> int:
         return max(0, min(self.part_size, self.num_samples - i * self.part_size))
 
@@ -112,11 +116,9 @@ def table_info(rt: Runtime, grid: KnobGrid, p: RolloutParams) -> dict[str, Any]:
     first): the same whichever executor ran the parts."""
     rt.validate_grid(grid)
     family = rt.family
-    # device_name ends a CPU's name with its torch threads, which time a profile but change no rollout: a
-    # Ray worker runs fewer threads than the local process, and the table must be the same bytes either way.
-    device = device_name(rt.device)
-    device = device if rt.device.type == "cuda" else device.rsplit(" (", 1)[0]
-    return {"device": device, "device_type": rt.device.type, "tiers": rt.tier_table(),
+    # A CPU's torch threads time a profile but change no rollout: a Ray worker runs fewer threads than the
+    # local process, and the table must be the same bytes either way.
+    return {"device": device_name(rt.device, threads=False), "device_type": rt.device.type, "tiers": rt.tier_table(),
             "tier_tokens": None if rt.layout is None else dict(rt.layout.tiers),
             "block_order": rt.spec.block_order_json,  # resolved: a file's list, not its path
             "max_new_tokens": p.max_new_tokens or rt.spec.max_new_tokens,
@@ -143,11 +145,11 @@ def run_parts(
 ) -> int:
     """Roll out the given parts that are not done yet, here; returns the number of rollouts run."""
     todo = parts_to_run(plan, parts)
-    sizes = {i: len(samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]) for i in todo}
+    sizes = {i: len(plan.part(samples, i)) for i in todo}
     with progress_bar(total=sum(sizes.values()) * len(configs), desc="rollouts", unit="rollout",
                       disable=not progress) as bar:
         for i in todo:
-            part = samples.iloc[i * plan.part_size : (i + 1) * plan.part_size]
+            part = plan.part(samples, i)
             rows, feats = rollout_part(rt, part, configs, p, on_batch=lambda n: bar.update(n * len(configs)))
             write_parquet_atomic(plan.features_path(i), feats)
             write_parquet_atomic(plan.rows_path(i), rows)

@@ -118,8 +118,7 @@ class RayExecutor:
         todo = parts_to_run(plan, parts)
         pool = ActorPool(self.actors)
         for i in todo:
-            part = samples.iloc[i * plan.part_size:(i + 1) * plan.part_size]
-            pool.submit(lambda actor, job: actor.run_part.remote(*job), (i, part, list(configs), self.p))
+            pool.submit(lambda actor, job: actor.run_part.remote(*job), (i, plan.part(samples, i), list(configs), self.p))
         ran = 0
         with progress_bar(total=len(todo), desc=f"rollout parts on {len(self.actors)} Ray workers", unit="part",
                           disable=not progress) as bar:
