@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)  # a bad params file fails before the library loads torch
     import pandas as pd
 
+    from knobctl.cluster import EXECUTOR_KEYS
     from knobctl.execution import use_threads
     from knobctl.io import (
         checkpoint_hash,
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         summarize,
         table_metrics,
     )
-    from knobctl.table.rollouts import EXECUTOR_KEYS, RolloutParams, select_configs
+    from knobctl.table.rollouts import RolloutParams, select_configs
     from knobctl.vqa.sources import select_samples
 
     seed = seed_of(params, args.params)

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from knobctl.knobs import KnobConfig, KnobGrid
-from knobctl.latency.profiling import ROW_COLUMNS, Case, Timing, cases_for, run_profile, schedule
+from knobctl.latency.profile_run import run_profile
+from knobctl.latency.profiling import ROW_COLUMNS, Case, Timing, cases_for, schedule
 from knobctl.parts import PartStore
 from tests.conftest import copy_repo
 

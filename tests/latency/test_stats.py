@@ -65,3 +65,17 @@ def test_error_rows_do_not_move_the_speed():
     bad = rows.iloc[[0]].assign(total_ms=np.nan, error="RuntimeError: boom", round=6, order=0)
     speed = local_speed(pd.concat([rows, bad], ignore_index=True), window=3)
     assert np.isfinite(speed).all()
+
+
+def test_the_speed_follows_each_workers_own_timeline():
+    """Two Ray workers take turns at rounds, one twice as slow: every row's speed is its own worker's, with no
+    window straddling the two (sorting by round alone would mix them at every round boundary)."""
+    rows = pd.DataFrame([
+        {"config": c, "text_tokens": 4, "output_tokens": 2, "round": r, "order": o, "worker": r % 2,
+         "total_ms": 10.0 * (1 + r % 2) * (1 + o), "error": None}
+        for r in range(4) for o, c in enumerate(["a", "b"])
+    ])
+    speed = local_speed(rows, window=5)
+    assert speed.to_numpy() == pytest.approx(np.where(rows["worker"] == 1, 2 / 1.5, 1 / 1.5))
+    blind = local_speed(rows.drop(columns="worker"), window=5)  # a window that ignores workers mixes them
+    assert blind.to_numpy() != pytest.approx(speed.to_numpy())

@@ -13,10 +13,11 @@ import pytest
 import torch
 import yaml
 
+from knobctl.cluster import RayParams
 from knobctl.knobs import KnobGrid
 from knobctl.model.runtime import load_runtime, save_runtime
 from knobctl.table.accuracy_table import LocalExecutor, PartPlan, merge_parts
-from knobctl.table.rollouts import RayParams, RolloutParams, select_configs
+from knobctl.table.rollouts import RolloutParams, select_configs
 from tests.conftest import ROOT, make_runtime, vqa_frame
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install -c constraints.txt -e '.[ray]'")

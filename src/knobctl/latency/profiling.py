@@ -15,32 +15,34 @@ case runs once, in an order shuffled per round, so drift (thermal, clocks, neigh
 configurations alike. Each mark synchronises the device first (``torch.cuda.synchronize``) and
 reads ``time.perf_counter``. A case that raises (out of memory, a kernel error) becomes a row
 with its ``error`` and profiling goes on; rows are flushed to part files as they are measured,
-so an interrupted run resumes where it stopped.
+so an interrupted run resumes where it stopped (:mod:`knobctl.latency.profile_run`; on Ray, with
+the rounds spread over workers of one device name: :mod:`knobctl.latency.ray_profiler`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from knobctl.execution import progress_bar, use_threads
+from knobctl.cluster import EXECUTORS, RayParams
+from knobctl.execution import use_threads
 from knobctl.knobs import KnobConfig
 from knobctl.latency.request import PARTS, request_ms
 from knobctl.model.decoding import generate
 from knobctl.model.presets import EXPERTS_IMPLEMENTATIONS
-from knobctl.model.runtime import DTYPES, Runtime, load_runtime
+from knobctl.model.runtime import DTYPES, Runtime, device_name, load_runtime
 from knobctl.model.timing import Stopwatch
 from knobctl.params import build, require, require_choice, require_device, require_int
 
 ROW_COLUMNS = (
     "config", "tier", "top_k", "num_blocks", "visual_tokens", "text_tokens", "input_tokens", "output_tokens",
-    "batch_size", "round", "order", *PARTS, "total_ms", "error",
+    "batch_size", "round", "order", *PARTS, "total_ms", "error", "device", "host", "worker",
 )
 
 
@@ -60,8 +62,13 @@ class ProfileParams:
     rounds: int = 5
     flush_every: int = 50
     num_threads: int = 1
+    # Where the rounds run (src/knobctl/latency/ray_profiler.py): local, or Ray workers of one device name.
+    executor: str = "local"
+    ray: RayParams = field(default_factory=RayParams)
 
     def __post_init__(self) -> None:
+        require_choice(self.executor, "profile_latency.executor", EXECUTORS)
+        self.ray.check("profile_latency.ray")
         for name in ("batch_size", "image_size", "rounds", "flush_every"):
             require_int(getattr(self, name), f"profile_latency.{name}")
         require_int(self.warmup_rounds, "profile_latency.warmup_rounds", 0)
@@ -84,7 +91,6 @@ class ProfileParams:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
-
 
 
 @dataclass(frozen=True)
@@ -136,13 +142,16 @@ class RuntimeMeasurer:
         if rt.layout is not None:  # an HF family's chat and image tokens are added tokens: keep them out too
             special |= set(rt.tokenizer.all_special_ids) | set(rt.tokenizer.get_added_vocab().values())
         self._words = [i for i in range(len(rt.tokenizer)) if i not in special] or [rt.ids["[SEP]"]]
-        self._gen = np.random.default_rng(seed)
+        self.seed = seed
         self._questions: dict[int, list[list[int]]] = {}
 
     def question_ids(self, text_tokens: int) -> list[list[int]]:
+        """Seeded per length, not drawn in the order lengths are first asked for: every Ray worker, whatever
+        its first round, times the same questions."""
         if text_tokens not in self._questions:
+            gen = np.random.default_rng([self.seed, text_tokens])
             self._questions[text_tokens] = [
-                [int(w) for w in self._gen.choice(self._words, size=text_tokens)] for _ in range(self.batch_size)
+                [int(w) for w in gen.choice(self._words, size=text_tokens)] for _ in range(self.batch_size)
             ]
         return self._questions[text_tokens]
 
@@ -173,8 +182,21 @@ class RuntimeMeasurer:
         )
 
 
+@dataclass(frozen=True)
+class DeviceTag:
+    """Which device measured a row: its name (a profile merges rows of one name only), host and worker."""
+
+    device: str
+    host: str
+    worker: int = 0
+
+    @classmethod
+    def here(cls, device: torch.device | None = None, worker: int = 0) -> DeviceTag:
+        return cls(device_name(device or torch.device("cpu")), socket.gethostname(), worker)
+
+
 def make_row(case: Case, rnd: int, pos: int, input_tokens: int, visual_tokens: int, batch_size: int,
-             timing: Timing | None, error: str | None) -> dict[str, Any]:
+             timing: Timing | None, error: str | None, tag: DeviceTag) -> dict[str, Any]:
     k = case.knobs
     parts = (timing.vision_ms, timing.prefill_ms, timing.decode_ms_per_token) if timing else (math.nan,) * 3
     total = float(request_ms(*parts, case.output_tokens)) if timing else math.nan
@@ -183,7 +205,7 @@ def make_row(case: Case, rnd: int, pos: int, input_tokens: int, visual_tokens: i
         "visual_tokens": visual_tokens, "text_tokens": case.text_tokens, "input_tokens": input_tokens,
         "output_tokens": case.output_tokens, "batch_size": batch_size, "round": rnd, "order": pos,
         "vision_ms": parts[0], "prefill_ms": parts[1], "decode_ms_per_token": parts[2], "total_ms": total,
-        "error": error,
+        "error": error, "device": tag.device, "host": tag.host, "worker": tag.worker,
     }
 
 
@@ -192,64 +214,9 @@ def describe_error(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _release_memory(device: torch.device | None) -> None:
+def release_memory(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def run_profile(
-    measure: Callable[[Case], Timing],
-    cases: Sequence[Case],
-    *,
-    rounds: int,
-    warmup_rounds: int,
-    seed: int,
-    store: Any,
-    input_tokens: Callable[[Case], int],
-    visual_tokens: Callable[[Case], int],
-    batch_size: int,
-    device: torch.device | None = None,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Measure every case ``rounds`` times, interleaved; rows go to ``store`` (a PartStore).
-
-    Cases already in the store (same round and case) are skipped, so a rerun resumes. Warm-up
-    rounds run only when something is left to measure and are never recorded; a case that
-    raises during warm-up is measured (and recorded as an error) in the rounds proper.
-    """
-    done = store.done_keys(["round", "config", "text_tokens", "output_tokens"])
-    todo = [(r, pos, c) for r, pos, c in schedule(cases, rounds, seed) if (r, *c.key) not in done]
-    if todo and warmup_rounds:
-        warm = schedule(cases, warmup_rounds, seed, stream=1)
-        for _, _, case in progress_bar(warm, desc="warm-up", disable=not progress, leave=False):
-            try:
-                measure(case)
-            except Exception:  # noqa: BLE001  (recorded in the measured rounds instead)
-                _release_memory(device)
-    for rnd, pos, case in progress_bar(todo, desc="profile", disable=not progress, initial=len(done),
-                                       total=len(done) + len(todo)):
-        try:
-            timing, error = measure(case), None
-        except Exception as exc:  # noqa: BLE001  (a failed configuration is a row, not a crash)
-            timing, error = None, describe_error(exc)
-            _release_memory(device)
-        store.append(make_row(case, rnd, pos, input_tokens(case), visual_tokens(case), batch_size, timing, error))
-    store.flush()
-    rows = store.read()
-    check_complete(rows, cases, rounds, seed, store.directory)
-    return rows.sort_values(["round", "order"], kind="stable").reset_index(drop=True)
-
-
-def check_complete(rows: pd.DataFrame, cases: Sequence[Case], rounds: int, seed: int, where: Any) -> None:
-    """Every scheduled (round, case) measured exactly once, or an error naming what is missing or repeated: a
-    profile that silently lost rows would still summarise (and fit an estimator) without complaint."""
-    keys = list(rows[["round", "config", "text_tokens", "output_tokens"]].itertuples(index=False, name=None))
-    expected = {(r, *c.key) for r, _, c in schedule(cases, rounds, seed)}
-    missing, repeated = expected - set(keys), len(keys) - len(set(keys))
-    if missing or repeated or set(keys) - expected:
-        raise RuntimeError(f"the profile in {where} holds {len(keys)} rows for {len(expected)} scheduled measurements: "
-                           f"{len(missing)} missing (first: {sorted(missing)[:1]}), {repeated} repeated; delete the "
-                           "folder and rerun the stage")
 
 
 def load_profiled_runtime(p: ProfileParams, tier_tokens: Mapping[str, int] | None = None) -> Runtime:
@@ -258,18 +225,3 @@ def load_profiled_runtime(p: ProfileParams, tier_tokens: Mapping[str, int] | Non
     use_threads(p.num_threads)
     return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation,
                         tier_tokens=tier_tokens)
-
-
-def profile_runtime(
-    rt: Runtime, configs: Sequence[KnobConfig], p: ProfileParams, seed: int, store: Any, progress: bool = True
-) -> pd.DataFrame:
-    """Raw rows, one per measurement, for a loaded runtime (summaries: ``knobctl.latency.stats``)."""
-    for k in configs:
-        rt.validate(k)
-    measurer = RuntimeMeasurer(rt, p.batch_size, p.image_size, seed)
-    cases = cases_for(configs, p.text_tokens, p.output_tokens)
-    return run_profile(
-        measurer, cases, rounds=p.rounds, warmup_rounds=p.warmup_rounds, seed=seed, store=store,
-        input_tokens=measurer.input_tokens, visual_tokens=lambda c: rt.visual_tokens(c.knobs.tier),
-        batch_size=p.batch_size, device=rt.device, progress=progress,
-    )

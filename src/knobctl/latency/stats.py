@@ -28,8 +28,12 @@ def relative_latency(rows: pd.DataFrame) -> pd.Series:
 
 
 def local_speed(rows: pd.DataFrame, window: int = 31) -> pd.Series:
-    """The machine's speed factor at each row: median relative latency of the ``window`` rows around it in time."""
-    order = rows.sort_values(["round", "order"], kind="stable").index
+    """The machine's speed factor at each row: median relative latency of the ``window`` rows around it in time.
+
+    Time is each worker's own (a Ray profile's worker measures its rounds in order), so a window does not
+    straddle two devices."""
+    timeline = [c for c in ("worker", "round", "order") if c in rows]
+    order = rows.sort_values(timeline, kind="stable").index
     rel = relative_latency(rows).loc[order]
     speed = rel.rolling(window, center=True, min_periods=1).median()
     return speed.fillna(1.0).reindex(rows.index)

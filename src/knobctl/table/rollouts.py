@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from knobctl.cluster import EXECUTORS, RayParams
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.model.decoding import continue_greedy, fork_cache, new_cache, next_token, prefill
 from knobctl.model.families import DECISION_BLOCK
@@ -45,32 +46,6 @@ from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import SPLITS, decode_images
 
 R = TypeVar("R")
-
-
-#: accuracy_table keys that pick where the parts run, not what they hold: kept out of the table's metadata
-#: and of its resume key, so a table is the same bytes whichever executor built it.
-EXECUTOR_KEYS = ("executor", "ray")
-
-
-@dataclass(frozen=True)
-class RayParams:
-    """``accuracy_table.ray``: where and how wide the Ray executor runs."""
-
-    address: str | None = None  # None: a local Ray started by the stage, sized to the machine; "auto": a cluster's
-    num_workers: int | None = None  # None: as many as the cluster's CPUs (or GPUs) hold
-    num_cpus_per_worker: int = 1
-    num_gpus_per_worker: float = 0.0
-    max_retries: int = 3  # restarts of a dead worker and retries of the part it was running
-
-    def __post_init__(self) -> None:
-        require(self.address is None or isinstance(self.address, str), "accuracy_table.ray.address", self.address,
-                "use null (a local Ray started by the stage), auto (the cluster this node belongs to) or ray://host:port")
-        if self.num_workers is not None:
-            require_int(self.num_workers, "accuracy_table.ray.num_workers")
-        require_int(self.num_cpus_per_worker, "accuracy_table.ray.num_cpus_per_worker")
-        require(isinstance(self.num_gpus_per_worker, (int, float)) and self.num_gpus_per_worker >= 0,
-                "accuracy_table.ray.num_gpus_per_worker", self.num_gpus_per_worker, "use a number >= 0")
-        require_int(self.max_retries, "accuracy_table.ray.max_retries", 0)
 
 
 @dataclass(frozen=True)
@@ -91,7 +66,8 @@ class RolloutParams:
     ray: RayParams = field(default_factory=RayParams)
 
     def __post_init__(self) -> None:
-        require_choice(self.executor, "accuracy_table.executor", ("local", "ray"))
+        require_choice(self.executor, "accuracy_table.executor", EXECUTORS)
+        self.ray.check("accuracy_table.ray")
         require(self.split in SPLITS, "accuracy_table.split", self.split,
                 f"allowed: {', '.join(SPLITS)} (keep test for the validate stage)")
         if self.num_samples is not None:
