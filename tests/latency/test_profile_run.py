@@ -143,3 +143,21 @@ def test_local_profiler_describes_its_runtime_and_measures_the_grid(tiny_rt, tmp
     assert info["workers"] == [{"worker": 3, "host": info["host"], "device": info["device"]}]
     assert len(rows) == 2 * 2 and (rows["worker"] == 3).all() and (rows["total_ms"] > 0).all()
     assert sorted(rows["visual_tokens"].unique()) == sorted(tiny_rt.visual_tokens(t) for t in ("low", "high"))
+
+
+def test_a_run_on_another_device_than_the_stored_rows_is_refused_before_measuring(tmp_path):
+    """Say round 0 was stored with 2 torch threads and the run resumes with 1: another clock, refused at once."""
+    plan = ProfilePlan(tuple(cases_for(CONFIGS[:2], [4], [2])), rounds=2, warmup_rounds=1, seed=0)
+    store = PartStore(tmp_path, 50, ROW_COLUMNS)
+    first = Profiler(fake_measure([]), plan, lambda c: 7, lambda c: 1, 1, tag=DeviceTag("AMD EPYC (2 threads)", "h"))
+    first.run(store, progress=False)
+    calls: list = []
+    again = Profiler(fake_measure(calls), ProfilePlan(plan.cases, 3, 1, 0), lambda c: 7, lambda c: 1, 1,
+                     tag=DeviceTag("AMD EPYC (1 threads)", "h"))
+    with pytest.raises(InputError, match=r"holds rows measured on AMD EPYC \(2 threads\); this run measures on "
+                                         r"AMD EPYC \(1 threads\)"):
+        again.run(store, progress=False)
+    assert calls == []  # not even the warm-up ran
+    same = Profiler(fake_measure(calls), ProfilePlan(plan.cases, 3, 0, 0), lambda c: 7, lambda c: 1, 1,
+                    tag=DeviceTag("AMD EPYC (2 threads)", "h"))
+    assert len(same.run(store, progress=False)) == 3 * 2 and len(calls) == 2  # the same device resumes

@@ -11,6 +11,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from knobctl.cluster import RayParams
@@ -64,11 +65,16 @@ def test_ray_resumes_stored_rounds_and_survives_killed_workers(tmp_path):
     p = ProfileParams(**{**PROFILE, "text_tokens": (3,), "output_tokens": (1, 3)}, executor="ray",
                       ray=RayParams(num_workers=2, max_retries=2))
     store = PartStore(tmp_path / "parts", p.flush_every, ROW_COLUMNS)
-    local = LocalProfiler(make_runtime(), grid, p, seed=0)
-    for rnd, pos, case in local.profiler.plan.pending(set()):
-        if rnd == 0:
-            store.append(local.profiler.row(rnd, pos, case))
-    store.flush()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(p.num_threads)  # as the stage and each worker run: a CPU's device name holds its threads
+    try:
+        local = LocalProfiler(make_runtime(), grid, p, seed=0)
+        for rnd, pos, case in local.profiler.plan.pending(set()):
+            if rnd == 0:
+                store.append(local.profiler.row(rnd, pos, case))
+        store.flush()
+    finally:
+        torch.set_num_threads(threads)
     first = store.read()
     killed: list[int] = []
     with RayProfiler(p, grid, None, seed=0) as ray_profiler:

@@ -54,6 +54,17 @@ class ProfilePlan:
         """(round, position, case) still to measure, in schedule order."""
         return [(r, pos, c) for r, pos, c in schedule(self.cases, self.rounds, self.seed) if (r, *c.key) not in done]
 
+    def resume(self, store: Any, device: str) -> set[tuple[Any, ...]]:
+        """The keys already in ``store``, once its rows are known to be of ``device``: a run that would add
+        another device's rows is refused before it measures anything, not at the merge."""
+        rows = store.read()
+        others = sorted(set(rows["device"]) - {device}) if len(rows) else []
+        if others:
+            raise InputError(f"{store.directory} holds rows measured on {', '.join(others)}; this run measures on "
+                             f"{device}. A profile holds one device name (a CPU's includes its torch threads): "
+                             "delete the folder to start afresh, or resume on the device that began it")
+        return set(rows[KEY].itertuples(index=False, name=None)) if len(rows) else set()
+
     def finish(self, store: Any) -> pd.DataFrame:
         """Every measured row, checked complete and of one device, in schedule order."""
         store.flush()
@@ -114,7 +125,7 @@ class Profiler:
         """Every measurement not yet in ``store`` (a PartStore), then the whole checked profile.
 
         Warm-up rounds run only when something is left to measure."""
-        done = store.done_keys(KEY)
+        done = self.plan.resume(store, self.tag.device)
         todo = self.plan.pending(done)
         if todo:
             self.warm_up(progress)

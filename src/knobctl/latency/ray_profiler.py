@@ -33,7 +33,7 @@ import pandas as pd
 from knobctl.cluster import RayPool
 from knobctl.execution import progress_bar
 from knobctl.knobs import KnobGrid
-from knobctl.latency.profile_run import KEY, LocalProfiler, ProfilePlan
+from knobctl.latency.profile_run import LocalProfiler, ProfilePlan
 from knobctl.latency.profiling import Case, ProfileParams
 from knobctl.params import InputError
 
@@ -88,6 +88,7 @@ class RayProfiler:
         self.pool = RayPool(ProfileWorker, lambda i: (worker_p, grid, tier_tokens, seed, i), p.ray,
                             "profile_latency.ray", limit=p.rounds)
         self.actors = self.pool.actors
+        self.device: str | None = None  # the workers' one device name, once described
 
     def __enter__(self) -> Self:
         return self
@@ -115,12 +116,13 @@ class RayProfiler:
                   "they contend for cores and memory bandwidth, so their timings are not one process's alone. For a "
                   "profile to deploy by, give each worker a whole node (ray.num_cpus_per_worker = its CPUs)",
                   file=sys.stderr)
+        self.device = infos[0]["device"]
         return {**infos[0], "workers": workers, "shared_hosts": shared}
 
     def run(self, store: Any, progress: bool = True, on_round: Callable[[int], None] | None = None) -> pd.DataFrame:
         """Every round not yet complete in ``store`` (a PartStore), each on a free worker; then the whole checked
         profile. ``on_round(r)`` is called once round ``r``'s rows are stored."""
-        done = store.done_keys(KEY)
+        done = self.plan.resume(store, self.device or self.describe()["device"])
         rounds: dict[int, list[tuple[int, Case]]] = {}
         for rnd, pos, case in self.plan.pending(done):
             rounds.setdefault(rnd, []).append((pos, case))
