@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         info = executor.describe()
         model_hash = checkpoint_hash(p.source)
         # Where the rounds run stays out of the key, so a run stopped under one executor resumes under the
-        # other; the rows' device names must still agree (ProfilePlan.finish).
+        # other; the rows' device names must still agree (ProfilePlan.resume and .finish).
         run_key = params_hash({"profile": {k: v for k, v in p.__dict__.items() if k not in EXECUTOR_KEYS},
                                "knobs": [k.label for k in grid.configs()], "seed": seed, "model": model_hash,
                                "tiers": info["tiers"], "columns": ROW_COLUMNS})
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": p.rounds, "workers": len(info["workers"]),
     })
     store.clear()
-    on = f"{meta['device']}" + (f" x {len(info['workers'])} Ray workers" if p.executor == "ray" else "")
+    on = meta["device"] + (f" x {len(info['workers'])} Ray workers" if p.executor == "ray" else "")
     print(f"profile_latency: {len(rows)} rows ({errors} errors) on {on} in {wall:.0f} s; "
           f"median CV vision {cv['vision_ms']:.1%}, prefill {cv['prefill_ms']:.1%}, "
           f"decode {cv['decode_ms_per_token']:.1%}; drift-corrected total {adj['total_ms']:.1%}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,15 @@ def repo(tmp_path_factory) -> Path:
     dst = copy_repo(tmp_path_factory.mktemp("repo"))
     run([sys.executable, "-m", "dvc", "repro"], dst)
     return dst
+
+
+def kill_once(pids: list[int], killed: list[int]):
+    """A callback that SIGKILLs ``pids`` the first time it is called (they go into ``killed``), for a Ray
+    executor's ``on_part`` / ``on_round``: the workers die while others' jobs are in flight."""
+    def hook(_: int) -> None:
+        if not killed:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(pids)
+
+    return hook

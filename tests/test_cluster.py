@@ -40,3 +40,8 @@ def test_a_cluster_that_cannot_hold_one_worker_is_refused_with_what_it_has():
     with pytest.raises(InputError, match=r"accelerator_type is 'A100'.*its GPU types: H100"):
         RayPool._count({"CPU": 8.0, "GPU": 8.0, "accelerator_type:H100": 1.0},
                        RayParams(num_gpus_per_worker=1, accelerator_type="A100"), "profile_latency.ray")
+
+
+def test_a_worker_runs_its_own_cpus_threads_where_the_section_says_every_core():
+    assert RayParams(num_cpus_per_worker=4).worker_threads(0) == 4
+    assert RayParams(num_cpus_per_worker=4).worker_threads(2) == 2

@@ -55,6 +55,11 @@ class RayParams:
                 "use null, or a GPU type such as H100 together with num_gpus_per_worker > 0")
         require_int(self.max_retries, f"{where}.max_retries", 0)
 
+    def worker_threads(self, num_threads: int) -> int:
+        """A worker's torch threads for a section's ``num_threads``: 0 ("every core") would have each worker
+        spread over the whole node, so it means the worker's own CPUs."""
+        return num_threads or self.num_cpus_per_worker
+
 
 def unwrap(exc: Exception) -> Exception:
     """A worker's own exception (a grid the model cannot run, a bad path) rather than Ray's wrapper of it."""
@@ -63,6 +68,13 @@ def unwrap(exc: Exception) -> Exception:
     if isinstance(exc, ray.exceptions.RayTaskError):
         return exc.as_instanceof_cause()
     return exc
+
+
+class RayWorker:
+    """What every worker class a :class:`RayPool` starts answers, besides its own work."""
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 class RayPool:
@@ -146,3 +158,22 @@ class RayPool:
             except ray.exceptions.RayTaskError as exc:
                 raise unwrap(exc) from None
             yield result
+
+
+class PoolExecutor:
+    """A stage's Ray executor: owns its :class:`RayPool` for the length of a ``with`` block."""
+
+    pool: RayPool
+
+    @property
+    def actors(self) -> list[Any]:
+        return self.pool.actors
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.close()
+
+    def worker_pids(self) -> list[int]:
+        return self.pool.call_all("pid")

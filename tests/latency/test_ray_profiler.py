@@ -4,8 +4,6 @@ its worker's device, resumed rounds kept, killed workers restarted, a mix of dev
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -22,7 +20,7 @@ from knobctl.latency.profiling import ROW_COLUMNS, ProfileParams, cases_for, sch
 from knobctl.latency.ray_profiler import RayProfiler, shared_cpu_hosts
 from knobctl.params import InputError
 from knobctl.parts import PartStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kill_once
 
 GRID = {"tiers": ["low", "high"], "top_k": [4, 8], "num_blocks": [12, 16]}
 PROFILE = {"source": "tiny", "device": "cpu", "text_tokens": [3], "output_tokens": [1, 3], "rounds": 4,
@@ -79,14 +77,7 @@ def test_ray_resumes_stored_rounds_and_survives_killed_workers(tmp_path):
     killed: list[int] = []
     with RayProfiler(p, grid, None, seed=0) as ray_profiler:
         before = ray_profiler.worker_pids()
-
-        def kill_once(rnd: int) -> None:
-            if not killed:
-                for pid in before:
-                    os.kill(pid, signal.SIGKILL)
-                killed.extend(before)
-
-        rows = ray_profiler.run(store, progress=False, on_round=kill_once)
+        rows = ray_profiler.run(store, progress=False, on_round=kill_once(before, killed))
         after = ray_profiler.worker_pids()
     assert killed and not set(after) & set(before)  # the workers died and came back as new processes
     assert len(rows) == len(grid.configs()) * 2 * p.rounds and rows["error"].isna().all()

@@ -3,8 +3,6 @@ the workers are killed mid-run."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 
@@ -18,7 +16,7 @@ from knobctl.knobs import KnobGrid
 from knobctl.model.runtime import load_runtime, save_runtime
 from knobctl.table.accuracy_table import LocalExecutor, PartPlan, merge_parts
 from knobctl.table.rollouts import RolloutParams, select_configs
-from tests.conftest import ROOT, make_runtime, vqa_frame
+from tests.conftest import ROOT, kill_once, make_runtime, vqa_frame
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install -c constraints.txt -e '.[ray]'")
 
@@ -82,14 +80,7 @@ def test_workers_killed_mid_run_are_restarted_and_the_table_is_the_same(workdir,
     killed: list[int] = []
     with RayExecutor(str(workdir / "ckpt"), load, p) as executor:
         before = executor.worker_pids()
-
-        def kill_once(i: int) -> None:
-            if not killed:
-                for pid in before:
-                    os.kill(pid, signal.SIGKILL)
-                killed.extend(before)
-
-        ran = executor.run(samples, configs, plan, range(plan.num_parts), progress=False, on_part=kill_once)
+        ran = executor.run(samples, configs, plan, range(plan.num_parts), progress=False, on_part=kill_once(before, killed))
         after = executor.worker_pids()
     assert killed and not set(after) & set(before)  # the workers died and came back as new processes
     assert ran == 12 * len(configs)

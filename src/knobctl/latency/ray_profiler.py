@@ -21,16 +21,15 @@ worker a whole node.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Self
+from typing import Any
 
 import pandas as pd
 
-from knobctl.cluster import RayPool
+from knobctl.cluster import PoolExecutor, RayPool, RayWorker
 from knobctl.execution import progress_bar
 from knobctl.knobs import KnobGrid
 from knobctl.latency.profile_run import LocalProfiler, ProfilePlan
@@ -38,7 +37,7 @@ from knobctl.latency.profiling import Case, ProfileParams
 from knobctl.params import InputError
 
 
-class ProfileWorker:
+class ProfileWorker(RayWorker):
     """One Ray actor: the model loaded once (on the first call, so that a bad source or grid comes back as its
     own error), measuring whole rounds (wrapped by ``ray.remote`` at run time: importing this never needs Ray)."""
 
@@ -54,9 +53,6 @@ class ProfileWorker:
             p, grid, tier_tokens, seed, index = self.args
             self._local = LocalProfiler(load_profiled_runtime(p, tier_tokens), grid, p, seed, worker=index)
         return self._local
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def describe(self) -> dict[str, Any]:
         return self._profiler().describe()
@@ -76,28 +72,17 @@ def shared_cpu_hosts(workers: list[dict[str, Any]], device_type: str) -> dict[st
     return {host: n for host, n in counts.items() if n > 1}
 
 
-class RayProfiler:
+class RayProfiler(PoolExecutor):
     """Ray actors of one device name, each measuring whole rounds (:class:`knobctl.cluster.RayPool`: a local Ray
     for the run, or a cluster joined); the same methods as :class:`knobctl.latency.profile_run.LocalProfiler`.
     No more workers start than there are rounds."""
 
     def __init__(self, p: ProfileParams, grid: KnobGrid, tier_tokens: Mapping[str, int] | None, seed: int):
         self.plan = ProfilePlan.of(grid.configs(), p, seed)
-        # 0 ("every core") would have each worker spread over the whole node
-        worker_p = replace(p, num_threads=p.num_threads or p.ray.num_cpus_per_worker)
+        worker_p = replace(p, num_threads=p.ray.worker_threads(p.num_threads))
         self.pool = RayPool(ProfileWorker, lambda i: (worker_p, grid, tier_tokens, seed, i), p.ray,
                             "profile_latency.ray", limit=p.rounds)
-        self.actors = self.pool.actors
         self.device: str | None = None  # the workers' one device name, once described
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.pool.close()
-
-    def worker_pids(self) -> list[int]:
-        return self.pool.call_all("pid")
 
     def describe(self) -> dict[str, Any]:
         """The first worker's runtime, and every worker's device; a mix of device names is refused here, before

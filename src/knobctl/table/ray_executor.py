@@ -16,13 +16,12 @@ samples, so a retried part gives the same rows.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 import pandas as pd
 
-from knobctl.cluster import RayPool
+from knobctl.cluster import PoolExecutor, RayPool, RayWorker
 from knobctl.execution import progress_bar
 from knobctl.io import write_parquet_atomic
 from knobctl.knobs import KnobConfig, KnobGrid
@@ -30,7 +29,7 @@ from knobctl.table.accuracy_table import PartPlan, parts_to_run, table_info
 from knobctl.table.rollouts import RolloutParams, rollout_part
 
 
-class RolloutWorker:
+class RolloutWorker(RayWorker):
     """One Ray actor: the model loaded once, answering whole parts (wrapped by ``ray.remote`` at run time, so
     importing this module never needs Ray)."""
 
@@ -41,9 +40,6 @@ class RolloutWorker:
         use_threads(num_threads)
         self.rt = load_runtime(model, **load)
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def describe(self, grid: KnobGrid, p: RolloutParams) -> dict[str, Any]:
         return table_info(self.rt, grid, p)
 
@@ -53,24 +49,14 @@ class RolloutWorker:
         return index, rows, feats
 
 
-class RayExecutor:
+class RayExecutor(PoolExecutor):
     """Ray actors that each loaded the model, for the accuracy table's parts (:class:`knobctl.cluster.RayPool`:
     a local Ray for the run, or a cluster joined)."""
 
     def __init__(self, model: str, load: Mapping[str, Any], p: RolloutParams):
         self.p = p
-        threads = p.num_threads or p.ray.num_cpus_per_worker  # 0 ("every core") would oversubscribe a node
+        threads = p.ray.worker_threads(p.num_threads)
         self.pool = RayPool(RolloutWorker, lambda i: (model, dict(load), threads), p.ray, "accuracy_table.ray")
-        self.actors = self.pool.actors
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.pool.close()
-
-    def worker_pids(self) -> list[int]:
-        return self.pool.call_all("pid")
 
     def describe(self, grid: KnobGrid) -> dict[str, Any]:
         """:func:`knobctl.table.accuracy_table.table_info` from a worker (the driver never loads the model)."""
