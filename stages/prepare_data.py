@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     seed = seed_of(params, args.params)
     p = DataParams.from_params(own)
     tables = prepare(p, seed)
-    meta = provenance({"prepare_data": own, "seed": seed}, volatile=False, source=p.source)
+    meta = provenance({"prepare_data": own, "seed": seed}, volatile=False, libraries=("numpy", "pillow", "pyarrow"),
+                      host=False, source=p.source)
     with atomic_dir(args.out) as tmp:  # all three splits or none
         for split in SPLITS:
             write_parquet_atomic(tmp / f"{split}.parquet", tables[split], {**meta, "split": split})

@@ -165,3 +165,27 @@ def test_require_int_rejects_bools_floats_and_small_values():
     for bad in (True, 2.0, "3", 0):
         with pytest.raises(ParamsError, match=r"profile_latency\.rounds=.*use an integer >= 1"):
             require_int(bad, "profile_latency.rounds")
+
+
+@pytest.mark.parametrize("cls,name,values,where", [
+    (RewardWeights, "reward", {"beta": float("nan")}, r"reward\.beta=nan"),
+    (RewardWeights, "reward", {"epsilon": float("inf")}, r"reward\.epsilon=inf"),
+    (RewardWeights, "reward", {"gamma": "1e999"}, r"reward\.gamma=inf"),
+    (TrainParams, "train_controller", {"budget_range": [0, float("inf")]}, r"train_controller\.budget_range\[1\]=inf"),
+    (ValidateParams, "validate", {"budgets": [10.0, float("inf")]}, r"validate\.budgets\[1\]=inf"),
+    (TrainBaseParams, "train_base", {"lr": float("nan")}, r"train_base\.lr=nan"),
+])
+def test_nan_and_infinity_are_refused_wherever_a_number_is_read(cls, name, values, where):
+    """YAML's .nan and .inf (or 1e999) trained a controller whose every weight was NaN: the builder refuses them."""
+    with pytest.raises(ParamsError, match=where + r": expected a finite number"):
+        build(cls, values, name)
+    parsed = yaml.safe_load("a: .nan\nb: .inf\nc: -.inf\n")
+    for value in parsed.values():
+        with pytest.raises(ParamsError, match="finite"):
+            build(RewardWeights, {"alpha": value}, "reward")
+
+
+def test_reward_weights_are_bounded():
+    with pytest.raises(ParamsError, match=r"reward\.beta=1e\+308: every weight is a finite number in \[-1000, 1000\]"):
+        build(RewardWeights, {"beta": 1e308}, "reward")
+    assert build(RewardWeights, {"beta": -1000.0}, "reward").beta == -1000.0

@@ -20,8 +20,9 @@ def test_repro_writes_every_output(repo):
         df = pd.read_parquet(repo / "data/vqa" / f"{split}.parquet")
         assert len(df) > 0 and {"sample_id", "image", "answers", "question_type"} <= set(df.columns)
         meta = read_provenance(repo / "data/vqa" / f"{split}.parquet")
-        assert meta["split"] == split and {"torch", "transformers", "params_hash"} <= set(meta)
-        assert "timestamp" not in meta and "git_commit" not in meta  # same params, same bytes
+        assert meta["split"] == split and {"numpy", "pillow", "pyarrow", "params_hash"} <= set(meta)
+        # same params, same bytes, on every machine: nothing of the run, the host or torch
+        assert not {"timestamp", "git_commit", "machine", "python", "torch"} & set(meta)
     files = {p.name for p in (repo / "models/base").iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "knobctl.json"} <= files
     base = json.loads((repo / "metrics/base.json").read_text())

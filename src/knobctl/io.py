@@ -15,7 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -134,22 +134,21 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def provenance(params_section: Any = None, *, volatile: bool = True, **extra: Any) -> dict[str, Any]:
-    """Library versions, machine, git commit, params hash and a UTC timestamp.
+def provenance(params_section: Any = None, *, volatile: bool = True, libraries: Sequence[str] = ("torch", "transformers"),
+               host: bool = True, **extra: Any) -> dict[str, Any]:
+    """Versions of ``libraries`` (distribution names), machine, git commit, params hash and a UTC timestamp.
 
     ``volatile=False`` leaves out the git commit and the timestamp, for tables that the
     same params reproduce byte for byte: a rerun then leaves their DVC hash, and so every
-    later stage, untouched.
+    later stage, untouched. ``host=False`` leaves out the Python version and the machine, for a
+    table whose bytes do not depend on them (the generated VQA splits), so that the same params
+    give the same hash on every machine and the shipped base model's dvc.lock entry holds there.
     """
-    import torch
-    import transformers
+    from importlib.metadata import version
 
-    meta: dict[str, Any] = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
+    meta: dict[str, Any] = {name: version(name) for name in libraries}
+    if host:
+        meta |= {"python": platform.python_version(), "machine": platform.machine()}
     if volatile:
         meta["git_commit"] = git_commit()
         meta["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

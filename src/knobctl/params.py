@@ -3,7 +3,8 @@
 Every section is read one way: :func:`build` turns the section's mapping into its frozen params
 dataclass. The builder rejects keys the dataclass does not have, converts each value to its
 field's annotated type (a YAML list becomes a tuple; a number PyYAML left as a string because it
-is written in exponent form, ``1e-4``, becomes a float) and names the section, key, value and
+is written in exponent form, ``1e-4``, becomes a float; NaN and infinity are refused wherever a
+number is expected) and names the section, key, value and
 what is allowed when a value does not fit. Range checks live in each dataclass's
 ``__post_init__``, so building the class directly validates too. Defaults in code equal
 params.yaml (a test holds them equal).
@@ -12,6 +13,7 @@ params.yaml (a test holds them equal).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import types
@@ -159,9 +161,11 @@ def convert(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _NUMBER.match(value.strip()):
-            return float(value)
+            value = float(value)
         require(isinstance(value, (int, float)) and not isinstance(value, bool), where, value, "expected a number")
-        return float(value) if isinstance(value, int) else value
+        # NaN and infinity are never a setting: YAML's .nan / .inf (or 1e999) would reach training silently
+        require(math.isfinite(value), where, value, "expected a finite number (not .nan or .inf)")
+        return float(value)
     if tp is str:
         require(isinstance(value, str), where, value, "expected a string")
         return value

@@ -121,7 +121,7 @@ def test_config_states_the_full_tiers_visual_tokens(saved):
 
 
 def test_stock_transformers_loads_the_weights_but_does_not_pool(saved, images):
-    """The pooled default: stock Llava projects all 8x8 patches where knobctl feeds 2x2-pooled ones."""
+    """The pooled model: stock Llava projects all 8x8 patches where knobctl feeds 2x2-pooled ones."""
     rt, path = saved
     stock = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True).eval()
     theirs = stock.state_dict()
@@ -170,3 +170,35 @@ def test_card_of_the_true_size_preset_names_crops_and_pooling():
         model = LlavaForConditionalGeneration(config)
     card = model_card(Runtime(model=model, tokenizer=build_word_tokenizer([]), spec=spec, source="molmoe-1b-shape"))
     assert "24x24 CLIP patch grid 2x2" in card and "13 views per image" in card and "x 1872 question-words" in card
+
+
+def _head(tensors: dict) -> str:
+    """The LM head's key as save_pretrained writes it (a legacy name that loading converts)."""
+    return next(k for k in tensors if k.endswith("lm_head.weight"))
+
+
+def _rewrite_weights(path: Path, change: Callable[[dict], None]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    change(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda p: edit_json(p / "config.json", lambda c: c["text_config"].update(num_hidden_layers=18)),
+     r"missing from the weights .* \(first: model\.language_model\.layers\.16\."),
+    (lambda p: edit_json(p / "config.json", lambda c: c["vision_config"].update(num_hidden_layers=6)),
+     r"missing from the weights .* \(first: model\.vision_tower\.(vision_model\.)?encoder\.layers\.1\."),
+    (lambda p: _rewrite_weights(p, lambda t: t.update(extra=torch.zeros(2))),
+     r"1 tensors in the weights but not in the config \(first: extra\)"),
+    (lambda p: _rewrite_weights(p, lambda t: t.pop(_head(t))),
+     r"1 tensors missing from the weights .* \(first: lm_head\.weight\)"),
+    (lambda p: _rewrite_weights(p, lambda t: t.update({_head(t): torch.zeros(3, 3)})),
+     r"weights do not load into the model config\.json describes \(RuntimeError"),
+])
+def test_config_that_does_not_match_its_weights_is_refused_by_name(copy, damage, expected):
+    """transformers would fill the gaps with random weights and only warn."""
+    damage(copy)
+    with pytest.raises(CheckpointError, match=rf"{copy}: .*{expected}"):
+        load_runtime(copy, device="cpu")

@@ -76,7 +76,7 @@ def test_tier_pixels_cuts_global_image_plus_crops():
 
 
 def test_tiny_tiers_and_unknown_preset():
-    assert [TINY_TIERS[t].num_tokens(8) for t in ("low", "medium", "high")] == [1, 4, 16]
+    assert [TINY_TIERS[t].num_tokens(4) for t in ("low", "medium", "high")] == [1, 4, 16]  # 4 px patches
     assert MOLMOE_TIERS["medium"].num_images == 7
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         preset_config("huge")

@@ -104,9 +104,9 @@ def test_rows_answer_the_fact_of_their_kind_and_keep_per_image_draws():
 
 
 def test_prepare_adds_knowledge_questions_to_every_split_by_image():
-    p = DataParams(max_train_images=60, max_test_images=20, val_fraction=0.25, knowledge=P)
+    p = DataParams(source="easy_vqa", max_train_images=60, max_test_images=20, val_fraction=0.25, knowledge=P)
     tables = prepare(p, seed=3)
-    plain = prepare(DataParams(max_train_images=60, max_test_images=20, val_fraction=0.25,
+    plain = prepare(DataParams(source="easy_vqa", max_train_images=60, max_test_images=20, val_fraction=0.25,
                                knowledge=KnowledgeParams(relations=0)), seed=3)
     for split, df in tables.items():
         k = df[df["question_type"] == "knowledge"]

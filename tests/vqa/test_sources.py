@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def easy():
-    return prepare(DataParams(max_train_images=60, max_test_images=20, val_fraction=0.25), seed=3)
+    return prepare(DataParams(source="easy_vqa", max_train_images=60, max_test_images=20, val_fraction=0.25), seed=3)
 
 
 def test_easy_vqa_splits_have_the_columns_and_types(easy):
@@ -54,7 +54,7 @@ def test_no_image_in_two_splits(easy):
 
 
 def test_sample_ids_are_stable_and_unique(easy):
-    again = prepare(DataParams(max_train_images=60, max_test_images=20, val_fraction=0.25), seed=3)
+    again = prepare(DataParams(source="easy_vqa", max_train_images=60, max_test_images=20, val_fraction=0.25), seed=3)
     for split in easy:
         assert easy[split]["sample_id"].is_unique
         assert easy[split]["sample_id"].tolist() == again[split]["sample_id"].tolist()
@@ -182,7 +182,7 @@ def _fake_easy_vqa_test(monkeypatch, tmp_path: Path, image: bytes, answers: tupl
 def test_truncated_easy_vqa_image_names_sample_and_file(monkeypatch, tmp_path, kind):
     _fake_easy_vqa_test(monkeypatch, tmp_path, TRUNCATED[kind])
     with pytest.raises(DataError, match=r"sample easy_vqa/test/image0: image file .*0.png cannot be read as an image"):
-        prepare(DataParams(max_train_images=4), seed=0)
+        prepare(DataParams(source="easy_vqa", max_train_images=4), seed=0)
 
 
 @pytest.mark.parametrize("answer", ["", "  ", None])
@@ -190,13 +190,13 @@ def test_empty_easy_vqa_answer_names_sample_and_file(monkeypatch, tmp_path, answ
     _fake_easy_vqa_test(monkeypatch, tmp_path, _noise("PNG"), answers=("red", answer))
     with pytest.raises(DataError, match=rf"sample easy_vqa/test/1: answer {answer!r} is null or empty in "
                                         r".*easy_vqa.data.test.questions.json \(question 'What shape is it\?'\)"):
-        prepare(DataParams(max_train_images=4), seed=0)
+        prepare(DataParams(source="easy_vqa", max_train_images=4), seed=0)
 
 
 def test_fake_easy_vqa_split_is_read(monkeypatch, tmp_path):
     """The control for the two tests above: the same fake split with good data goes through."""
     _fake_easy_vqa_test(monkeypatch, tmp_path, _noise("PNG"))
-    test = prepare(DataParams(max_train_images=4), seed=0)["test"]
+    test = prepare(DataParams(source="easy_vqa", max_train_images=4), seed=0)["test"]
     assert test["sample_id"].tolist()[:2] == ["easy_vqa/test/0", "easy_vqa/test/1"]
     knowledge = test.iloc[2:]  # the red circle's kind is known, so it gets knowledge questions
     assert len(knowledge) == 4 and set(knowledge["question_type"]) == {"knowledge"}
@@ -338,7 +338,7 @@ def test_missing_json_file(tmp_path):
 
 @pytest.mark.parametrize(
     "section, fragment",
-    [({"source": "coco"}, "allowed: easy_vqa, vqav2"), ({"val_fraction": 1.5}, "strictly between"),
+    [({"source": "coco"}, "allowed: mixed, easy_vqa, vqav2, scenes"), ({"val_fraction": 1.5}, "strictly between"),
      ({"source": "vqav2"}, "map questions, annotations and images"), ({"oops": 1}, "unknown keys")],
 )
 def test_bad_params(section, fragment):

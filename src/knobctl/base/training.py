@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from knobctl.base.recipe import KNOB_SAMPLINGS, draw_batch_knobs
 from knobctl.base.router_balance import balance_loss, router_logits_recorded
 from knobctl.base.vision_pretrain import WarmStartState, mine_image_labels, pretrain_vision
-from knobctl.execution import progress_bar
+from knobctl.execution import deterministic, progress_bar
 from knobctl.io import atomic_dir, params_hash, recover_dir
 from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
 from knobctl.model.decoding import teacher_forced
@@ -54,7 +54,7 @@ from knobctl.vqa.sources import decode_images
 class TrainBaseParams:
     """The ``train_base:`` section of params.yaml."""
 
-    steps: int = 550
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 50
@@ -65,12 +65,12 @@ class TrainBaseParams:
     checkpoint_every: int = 200
     eval_batch_size: int = 256
     eval_max_samples: int | None = 1500
-    type_sampling_power: float = 0.5
-    vision_warmstart_steps: int = 1400
+    type_sampling_power: float = 1.0
+    vision_warmstart_steps: int = 600
     vision_warmstart_lr: float = 0.002
-    vision_warmstart_types: tuple[str, ...] = ("color", "shape")
+    vision_warmstart_types: tuple[str, ...] = ("color", "pattern", "shape", "text")
     vision_warmstart_tier_weights: Mapping[str, float] | None = field(
-        default_factory=lambda: {"low": 1.0, "medium": 2.0, "high": 3.0})
+        default_factory=lambda: {"low": 0.0, "medium": 0.0, "high": 1.0})
     num_threads: int = 0
     knob_sampling: str = "pretrained"
     tier_weights: Mapping[str, float] | None = None
@@ -284,7 +284,16 @@ def train_base(
     seed: int,
     checkpoint_dir: Path | None = None,
 ) -> tuple[Runtime, dict[str, Any]]:
-    """Train the tiny preset; returns the runtime and a small training summary."""
+    """Train the tiny preset; returns the runtime and a small training summary.
+
+    Deterministic algorithms are on throughout, so the same params and seed give the same weights on one machine,
+    and a resumed run ends as an uninterrupted one does."""
+    with deterministic():
+        return _train(train, grid, model, params, seed, checkpoint_dir)
+
+
+def _train(train: pd.DataFrame, grid: KnobGrid, model: ModelParams, params: TrainBaseParams, seed: int,
+           checkpoint_dir: Path | None) -> tuple[Runtime, dict[str, Any]]:
     torch.manual_seed(seed)
     rt = build_tiny(train, model, seed)
     grid.validate_for(num_experts=rt.num_experts, num_layers=rt.num_layers, tiers=rt.spec.tiers)

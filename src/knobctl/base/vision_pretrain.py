@@ -9,7 +9,10 @@ steps (no LLM involved) to classify, per image, the answers of question types wh
 answer is a property of the whole image: on easy-VQA, the one shape's colour and its
 shape. Labels come from the training split's own answers, so no extra data is used.
 The classification heads are thrown away afterwards; every tier is seen, so the
-features are useful at every resolution.
+features are useful at every resolution. Each head reads the visual tokens' mean and their
+elementwise max: a property of one small region (the digit of the ``mixed`` source) is a
+sixteenth of the mean but all of the max, and a head on the mean alone learnt it about half as
+fast (docs/BENCHMARKS.md, "The mixed source").
 
 The warm-start is resumable: every ``checkpoint_every`` steps it hands its whole state
 (heads, optimizer, generators, recent accuracies) to a callback, and a run given that
@@ -114,7 +117,7 @@ def pretrain_vision(
     if steps <= 0 or not labels.labels:
         return {}
     hidden = rt.config.text_config.hidden_size
-    heads = nn.ModuleDict({t: nn.Linear(hidden, len(n)) for t, n in labels.names.items()})
+    heads = nn.ModuleDict({t: nn.Linear(2 * hidden, len(n)) for t, n in labels.names.items()})
     params = list(rt.model.model.vision_tower.parameters()) + list(rt.model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(params + list(heads.parameters()), lr=lr, weight_decay=0.0)
     targets = {t: torch.from_numpy(v) for t, v in labels.labels.items()}
@@ -136,7 +139,8 @@ def pretrain_vision(
         tier = tiers[int(torch.multinomial(weights, 1, generator=gen))]
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 20)
-        feats = rt.encode_images(images[idx], tier).embeds.mean(dim=1)  # [B, H]
+        visual = rt.encode_images(images[idx], tier).embeds  # [B, T, H]
+        feats = torch.cat([visual.mean(dim=1), visual.amax(dim=1)], dim=-1)  # [B, 2H]
         loss = feats.new_zeros(())
         for t, head in heads.items():
             y = targets[t][idx]  # [B]

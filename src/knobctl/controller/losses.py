@@ -87,6 +87,9 @@ from knobctl.params import build, require
 LOSSES = ("pairwise", "grpo")
 
 
+MAX_WEIGHT = 1e3  # |weight| bound: the terms are about 0..1, so 1e3 already drowns every other term
+
+
 @dataclass(frozen=True)
 class RewardWeights:
     """The ``reward`` section of params.yaml (terms in the module docstring)."""
@@ -99,8 +102,9 @@ class RewardWeights:
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
-            require(not isinstance(value, bool) and isinstance(value, (int, float)), f"reward.{name}", value,
-                    "every weight is a number")
+            require(not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) <= MAX_WEIGHT,
+                    f"reward.{name}", value, f"every weight is a finite number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] "
+                    "(the terms are unitless, about 0..1: a larger weight only overflows the loss)")
             if name in ("alpha", "gamma", "delta"):
                 require(value >= 0, f"reward.{name}", value, "it must be >= 0 (its sign is in the formula); only "
                         "beta and epsilon may be negative (a preference for slower or larger configurations)")

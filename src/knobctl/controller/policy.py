@@ -66,8 +66,10 @@ from torch import nn
 from knobctl.io import atomic_dir
 from knobctl.knobs import KnobConfig, KnobGrid, describe_configs
 from knobctl.params import ParamsError
+from knobctl.weights import check_finite
 
 WEIGHTS, CONFIG = "controller.safetensors", "controller.json"
+NONFINITE_FIX = "Lower train_controller.lr or the reward weights (params.yaml, reward:)."
 
 
 @dataclass(frozen=True)
@@ -233,8 +235,10 @@ class Controller(nn.Module):
                               "its grid")
 
     def save(self, directory: str | Path) -> None:
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        check_finite(state, directory, NONFINITE_FIX)
         with atomic_dir(directory) as tmp:
-            save_file({k: v.contiguous() for k, v in self.state_dict().items()}, tmp / WEIGHTS)
+            save_file(state, tmp / WEIGHTS)
             (tmp / CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     @classmethod

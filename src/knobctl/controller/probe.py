@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from knobctl.controller.tables import CacheTables
 from knobctl.io import atomic_path
+from knobctl.weights import check_finite
 
 # The penalty on the summed training log-loss: 1 / C in scikit-learn's terms. 100 (C = 0.01) is what
 # benchmarks/controller_ceiling.py measured best; a weak penalty lets the argmax over 75 noisy
@@ -97,6 +98,7 @@ class Probe:
         directory = Path(directory)
         tensors = {k: v.contiguous() for k, v in self.__dict__.items()}
         tensors["constant"] = tensors["constant"].to(torch.uint8)  # safetensors stores bool, but uint8 reads anywhere
+        check_finite(tensors, directory / WEIGHTS, "Raise train_controller.probe_l2 or check data/rollouts' features.")
         with atomic_path(directory / WEIGHTS) as tmp:
             save_file(tensors, str(tmp))
         with atomic_path(directory / META) as tmp:

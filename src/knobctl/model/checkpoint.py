@@ -35,6 +35,30 @@ class CheckpointError(InputError):
     """A checkpoint folder knobctl refuses to load; the message names the file at fault."""
 
 
+def load_weights(model_class: Any, path: Path, dtype: Any) -> Any:
+    """``model_class.from_pretrained`` on a local folder, refusing a config that does not match its weights.
+
+    transformers initialises at random every weight the config declares and the files lack (a config.json with
+    more layers than were saved), drops every saved tensor the config does not declare, and only warns: the model
+    would run with random parts. Here any missing, unexpected or reshaped tensor is a :class:`CheckpointError`
+    naming the folder, how many tensors and the first of them. Safetensors only: a pickle can run code."""
+    try:
+        model, info = model_class.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                  use_safetensors=True, dtype=dtype, output_loading_info=True)
+    except (RuntimeError, ValueError, OSError, SafetensorError) as exc:  # shapes, truncated or unreadable files
+        raise CheckpointError(f"{path}: its weights do not load into the model config.json describes "
+                              f"({type(exc).__name__}: {str(exc)[:300]}); {REBUILD}") from exc
+    problems = [(kind, sorted(info.get(key) or [])) for kind, key in (
+        ("missing from the weights (the config declares them)", "missing_keys"),
+        ("in the weights but not in the config", "unexpected_keys"),
+        ("of another shape than the config says", "mismatched_keys"))]
+    problems = [(kind, keys) for kind, keys in problems if keys]
+    if problems:
+        kind, keys = problems[0]
+        raise CheckpointError(f"{path}: config.json does not match its weights: {len(keys)} tensors {kind} (first: "
+                              f"{keys[0]}); the model would run with random or dropped parts. {REBUILD}")
+    return model
+
 
 #: What train_base writes to models/base for ``model.source``: the folder it adopted, instead of a copy of its weights.
 SOURCE_FILE = "knobctl_source.json"

@@ -40,6 +40,7 @@ import transformers
 from PIL import Image
 from torch import nn
 
+from knobctl.model.checkpoint import load_weights
 from knobctl.model.families import Family, family_of
 from knobctl.model.images import ImageLike, Images, Visual, batch_pixels
 
@@ -183,9 +184,7 @@ def load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | Non
                 ) -> tuple[nn.Module, FamilyLayout]:
     """A hub-layout folder of an HF family: its model class, tokenizer and PIL image processor (the stock
     processors also build a video processor, which needs torchvision), and the layout they make."""
-    # use_safetensors: never fall back to pickled weights, which can run code when loaded.
-    model = getattr(transformers, family.model_class).from_pretrained(
-        path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32)
+    model = load_weights(getattr(transformers, family.model_class), path, dtype or torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     processor = getattr(transformers, family.image_processor_class).from_pretrained(path, local_files_only=True)
     layout = FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,

@@ -222,8 +222,8 @@ class TinyDims:
     vision_heads: int = 4
     vision_intermediate: int = 128
     image_size: int = 64
-    patch_size: int = 8
-    vision_pool: int = 2
+    patch_size: int = 4
+    vision_pool: int = 4
     max_position: int = 64
 
     def __post_init__(self) -> None:
@@ -252,7 +252,7 @@ class ModelParams:
     # folder as downloaded (README.md, "Your own model"); train_base records it in models/base.
     source: str | None = None
     block_order: str | tuple[int, ...] | None = "first"
-    experts_implementation: str = "eager"
+    experts_implementation: str = "grouped_mm"
     dims: TinyDims = field(default_factory=TinyDims)
     # Visual tokens per image at each tier for a checkpoint of an HF family (None: the family's defaults,
     # knobctl.model.families); knobctl's own format sets its tiers in knobctl.json and ignores this.

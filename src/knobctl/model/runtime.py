@@ -42,6 +42,7 @@ from knobctl.model.checkpoint import (
     TOKENIZER_FILE,
     CheckpointError,
     check_checkpoint,
+    load_weights,
     model_card,
     resolve_source,
 )
@@ -64,6 +65,7 @@ from knobctl.model.presets import (
     full_tier_tokens,
     preset_config,
 )
+from knobctl.weights import check_finite
 
 #: dtype names accepted in params.yaml.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -439,10 +441,7 @@ def load_runtime(
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
         except Exception as exc:  # the tokenizers library raises bare Exceptions that name no file
             raise CheckpointError(f"{path / TOKENIZER_FILE} does not load ({exc}); {REBUILD}") from exc
-        # use_safetensors: never fall back to pickled weights, which can run code when loaded.
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path, local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=dtype or torch.float32
-        )
+        model = load_weights(LlavaForConditionalGeneration, path, dtype or torch.float32)
     else:
         raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
     if block_order is not None:
@@ -485,6 +484,8 @@ def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any]
     from knobctl.io import atomic_dir
 
     rt.config.image_seq_length = full_tier_tokens(rt.config, rt.spec)
+    check_finite(rt.model.state_dict(), directory, "Lower train_base.lr or train_base.grad_clip, or check the "
+                 "training data (`python stages/prepare_data.py`).")
     with atomic_dir(directory) as tmp:
         (tmp / "README.md").write_text(model_card(rt))
         rt.model.save_pretrained(tmp, safe_serialization=True)

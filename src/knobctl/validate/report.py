@@ -150,6 +150,16 @@ def tradeoff_section(t: Mapping[str, Any]) -> list[str]:
             "| --- | --- | --- | --- |"]
     for knob, rows in t["knobs"].items():
         out += [f"| {knob} | {r[knob]} | {r['accuracy']:.1f} | {r['latency_ms']:.1f} |" for r in rows]
+    types = t.get("types") or {}
+    if types:
+        lowest = {knob: next(iter(v)) for knob, v in next(iter(types.values()))["knobs"].items()}
+        out += ["", ("Per question type: accuracy at full, at each knob's lowest setting with the others at their "
+                     "maximum (its cost in points), and at the smallest configuration:"), "",
+                (f"| type | questions | full | tier {lowest['tier']} | top_k {lowest['top_k']} | "
+                 f"{lowest['num_blocks']} blocks | smallest |"), "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {name} | {r['n']} | {r['full']:.1f} | "
+                + " | ".join(f"{r['knobs'][k][lowest[k]]:.1f} ({-r['cost'][k]:+.1f})" for k in lowest)
+                + f" | {r['smallest']:.1f} |" for name, r in types.items()]
     out += ["", "Headroom over the best static configuration (held-out samples, points):", "",
             "| budget (ms) | configurations fitting | static | static acc | oracle gain | probe gain |",
             "| --- | --- | --- | --- | --- | --- |"]

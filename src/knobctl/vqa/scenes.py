@@ -152,19 +152,24 @@ def background(rng: np.random.Generator, size: int, max_clutter: int) -> np.ndar
     return img.astype(np.uint8)
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
+               fill: tuple[int, int, int]) -> None:
+    """One of SHAPES filled in ``box`` (x0, y0, x1, y1 inclusive); no antialiasing, so every pixel is ``fill``."""
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "rectangle":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
+
+
 def render(objects: list[SceneObject], bg: np.ndarray) -> bytes:
     """PNG bytes; PIL's ImageDraw fills without antialiasing, so every object pixel is exactly its palette colour."""
     im = Image.fromarray(bg, "RGB")
     draw = ImageDraw.Draw(im)
     for o in objects:
-        x0, y0, x1, y1 = o.box
-        fill = PALETTE[o.color]
-        if o.shape == "circle":
-            draw.ellipse(o.box, fill=fill)
-        elif o.shape == "rectangle":
-            draw.rectangle(o.box, fill=fill)
-        else:
-            draw.polygon([(x0, y1), (x1, y1), ((x0 + x1) // 2, y0)], fill=fill)
+        draw_shape(draw, o.shape, o.box, PALETTE[o.color])
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=6, optimize=False)
     return buf.getvalue()

@@ -13,6 +13,9 @@ Sources:
 * ``vqav2``: the official VQAv2 layout, a questions JSON, an annotations JSON (10
   human answers per question) and an image folder. ``question_type`` is the
   annotation's ``answer_type`` (``yes/no``, ``number``, ``other``).
+* ``mixed`` (the default): generated from the pipeline seed (:mod:`knobctl.vqa.mixed`): one shape and one small
+  digit per image, asked three ways that need different resources: ``text`` (read the digit: resolution),
+  ``recall`` (a seeded fact about the shape's colour: depth), ``color`` (neither).
 * ``scenes``: generated from the pipeline seed (:mod:`knobctl.vqa.scenes`): several objects per image, some
   small enough to fade at the low tier, so difficulty depends on the image. ``question_type`` is the
   family: ``color``, ``shape``, ``count``, ``small``, ``position``.
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +41,10 @@ from PIL import Image, UnidentifiedImageError
 
 from knobctl.params import InputError, ParamsError, build, require, require_choice, require_int
 from knobctl.vqa.knowledge import EASY_VQA_SHAPES, KnowledgeParams, knowledge_rows
+from knobctl.vqa.mixed import MixedParams, mixed_rows
 from knobctl.vqa.scenes import SceneParams, scene_rows
 
+SOURCES = ("mixed", "easy_vqa", "vqav2", "scenes")
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
 SPLITS = ("train", "val", "test")
 
@@ -52,17 +57,18 @@ class DataError(InputError):
 class DataParams:
     """The ``prepare_data:`` section of params.yaml."""
 
-    source: str = "easy_vqa"
-    val_fraction: float = 0.1
+    source: str = "mixed"
+    val_fraction: float = 0.08
     max_train_images: int | None = None
     max_test_images: int | None = None
     vqav2_train: Mapping[str, str] | None = None
     vqav2_test: Mapping[str, str] | None = None
     scenes: SceneParams = field(default_factory=SceneParams)
     knowledge: KnowledgeParams = field(default_factory=KnowledgeParams)
+    mixed: MixedParams = field(default_factory=MixedParams)
 
     def __post_init__(self) -> None:
-        require_choice(self.source, "prepare_data.source", ("easy_vqa", "vqav2", "scenes"))
+        require_choice(self.source, "prepare_data.source", SOURCES)
         require(0.0 < self.val_fraction < 1.0, "prepare_data.val_fraction", self.val_fraction,
                 "use a fraction strictly between 0 and 1")
         for name in ("max_train_images", "max_test_images"):
@@ -281,13 +287,20 @@ def load_vqav2(questions: str | Path, annotations: str | Path, images: str | Pat
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def load_scenes(params: SceneParams, seed: int, max_train_images: int | None = None,
-                max_test_images: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test) tables generated from ``seed``; max_*_images keep the first images (the same ones)."""
+#: Generated sources: params section -> (params class, rows of one split).
+GENERATORS: dict[str, tuple[type, Callable[..., list[tuple[Any, ...]]]]] = {
+    "scenes": (SceneParams, scene_rows), "mixed": (MixedParams, mixed_rows)}
+
+
+def load_generated(source: str, params: SceneParams | MixedParams, seed: int, max_train_images: int | None = None,
+                   max_test_images: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, test) tables of a generated source from ``seed``; max_*_images keep the first images (the same
+    ones)."""
+    rows = GENERATORS[source][1]
     n_train = min(params.train_images, max_train_images or params.train_images)
     n_test = min(params.test_images, max_test_images or params.test_images)
-    return (pd.DataFrame(scene_rows("train", n_train, seed, params), columns=COLUMNS),
-            pd.DataFrame(scene_rows("test", n_test, seed, params), columns=COLUMNS))
+    return (pd.DataFrame(rows("train", n_train, seed, params), columns=COLUMNS),
+            pd.DataFrame(rows("test", n_test, seed, params), columns=COLUMNS))
 
 
 def split_by_image(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -308,9 +321,10 @@ def prepare(params: DataParams, seed: int) -> dict[str, pd.DataFrame]:
             train = pd.concat([train, knowledge_rows(train, "train", params.knowledge, seed)], ignore_index=True)
             test = pd.concat([test, knowledge_rows(test, "test", params.knowledge, seed)], ignore_index=True)
         sources = {"train": _easy_vqa_questions_file("train"), "test": _easy_vqa_questions_file("test")}
-    elif params.source == "scenes":
-        train, test = load_scenes(params.scenes, seed, params.max_train_images, params.max_test_images)
-        sources = {"train": f"scenes generated from seed {seed}", "test": f"scenes generated from seed {seed}"}
+    elif params.source in GENERATORS:
+        train, test = load_generated(params.source, getattr(params, params.source), seed, params.max_train_images,
+                                     params.max_test_images)
+        sources = {split: f"{params.source} generated from seed {seed}" for split in ("train", "test")}
     else:
         train = load_vqav2(**params.vqav2_train, max_images=params.max_train_images)
         test = load_vqav2(**params.vqav2_test, max_images=params.max_test_images)

@@ -1,0 +1,31 @@
+"""Weights are saved only when every value is finite.
+
+A training run whose loss diverged (a learning rate or reward weight far too large, bad rows in a table) ends
+with NaN or infinite weights; saved, they would load without a word and every later stage would compute on
+them. :func:`check_finite` runs before any file of an artifact is written, so the previous artifact stays whole
+and the stage ends with a :class:`NonFiniteWeights` naming the tensor and what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from knobctl.params import InputError
+
+
+class NonFiniteWeights(InputError):
+    """Training produced NaN or infinite weights: nothing is saved, so the previous artifact stays whole."""
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, fix: str) -> None:
+    """Refuse to save weights holding NaN or infinity, naming the first bad tensor and how many values it has."""
+    bad = [(name, int((~torch.isfinite(t)).sum()), t.numel()) for name, t in tensors.items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        name, n, total = bad[0]
+        raise NonFiniteWeights(f"{where}: training produced non-finite weights in {len(bad)} of {len(tensors)} tensors "
+                               f"(first: {name}, {n} of {total} values NaN or infinite); nothing was saved and the "
+                               f"previous one is kept. {fix}")
