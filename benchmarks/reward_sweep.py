@@ -62,16 +62,18 @@ def main() -> None:
     base_w = RewardWeights.from_params(section(params, "reward", "params.yaml"))
     base_p = TrainParams.from_params(section(params, "train_controller", "params.yaml"))
     spread = latency_spread(pd.read_parquet(root / "data/profile/summary.parquet"), grid.configs())
-    print("| variant | accuracy | static | slow-request chance | latency / budget | high tier | top_k | blocks | "
-          "probe | probe slow |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | accuracy | static | gain per seed (points) | slow-request chance | latency / budget | "
+          "high tier | top_k | blocks | probe | probe slow |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for variant in args.variants:
-        stats = []
+        stats, gains = [], []
         for seed in seeds:
-            stats += run(root, grid, spread, *parse(variant, base_w, base_p), seed)
+            rows = run(root, grid, spread, *parse(variant, base_w, base_p), seed)
+            stats += rows
+            gains.append(100 * float(pd.DataFrame(rows).eval("accuracy - static").mean()))
         m = pd.DataFrame(stats).mean()
         print(f"| {variant or 'params.yaml'} | {100 * m['accuracy']:.2f} | {100 * m['static']:.2f} | "
-              f"{100 * m['slow']:.1f}% | {m['share']:.3f} | {100 * m['high']:.0f}% | {m['top_k']:.2f} | "
+              f"{' / '.join(f'{g:+.2f}' for g in gains)} | {100 * m['slow']:.1f}% | {m['share']:.3f} | {100 * m['high']:.0f}% | {m['top_k']:.2f} | "
               f"{m['blocks']:.2f} | {100 * m['probe']:.2f} | {100 * m['probe_slow']:.1f}% |", flush=True)
 
 

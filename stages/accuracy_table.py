@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-shards", type=int, default=1)
     ap.add_argument("--merge-only", action="store_true", help="only join the finished parts of every shard")
     args = ap.parse_args(argv)
+    from knobctl.contracts import FEATURES, ROLLOUTS, VQA_SPLIT, read_table
     from knobctl.params import apply_overrides, load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
-    import pandas as pd
 
     from knobctl.cluster import EXECUTOR_KEYS
     from knobctl.execution import use_threads
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     what = {k: v for k, v in own.items() if k not in EXECUTOR_KEYS}
     configs = select_configs(grid, p.configs)
     split_path = Path(args.data) / f"{p.split}.parquet"
-    samples = select_samples(pd.read_parquet(split_path), p.num_samples, seed, p.split)
+    samples = select_samples(read_table(split_path, VQA_SPLIT), p.num_samples, seed, p.split)
     model = ModelParams.from_params(section(params, "model", args.params))
     load = {"device": p.device, "dtype": DTYPES[p.dtype], "block_order": model.block_order,
             "tier_tokens": model.tier_tokens}
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                       tier_tokens=info["tier_tokens"], max_new_tokens=info["max_new_tokens"],
                       feature_dim=info["feature_dim"], features=FEATURE_DEFINITIONS)
     out = Path(args.out)
+    ROLLOUTS.check(rows, out / "rollouts.parquet")  # both checked before either is written
+    FEATURES.check(feats, out / "features.parquet")
     write_parquet_atomic(out / "rollouts.parquet", rows, meta)
     write_parquet_atomic(out / "features.parquet", feats, meta)
     metrics = summarize(rows, configs)

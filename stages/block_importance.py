@@ -27,12 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="data/block_importance/importance.json")
     ap.add_argument("--metrics", default="metrics/block_importance.json")
     args = ap.parse_args(argv)
+    from knobctl.contracts import VQA_SPLIT, read_table
     from knobctl.params import apply_overrides, load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
     seed = seed_of(params, args.params)
     own = apply_overrides(section(params, "block_importance", args.params), args.set, "block_importance")
-    import pandas as pd
 
     from knobctl.base.importance import ImportanceParams, measure_importance, metrics, summary_line
     from knobctl.execution import use_threads
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     rt = load_runtime(p.source, device=p.device,
                       tier_tokens=ModelParams.from_params(params.get("model") or {}).tier_tokens)
     rt.validate_grid(grid)
-    df = pd.read_parquet(Path(args.data) / f"{p.split}.parquet")
+    df = read_table(Path(args.data) / f"{p.split}.parquet", VQA_SPLIT)
     start = time.perf_counter()
     result = measure_importance(rt, df, grid, p, seed)
     wall = time.perf_counter() - start

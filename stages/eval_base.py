@@ -19,10 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/base_test.json")
     ap.add_argument("--plots", default="plots/base/test_corners.csv")
     args = ap.parse_args(argv)
+    from knobctl.contracts import VQA_SPLIT, read_table
     from knobctl.params import load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
-    import pandas as pd
 
     from knobctl.base.evaluation import EvalParams, corner_frame, corner_headline, evaluate
     from knobctl.execution import use_threads
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     rt = load_runtime(args.model, device=own.device, block_order=model.block_order, tier_tokens=model.tier_tokens)
     rt.validate_grid(grid)
     seed = seed_of(params, args.params)
-    test = pd.read_parquet(Path(args.data) / "test.parquet")
+    test = read_table(Path(args.data) / "test.parquet", VQA_SPLIT)
     test = select_samples(test, None if own.max_samples is None else min(own.max_samples, len(test)), seed, "test")
     results = evaluate(rt, test, grid.corners(), batch_size=own.batch_size, desc="test corners")
     metrics = {"headline": corner_headline(results, grid.full, grid.smallest), "questions": len(test)}

@@ -17,10 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/estimator.json")
     ap.add_argument("--plots", default="plots/estimator")
     args = ap.parse_args(argv)
+    from knobctl.contracts import PROFILE_SUMMARY, read_table
     from knobctl.params import load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
-    import pandas as pd
 
     from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
     from knobctl.latency.estimator import EstimatorParams, LatencyEstimator
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     seed = seed_of(params, args.params)
     p = EstimatorParams.from_params(section(params, "fit_estimator", args.params))
-    summary = pd.read_parquet(args.profile)
+    summary = read_table(args.profile, PROFILE_SUMMARY)
     meta = read_provenance(args.profile)
     if "tiers" not in meta:
         raise ValueError(f"{args.profile} has no tier table in its metadata; rerun `dvc repro profile_latency`")

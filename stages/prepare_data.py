@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.params import load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
+    from knobctl.contracts import VQA_SPLIT
     from knobctl.io import atomic_dir, provenance, write_parquet_atomic
     from knobctl.vqa.sources import SPLITS, DataParams, prepare
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     tables = prepare(p, seed)
     meta = provenance({"prepare_data": own, "seed": seed}, volatile=False, libraries=("numpy", "pillow", "pyarrow"),
                       host=False, source=p.source)
+    for split in SPLITS:  # the contract every later stage reads them with
+        VQA_SPLIT.check(tables[split], Path(args.out) / f"{split}.parquet")
     with atomic_dir(args.out) as tmp:  # all three splits or none
         for split in SPLITS:
             write_parquet_atomic(tmp / f"{split}.parquet", tables[split], {**meta, "split": split})

@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots", default="plots/base/val_corners.csv")
     ap.add_argument("--checkpoint", default=".knobctl_cache/train_base", help="resume folder (not a DVC output)")
     args = ap.parse_args(argv)
+    from knobctl.contracts import VQA_SPLIT, read_table
     from knobctl.params import ParamsError, load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
-    import pandas as pd
 
     from knobctl.base.evaluation import corner_frame, corner_headline, evaluate
     from knobctl.base.training import TrainBaseParams, train_base
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                           "'Your own model') or set model.source: null to train the tiny preset")
     use_threads(own.num_threads)
     t0 = time.perf_counter()
-    val = pd.read_parquet(Path(args.data) / "val.parquet")
+    val = read_table(Path(args.data) / "val.parquet", VQA_SPLIT)
     if own.eval_max_samples and len(val) > own.eval_max_samples:
         val = val.sample(own.eval_max_samples, random_state=seed)
     if model.source is not None:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         rt.validate_grid(grid)
         summary = {"final_loss": None, "adopted": adopted}
     else:
-        train = pd.read_parquet(Path(args.data) / "train.parquet")
+        train = read_table(Path(args.data) / "train.parquet", VQA_SPLIT)
         rt, summary = train_base(train, grid, model, own, seed, checkpoint_dir=Path(args.checkpoint))
     results = evaluate(rt, val, grid.corners(), batch_size=own.eval_batch_size, desc="val corners")
     if model.source is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
@@ -22,13 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/train.json")
     ap.add_argument("--plots", default="plots/train")
     args = ap.parse_args(argv)
+    from knobctl.contracts import PROFILE_SUMMARY, VQA_SPLIT, read_table
     from knobctl.params import apply_overrides, load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
-    import pandas as pd
 
-    from knobctl.controller.evaluation import evaluation_frame, training_metrics
+    from knobctl.controller.evaluation import evaluation_frame, public_rows, training_metrics
     from knobctl.controller.losses import RewardWeights
+    from knobctl.controller.policy import TRAINED_WITH
     from knobctl.controller.spread import latency_spread
     from knobctl.controller.tables import build_tables
     from knobctl.controller.training import TrainParams, train_controller
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if absent:  # allowed (a table of some configurations), but slow: say so before training starts
         print(f"train_controller: {len(absent)} configurations of the knobs grid are not in {args.rollouts} (first: "
               f"{absent[0]}); the cells the policy samples there are answered online by the real model", file=sys.stderr)
-    spread = latency_spread(pd.read_parquet(Path(args.profile) / "summary.parquet"), grid.configs())
+    spread = latency_spread(read_table(Path(args.profile) / "summary.parquet", PROFILE_SUMMARY), grid.configs())
     tables = build_tables(table, LatencyEstimator.load(args.estimator), grid.configs(), spread)
     meta = read_provenance(Path(args.rollouts) / "rollouts.parquet")
 
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         from knobctl.model.runtime import load_runtime
         from knobctl.table.online import OnlineOracle
 
-        split = pd.read_parquet(Path(args.data) / f"{meta['split']}.parquet").set_index("sample_id")
+        split = read_table(Path(args.data) / f"{meta['split']}.parquet", VQA_SPLIT).set_index("sample_id")
         # The table's own block order (a file path in params may have changed since).
         rt = load_runtime(meta["model"], block_order=meta.get("block_order"), tier_tokens=meta.get("tier_tokens"))
         return OnlineOracle(rt, split.loc[tables.sample_ids].reset_index(), tables.configs)
@@ -66,11 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     result = train_controller(tables, p, weights, seed, fetch_factory=oracle)
     result.controller.save(args.out)
     result.probe.save(args.out)
+    # What trained it, beside the weights: validate names these in its provenance.
+    write_json_atomic(Path(args.out) / TRAINED_WITH, {"reward": asdict(weights), "seed": seed,
+                                                      "train_controller": asdict(p)})
     write_parquet_atomic(Path(args.out) / "refresh_log.parquet", result.refresh_log)
     metrics = training_metrics(result.summary, result.evaluation)
     write_json_atomic(args.metrics, metrics)
     write_json_atomic(Path(args.plots) / "training.json", {**result.summary, "reward": weights.__dict__,
-                                                          "evaluation": result.evaluation})
+                                                          "evaluation": public_rows(result.evaluation)})
     write_csv_atomic(Path(args.plots) / "curves.csv", result.curves)
     write_csv_atomic(Path(args.plots) / "budgets.csv", evaluation_frame(result.evaluation))
     s, h = result.summary, metrics["headline"]

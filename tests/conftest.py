@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -96,8 +97,11 @@ def validation_frames():
                      {"sample_id": s, "method": "probe", "budget_ms": b,
                           "config": "high/k8/b16" if b == 20.0 else "low/k4/b12"},
                      {"sample_id": s, "method": "oracle_estimate", "budget_ms": b,
-                          "config": "high/k8/b16" if (s, b) == ("b", 20.0) else "low/k4/b12"}]
-    return req, pd.DataFrame(rows)
+                          "config": "high/k8/b16" if (s, b) == ("b", 20.0) else "low/k4/b12"},
+                     {"sample_id": s, "method": "lookup", "budget_ms": b,
+                          "config": "high/k8/b16" if b == 20.0 else "low/k4/b12"}]
+    # some configurations fit at 10 ms (a choice exists), all of them at 20
+    return req, pd.DataFrame(rows).assign(fit_share=lambda d: np.where(d["budget_ms"] == 10.0, 0.5, 1.0))
 
 
 ROOT = Path(__file__).resolve().parents[1]

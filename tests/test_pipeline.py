@@ -131,6 +131,7 @@ def test_repro_trains_the_controller(repo):
 
 @pytest.mark.slow
 def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
+    from knobctl.io import checkpoint_hash, read_provenance
     from knobctl.validate.summary import METHODS
 
     full = json.loads((repo / "data/validate/summary.json").read_text())
@@ -145,8 +146,13 @@ def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
     assert s["requests_differing_from_rollouts"] == 0
     for entry in full["per_budget"].values():
         assert entry["controller"] is not None and entry["oracle"]["accuracy"] >= entry["smallest"]["accuracy"]
-        assert set(entry) == {"budget_ms", *METHODS}
+        assert set(entry) == {"budget_ms", "fit_share", "controller_vs_lookup", "controller_vs_random", *METHODS}
+        lo, hi = entry["controller_vs_lookup"]["ci95"]
+        assert lo <= entry["controller_vs_lookup"]["gain"] <= hi
     requests = pd.read_parquet(repo / "data/validate/requests.parquet")
+    meta = read_provenance(repo / "data/validate/requests.parquet")  # which controller, trained with what
+    assert meta["controller_hash"] == checkpoint_hash(repo / "models/controller")
+    assert meta["controller_trained_with"]["reward"] == yaml.safe_load((repo / "params.yaml").read_text())["reward"]
     ctrl = requests[requests["kind"] == "controller"]
     assert len(ctrl) == 3 * 3 and (ctrl["latency_ms"] > ctrl["controller_ms"]).all()
     assert requests["score"].between(0, 1).all() and (requests["estimated_ms"] > 0).all()

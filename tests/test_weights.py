@@ -29,3 +29,17 @@ def test_a_diverged_controller_is_not_saved_over_the_previous_one(tmp_path):
     with pytest.raises(NonFiniteWeights, match="train_controller.lr or the reward weights"):
         diverged.save(tmp_path / "controller")
     assert {p.name: p.read_bytes() for p in (tmp_path / "controller").iterdir()} == before
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "controller.safetensors").write_bytes((d / "controller.safetensors").read_bytes()[:100]),
+     r"controller\.safetensors does not load"),
+    (lambda d: (d / "controller.safetensors").write_bytes(b""), r"controller\.safetensors does not load"),
+    (lambda d: (d / "controller.json").write_text("{not json"), r"controller\.json is not readable JSON"),
+    (lambda d: (d / "controller.json").write_text("[1, 2]"), r"controller\.json holds a list, not a JSON object"),
+])
+def test_a_damaged_controller_is_named_on_load(tmp_path, damage, message):
+    Controller(CFG).save(tmp_path / "ctrl")
+    damage(tmp_path / "ctrl")
+    with pytest.raises(InputError, match=rf"{message}.*dvc repro train_controller"):
+        Controller.load(tmp_path / "ctrl")

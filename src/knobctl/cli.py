@@ -1,4 +1,9 @@
-"""``python -m knobctl show TABLE.parquet``: a terminal view of a knobctl table.
+"""The ``knobctl`` command (also ``python -m knobctl``).
+
+``knobctl compare [RUN ...]`` ranks DVC experiments on the headline with their 95% intervals
+(:mod:`knobctl.validate.compare`); with no RUN, the workspace, the baseline and every experiment.
+
+``knobctl show TABLE.parquet``: a terminal view of a knobctl table.
 
 For a latency table (raw rows or summary) it prints the provenance, the median latency
 by each knob, and the slowest and fastest configurations. For an accuracy table
@@ -20,8 +25,8 @@ from knobctl.io import read_provenance
 from knobctl.latency.request import PARTS
 from knobctl.latency.stats import summarize
 
-META_KEYS = ("device", "dtype", "model", "model_hash", "split", "samples", "batch_size", "rounds", "torch",
-             "transformers", "git_commit", "timestamp")
+META_KEYS = ("device", "dtype", "model", "model_hash", "controller", "controller_hash", "controller_trained_with",
+             "split", "samples", "batch_size", "rounds", "torch", "transformers", "git_commit", "timestamp")
 ACCURACY_COLUMNS = {"sample_id", "config", "tier", "top_k", "num_blocks", "score", "error"}
 
 
@@ -97,15 +102,35 @@ def show(path: str | Path, top: int = 5) -> str:
     return "\n".join(head) + "\n\n" + body
 
 
+def compare(runs: Sequence[str], headline: str, repo: str | None = None) -> str:
+    """The ranking of ``runs`` (experiment names or git revisions; none: every experiment) on ``headline``."""
+    from knobctl.validate import compare as cmp
+
+    known = cmp.experiments(repo)
+    if runs:
+        by_name = dict(known)
+        revs = [(r, by_name.get(r, None if r == "workspace" else r)) for r in runs]
+    else:
+        revs = known
+    return cmp.render(cmp.load(revs, headline, repo), headline)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m knobctl", description="knobctl command-line tools")
+    ap = argparse.ArgumentParser(prog="knobctl", description="knobctl command-line tools")
     sub = ap.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("show", help="summarise a Parquet table (latency profile, accuracy table or any other)")
     sp.add_argument("path")
     sp.add_argument("--top", type=int, default=5, help="how many fastest/slowest configurations to list")
+    cp = sub.add_parser("compare", help="rank DVC experiments on the headline, with 95%% intervals")
+    cp.add_argument("runs", nargs="*", help="experiment names or git revisions (default: workspace, baseline and "
+                    "every experiment); 'workspace' is the checked-out files")
+    cp.add_argument("--on", choices=("validate", "train"), default="validate",
+                    help="validate: accuracy within budget over lookup on real clocks (default); train: held-out "
+                         "gain over static")
+    cp.add_argument("--repo", default=None, help="the DVC repository (default: the current one)")
     args = ap.parse_args(argv)
     try:
-        print(show(args.path, args.top))
+        print(show(args.path, args.top) if args.command == "show" else compare(args.runs, args.on, args.repo))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

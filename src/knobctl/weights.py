@@ -20,6 +20,34 @@ class NonFiniteWeights(InputError):
     """Training produced NaN or infinite weights: nothing is saved, so the previous artifact stays whole."""
 
 
+class UnreadableWeights(InputError):
+    """A weights or config file that does not load (truncated, not safetensors, not JSON): named, not a traceback."""
+
+
+def load_tensors(path: str | Path, fix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or an :class:`UnreadableWeights` naming it and ``fix``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UnreadableWeights(f"{path} does not load ({type(exc).__name__}: {str(exc)[:200]}); {fix}") from exc
+
+
+def load_json(path: str | Path, fix: str) -> dict:
+    """A JSON object file, or an :class:`UnreadableWeights` naming it and ``fix``."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise UnreadableWeights(f"{path} is not readable JSON ({type(exc).__name__}: {exc}); {fix}") from exc
+    if not isinstance(data, dict):
+        raise UnreadableWeights(f"{path} holds a {type(data).__name__}, not a JSON object; {fix}")
+    return data
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, fix: str) -> None:
     """Refuse to save weights holding NaN or infinity, naming the first bad tensor and how many values it has."""
     bad = [(name, int((~torch.isfinite(t)).sum()), t.numel()) for name, t in tensors.items()

@@ -36,3 +36,26 @@ def test_drift_reports_score_changes_and_latency_ratios():
     assert d["latency_ratio_median"] == pytest.approx(1.025)  # median of 1.1 and 0.95
     assert d["latency_abs_rel_error_median"] == pytest.approx(0.075)
     assert drift(log[log["reason"] == "missing"]) == {}
+
+
+def test_headline_intervals_pair_each_sample_over_the_budgets_where_a_choice_exists():
+    from knobctl.controller.evaluation import PER_SAMPLE, controller_goals, public_rows
+
+    def row(fit: float, ctrl: list[float], static: list[float], probe: list[float]) -> dict:
+        t = {k: torch.tensor(v, dtype=torch.float32) for k, v in (("controller", ctrl), ("static", static), ("probe", probe))}
+        acc = {k: float(v.mean()) for k, v in t.items()}
+        return {"fit_share": fit, "static_accuracy": acc["static"], "controller_accuracy": acc["controller"],
+                "probe_accuracy": acc["probe"], "oracle_accuracy": 1.0, "gain_ci95_low": 0.0,
+                "controller_accuracy_within_budget": acc["controller"], "static_accuracy_within_budget": acc["static"],
+                PER_SAMPLE: t}
+
+    # two budgets with a choice: every sample's mean gain is 0.5 (1 at one budget, 0 at the other), so every
+    # resample's mean is 0.5; the probe is 0.25 above the controller on every sample
+    rows = [row(0.5, [1, 0, 1, 0], [0, 0, 0, 0], [1, 0.5, 1, 0.5]),
+            row(0.7, [0, 1, 0, 1], [0, 0, 0, 0], [0.5, 1, 0.5, 1]),
+            row(1.0, [0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0])]  # everything fits: not a choice
+    g = controller_goals(rows)
+    assert g["mean_gain_where_choice"] == 0.5
+    assert (g["mean_gain_where_choice_ci95_low"], g["mean_gain_where_choice_ci95_high"]) == (0.5, 0.5)
+    assert (g["probe_minus_controller_ci95_low"], g["probe_minus_controller_ci95_high"]) == (0.25, 0.25)
+    assert all(PER_SAMPLE not in e for e in public_rows(rows)) and PER_SAMPLE in rows[0]

@@ -11,12 +11,14 @@ import torch.nn.functional as F
 
 from knobctl.controller.losses import (
     RewardWeights,
+    draw_actions,
     grpo_loss,
     imitation_loss,
     pairwise_loss,
     reward,
     reward_terms,
     sample_actions,
+    stage_log_probs,
     zero_variance,
 )
 from knobctl.controller.policy import Controller, ControllerConfig
@@ -41,6 +43,28 @@ def test_margin_weighted_pairs():
     loss, pairs = pairwise_loss(r, logp, "margin")
     expected = (1.0 * softplus(-1.0) + 0.5 * softplus(0.5) + 0.5 * softplus(-1.5)) / 2.0
     assert pairs == 3 and loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_pairwise_loss_on_one_group_by_hand():
+    """One group of three, rewards 1.0 > 0.5 > 0.0: the three ranked pairs (i, j) with r_i > r_j are
+    (0, 1), (0, 2) and (1, 2); each adds -log sigmoid(logp_i - logp_j) = log(1 + exp(logp_j - logp_i))."""
+    r = torch.tensor([[1.0, 0.5, 0.0]])
+    logp = torch.tensor([[-2.0, -0.5, -1.0]], requires_grad=True)
+    # logp_i - logp_j: (0, 1): -2.0 + 0.5 = -1.5; (0, 2): -2.0 + 1.0 = -1.0; (1, 2): -0.5 + 1.0 = 0.5
+    t01, t02, t12 = math.log(1 + math.exp(1.5)), math.log(1 + math.exp(1.0)), math.log(1 + math.exp(-0.5))
+    assert (t01, t02, t12) == pytest.approx((1.701413, 1.313262, 0.474077), abs=1e-6)
+    loss, pairs = pairwise_loss(r, logp)  # sign: the mean over the ranked pairs
+    assert pairs == 3 and loss.item() == pytest.approx((t01 + t02 + t12) / 3, rel=1e-6)  # 1.162917
+    assert loss.item() == pytest.approx(1.162917, abs=1e-6)
+    # d/d logp_i of log(1 + exp(logp_j - logp_i)) = -sigmoid(logp_j - logp_i); the pair pushes i up and j down
+    s01, s02, s12 = (1 / (1 + math.exp(-x)) for x in (1.5, 1.0, -0.5))
+    loss.backward()
+    expected = [(-s01 - s02) / 3, (s01 - s12) / 3, (s02 + s12) / 3]
+    assert logp.grad[0].tolist() == pytest.approx(expected, rel=1e-5)
+    # margin: each pair weighted by its reward gap (0.5, 1.0, 0.5), divided by the gaps' sum 2.0
+    margin, pairs = pairwise_loss(r, logp.detach(), "margin")
+    assert pairs == 3 and margin.item() == pytest.approx((0.5 * t01 + 1.0 * t02 + 0.5 * t12) / 2.0, rel=1e-6)
+    assert margin.item() == pytest.approx(1.200503, abs=1e-6)
 
 
 def test_ties_give_no_pairs_and_no_gradient():
@@ -123,6 +147,24 @@ def test_actions_without_entropy_are_the_same_draws():
     full = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2))
     lean = sample_actions(ctrl, lang, vis, budget, 4, torch.Generator().manual_seed(2), with_entropy=False)
     assert torch.equal(full.config, lean.config) and torch.equal(full.logp, lean.logp) and lean.entropy == {}
+
+
+def test_the_policy_entropies_are_the_same_draws_and_values_as_all():
+    ctrl, lang, vis, budget = small_policy()
+    ok = torch.tensor([[[True, False, True, False], [False, False, False, False]],
+                       [[False, False, False, True], [True, True, True, True]],
+                       [[True, True, True, True], [False, True, False, False]]])  # [B, T, P]
+    tier_logp, all_logp = stage_log_probs(ctrl, lang, vis, budget, ok)
+    full = draw_actions(tier_logp, all_logp, 5, torch.Generator().manual_seed(2), "all", (2, 2), ok)
+    lean = draw_actions(tier_logp, all_logp, 5, torch.Generator().manual_seed(2), "policy", None, ok)
+    assert torch.equal(full.config, lean.config) and torch.equal(full.logp, lean.logp)
+    assert set(lean.entropy) == {"tier", "pair"} and set(full.entropy) == {"tier", "pair", "top_k", "num_blocks"}
+    assert all(torch.equal(full.entropy[k], lean.entropy[k]) for k in lean.entropy)
+    # the masked exp is exp itself where allowed, 0 elsewhere
+    expected = torch.where(ok, all_logp.exp(), torch.zeros(()))
+    assert torch.equal(-(expected * all_logp).sum(-1).gather(1, full.tier), full.entropy["pair"])
+    with pytest.raises(ValueError, match="entropy='some'"):
+        draw_actions(tier_logp, all_logp, 5, torch.Generator(), "some")
 
 
 def test_draws_follow_the_policy():

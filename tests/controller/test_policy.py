@@ -177,3 +177,24 @@ def test_fit_mask_is_the_argmax_among_allowed_in_torch_and_numpy(tmp_path):
     free = Controller(ControllerConfig(**{**ctrl.config.__dict__, "fit_mask": False}))
     free.load_state_dict(ctrl.state_dict())
     assert free.choose(lang, vis, budget) != chosen
+
+
+def test_stage_logits_from_precomputed_inputs_equal_the_per_call_stages():
+    ctrl = masked(3)
+    ctrl.set_normalisers(torch.randn(40, 6) * 2 + 1, torch.randn(40, 3, 4) * 3 - 1)
+    g = torch.Generator().manual_seed(0)
+    lang, vis = torch.randn(40, 6, generator=g), torch.randn(40, 3, 4, generator=g)
+    stage1_in, stage2_in = ctrl.stage_inputs(lang, vis)  # [S, 6 + 5], [S, T, 4 + 3 + 6 + 5]
+    assert stage1_in.shape == (40, 11) and stage2_in.shape == (40, 3, 18)
+    idx = torch.tensor([7, 0, 39, 7, 12])  # rows drawn for a batch, one of them twice
+    budget = torch.tensor([12.0, 30.0, 45.0, 20.0, 1.0])
+    ok = ctrl.feasible(torch.tensor([5, 6, 7, 8, 5]), budget)  # [B, T, P]
+    tier, pair = ctrl.stage_logits(stage1_in[idx], stage2_in[idx], budget, ok)
+    b, t = len(idx), 3
+    # bit for bit what the per-call stages give: training's draws depend on it
+    assert torch.equal(tier, ctrl.tier_logits(lang[idx], budget, ok.any(-1)))
+    assert torch.equal(pair, ctrl.pair_logits(vis[idx], torch.arange(t).expand(b, t), lang[idx][:, None].expand(-1, t, -1),
+                                              budget[:, None].expand(-1, t), ok))
+    assert torch.equal(stage1_in[:, -5:], torch.zeros(40, 5))  # the tables keep a zero code; rows are copies
+    plain_tier, plain_pair = ctrl.stage_logits(stage1_in[idx], stage2_in[idx], budget)
+    assert torch.equal(plain_tier, ctrl.tier_logits(lang[idx], budget)) and plain_pair.shape == (b, t, 6)

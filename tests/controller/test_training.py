@@ -10,7 +10,15 @@ import torch
 
 from knobctl.controller.losses import RewardWeights
 from knobctl.controller.tables import CacheTables, complexity_of
-from knobctl.controller.training import RefreshParams, TrainParams, sample_budgets, split_samples, train_controller
+from knobctl.controller.training import (
+    RefreshParams,
+    TrainParams,
+    _StepTables,
+    make_controller,
+    sample_budgets,
+    split_samples,
+    train_controller,
+)
 from knobctl.knobs import KnobGrid
 
 GRID = KnobGrid(tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16))
@@ -95,6 +103,32 @@ def test_training_is_deterministic_given_the_seed():
         assert torch.equal(x, y), name
     c = train_controller(toy_tables(), TrainParams(**{**FAST, "steps": 60}), RewardWeights(), seed=6, progress=False)
     assert not a.curves.equals(c.curves)
+
+
+@pytest.mark.parametrize("budget_mode", ["relative", "absolute"])
+def test_step_tables_give_the_per_step_lookups_bit_for_bit(budget_mode):
+    t = toy_tables()
+    t.latency_spread = torch.rand(len(CONFIGS), 2, generator=torch.Generator().manual_seed(1)) + 0.5
+    p = TrainParams(**{**FAST, "budget_mode": budget_mode, "budget_range": (-0.3, 1.2) if budget_mode == "relative"
+                       else (9.0, 17.0)}, probe_reward=0.75)
+    ctrl = make_controller(t, torch.arange(60), 8, fit_mask=True)
+    predicted = torch.rand(t.scores.shape, generator=torch.Generator().manual_seed(2))  # [S, C]
+    step = _StepTables(t, ctrl, predicted, p)
+    idx = torch.tensor([3, 77, 3, 41, 0, 58])
+    budget, ok = step.budgets(idx, torch.Generator().manual_seed(5))
+    assert torch.equal(budget, sample_budgets(t, idx, p, torch.Generator().manual_seed(5)))
+    assert torch.equal(ok, ctrl.feasible(t.text_tokens[idx], budget))
+    assert (budget < step.fit_floor[idx]).any()  # the draws cover a budget nothing fits (the cheapest alone)
+    config = torch.randint(len(CONFIGS), (len(idx), 4), generator=torch.Generator().manual_seed(6))  # [B, G]
+    acc, lat, complexity, spread = step.cells(idx[:, None] * len(CONFIGS) + config, config)
+    assert torch.equal(acc, 0.25 * t.scores[idx[:, None], config] + 0.75 * predicted[idx[:, None], config])
+    assert torch.equal(lat, t.latency_ms[idx[:, None], config])
+    assert torch.equal(complexity, t.complexity[config]) and torch.equal(spread, t.latency_spread[config])
+    t.latency_ms[3] += 5.0  # an online fill writes into the tables; the step tables follow once rebuilt
+    step.rebuild()
+    budget, _ = step.budgets(idx, torch.Generator().manual_seed(5))
+    assert torch.equal(budget, sample_budgets(t, idx, p, torch.Generator().manual_seed(5)))
+    assert torch.equal(step.cells(idx[:, None] * len(CONFIGS) + config, config)[1], t.latency_ms[idx[:, None], config])
 
 
 def fake_oracle(calls):

@@ -148,3 +148,25 @@ def test_fits_the_drift_corrected_medians_when_present():
     assert target_column(summary, "vision_ms", "drift_corrected") == "vision_ms_median"  # absent: plain median
     with pytest.raises(ValueError, match="target"):
         EstimatorParams.from_params({"target": "mean"})
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "total_ms.txt").write_text("x"), None),  # not a part the estimator reads: ignored
+    (lambda d: (d / "prefill_ms.txt").write_text((d / "prefill_ms.txt").read_text()[:2000]),
+     r"prefill_ms\.txt is not a whole LightGBM model \(truncated\?\)"),
+    (lambda d: (d / "vision_ms.txt").write_text(""), r"vision_ms\.txt is not a whole LightGBM model"),
+    (lambda d: (d / "vision_ms.txt").unlink(), r"vision_ms\.txt not found"),
+    (lambda d: (d / "estimator.json").write_text("{not json"), r"estimator\.json is not the estimator's spec"),
+])
+def test_a_damaged_estimator_is_named_not_aborted(fitted, tmp_path, damage, message):
+    """LightGBM aborts the whole process on a truncated model file; the loader checks the file first."""
+    from knobctl.latency.estimator import EstimatorError
+
+    fitted.save(tmp_path / "est")
+    damage(tmp_path / "est")
+    if message is None:
+        assert LatencyEstimator.load(tmp_path / "est").predict_total("high", 8, 16, 5, 2).shape == (1,)
+        return
+    with pytest.raises(EstimatorError, match=rf"{tmp_path / 'est'}/{message}.*dvc repro fit_estimator"
+                       if "estimator.json" not in message else message):
+        LatencyEstimator.load(tmp_path / "est")

@@ -86,3 +86,16 @@ def test_the_probe_baseline_takes_the_fitting_configuration_it_rates_highest():
                                                LABELS.index("high/k4/b16")]  # nothing fits 9 ms: the cheapest
     assert b.choose(0, scale=2.0)["probe"][3] == LABELS.index("low/k8/b16")  # at half speed only 26 ms fits 30
     assert "probe" not in Baselines(TEST, VAL, budgets=[20.0], seed=0).choose(0, 1.0)  # no probe, no column
+
+
+def test_lookup_takes_the_best_val_configuration_for_the_budget_under_the_live_speed_and_overhead():
+    # val accuracy: every low configuration 0.5, high/k4/b12 1.0, the other high ones 0.75
+    b = Baselines(TEST, VAL, budgets=[9.0, 30.0, 31.9, 32.0, 35.0], seed=0)
+    # at 1.5x the estimated time and 1 ms of controller overhead a budget buys (budget - 1) / 1.5 estimated ms:
+    # 5.3 (nothing fits: the cheapest), 19.3 (only low ones fit: all 0.5, the first wins), 20.6 and 22.7
+    # (high/k4/b12 at 20 ms fits); with 2 ms of overhead 31.9 buys 19.9 ms, below every high configuration
+    assert b.choose(0, scale=1.5, overhead_ms=1.0)["lookup"] == [0, 0, 4, 4, 4]
+    assert b.choose(0, scale=1.5, overhead_ms=2.0)["lookup"][2] == 0
+    # it follows the machine while static stays what the calibration burst chose, and never the request
+    assert b.choose(0, scale=1.0)["static"][3] == 4 and b.choose(0, scale=2.0)["lookup"][3] == 0
+    assert b.choose(1, scale=1.5, overhead_ms=1.0)["lookup"] == b.choose(2, scale=1.5, overhead_ms=1.0)["lookup"]

@@ -17,10 +17,13 @@ def test_report_states_each_goal_and_whether_it_is_met():
     lines = text.splitlines()
     goal = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "|" in line}
     fair = "violation rate <= 5% at every budget the cheapest configuration meets at its own p95"
-    assert goal[fair].endswith("| worst 50.0% over 2 budgets | **no** |")
-    assert goal["accuracy within budget >= best static at every budget"].endswith("| 1 of 2 budgets | **no** |")
-    assert goal["accuracy alone >= best static - 1 point at every budget"].endswith("| 2 of 2 budgets | yes |")
-    assert goal["mean accuracy gain over best static >= 2 points"].endswith("| +25.00 points | yes |")
+    assert goal[fair].endswith("| worst 50.0% over 2 budgets (lookup: 100.0%) | **no** |")
+    lookup = "accuracy within budget not below lookup at every budget (paired 95% interval's low end >= -0.5 points)"
+    assert goal[lookup].endswith("| 1 of 2 budgets | **no** |")
+    mean = "mean accuracy within budget over lookup >= 2 points (point estimate; 95% interval beside it)"
+    assert goal[mean].endswith("| +25.00 points [+0.00 points, +50.00 points] | yes |")
+    rand = "accuracy within budget above random feasible at every budget where a choice exists (interval above 0)"
+    assert goal[rand].endswith("| 0 of 1 budgets | **no** |")
     assert goal["controller overhead <= 2% of mean latency"].endswith("| 1.00 ms = 6.9% | **no** |")
     train = render(metrics(), train={"steps": 3000, "train_seconds": 28.4, "rollouts_per_s": 68759, "headline": {
         "budgets_at_least_static": 7, "budgets_above_static": 2, "budgets_with_static": 7, "mean_gain_over_static": 0.0011,
@@ -39,14 +42,17 @@ def test_report_has_a_row_per_budget_with_units_and_embeds_the_plots():
                                       "best_static_accuracy": 0.95}, "best_static_config": "high/k7/b16",
                          "model": {"family": "llava", "name": "Llava + OLMoE", "top_k_weights": "not renormalised"}},
                   estimator={"headline": {"configs_total_mape": 0.077, "configs_total_within_10pct": 0.8}})
-    # ... static, its accuracy and violations, then probe, full, smallest, random, oracle
-    assert "| 10.0 | 50.0% | 50.0% | 10.5 / 11.8 | low/k4/b12 | 50.0% | 0.0% | 50.0% | 100.0% | 50.0% | 50.0% | 50.0% |" \
+    # ... static, its accuracy and violations, then lookup, probe, full, smallest, random, oracle
+    assert ("| 10.0 | 50.0% | 50.0% | 10.5 / 11.8 | low/k4/b12 | 50.0% | 0.0% | 50.0% | 50.0% | 100.0% | 50.0% | "
+            "50.0% | 50.0% |") in text
+    # against lookup: fit share, controller and lookup within budget, gain, interval, violations, random
+    assert "| 10.0 | 50.0% | 0.0% | 50.0% | -50.0 | [-100.0, +0.0] | 50.0% | 0.0% | 50.0% | -50.0 [-100.0, +0.0] |" \
         in text
     assert "| 20.0 | 100.0% | 0.0% | 18.5 / 18.9 | low/k4/b12 | 50.0% |" in text
     assert "budget (ms)" in text and "mean / p95 (ms)" in text
     assert "(the oracle's premise) | 1 of 8 |" in text
     assert "controller at least static at 1 of 2 budgets, mean gain +0.00 points" in text
-    assert "| 10.0 | 0.0% | 50.0% | 50.0% | 0.0% | 50.0% | 50.0% | 50.0% |" in text  # controller ... oracle, late = wrong
+    assert "| 10.0 | 0.0% | 50.0% | 50.0% | 50.0% | 0.0% | 50.0% | 50.0% | 50.0% |" in text  # controller ... oracle
     assert "| cached rollouts per second | 68,759 |" in text and "| best static (high/k7/b16) | 95.0% |" in text
     assert "held-out configurations: MAPE 7.7%, 80.0% within +-10%" in text
     assert "Model family: Llava + OLMoE (`llava`). Its routers' kept expert weights: not renormalised." in text

@@ -46,6 +46,26 @@ def test_summary_numbers():
                                                                 abs=1e-4)
 
 
+def test_controller_against_lookup_and_random_paired_by_sample():
+    req, chosen = validation_frames()
+    m = summarize(req, chosen, (10.0, 20.0), (1.2, 0.8))
+    at10, at20 = m["per_budget"]["10.00ms"], m["per_budget"]["20.00ms"]
+    # within budget at 10 ms: controller a late (0), b wrong (0); lookup low/k4/b12: a right in 8 ms, b wrong
+    assert at10["lookup"]["accuracy_within_budget"] == 0.5 and at10["controller_vs_lookup"]["gain"] == -0.5
+    assert at10["controller_vs_lookup"]["ci95"] == [-1.0, 0.0]  # every resample of the differences [-1, 0]
+    # at 20 ms lookup's full configuration is late for both (25, 24 ms), the controller in time and right for both
+    assert at20["controller_vs_lookup"] == {"gain": 1.0, "ci95": [1.0, 1.0], "samples": 2}
+    s = m["summary"]
+    assert s["budgets_with_lookup"] == 2 and s["budgets_not_below_lookup_within_budget"] == 1
+    assert s["mean_gain_over_lookup_within_budget"] == 0.25  # per sample: a (-1 + 1) / 2, b (0 + 1) / 2
+    assert s["mean_gain_over_lookup_within_budget_ci95_low"] == 0.0
+    assert s["mean_gain_over_lookup_within_budget_ci95_high"] == 0.5
+    # a choice exists only at 10 ms (half the configurations fit); there the controller is not above random
+    assert at10["fit_share"] == 0.5 and s["budgets_with_choice"] == 1 and s["budgets_above_random_where_choice"] == 0
+    assert at10["controller_vs_random"]["gain"] == -0.5
+    assert s["worst_lookup_violation_rate_where_cheapest_meets"] == 1.0  # lookup's 25 and 24 ms at 20
+
+
 def test_gap_closed_is_undefined_when_the_oracle_is_not_above_static():
     req, chosen = validation_frames()
     req["score"] = 1.0  # every request right and the fixed ones in time: static is as good as the oracle
@@ -77,3 +97,20 @@ def test_the_oracle_bounds_every_method_within_budget_sample_by_sample():
         m = summarize(r, chosen, (10.0, 20.0), (1.0, 0.0))["per_budget"]
         for e in m.values():
             assert all(e["oracle"]["accuracy_within_budget"] >= e[k]["accuracy_within_budget"] for k in METHODS)
+
+
+def test_repeated_requests_average_per_sample_and_a_duplicate_measurement_is_refused():
+    import pandas as pd
+
+    req, chosen = validation_frames()
+    once = summarize(req.assign(repeat=0), chosen, (10.0, 20.0), (1.2, 0.8))
+    # a second repeat where every request ran 10 ms slower: at 20 ms the controller's answers arrive late
+    slow = req.assign(repeat=1, latency_ms=req["latency_ms"] + 10.0)
+    twice = summarize(pd.concat([req.assign(repeat=0), slow], ignore_index=True), chosen, (10.0, 20.0), (1.2, 0.8))
+    at20_once, at20_twice = once["per_budget"]["20.00ms"], twice["per_budget"]["20.00ms"]
+    assert at20_once["controller"]["accuracy_within_budget"] == 1.0  # 19 and 18 ms
+    assert at20_twice["controller"]["accuracy_within_budget"] == 0.5  # 29 and 28 ms in the second repeat
+    assert at20_twice["controller_vs_lookup"]["samples"] == 2  # repeats are averaged per sample, not resampled
+    assert at20_twice["controller_vs_lookup"]["gain"] == 0.5
+    with pytest.raises(ValueError, match="repeat a"):
+        summarize(pd.concat([req, req[req["kind"] == "fixed"]]), chosen, (10.0, 20.0), (1.2, 0.8))

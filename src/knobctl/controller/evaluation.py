@@ -24,19 +24,18 @@ from knobctl.controller.policy import Controller
 from knobctl.controller.probe import probe_choices
 from knobctl.controller.spread import violation_probability
 from knobctl.controller.tables import CacheTables
+from knobctl.intervals import NOT_BELOW, paired_interval
 from knobctl.io import round4 as _r
 
 FIT_SHARE = 0.95  # a static configuration "fits" a budget when this share of samples does
-BOOTSTRAP = 2000  # resamples of the paired gain interval
+#: An evaluation row's per-sample accuracies of these methods ({method: [E]}), for paired intervals over budgets.
+PER_SAMPLE, PAIRED = "_per_sample", ("controller", "static", "probe")
 
 
 def gain_interval(diff: torch.Tensor, seed: int = 0) -> tuple[float, float]:
-    """Paired bootstrap 95% interval of the mean of per-sample differences ``diff`` [E]."""
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.randint(len(diff), (BOOTSTRAP, len(diff)), generator=gen)  # [R, E]
-    means = diff[pick].mean(1)  # [R]
-    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975]))
-    return _r(lo), _r(hi)
+    """Paired bootstrap 95% interval of the mean of per-sample differences ``diff`` [E]
+    (:func:`knobctl.intervals.paired_interval`)."""
+    return paired_interval(diff.detach().cpu().numpy(), seed)
 
 
 def mean_accuracy(scores: torch.Tensor) -> torch.Tensor:
@@ -110,6 +109,8 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
         row["tier_share"] = {t: _r((picks["controller"] // per_tier == i).float().mean())
                              for i, t in enumerate(tables.tiers)}
         c_acc = acc_filled[rows_e, picks["controller"]]  # [E]
+        # per-sample accuracies, for the paired intervals of the headline; left out of every written file
+        row[PER_SAMPLE] = {name: acc_filled[rows_e, ci] for name, ci in picks.items() if name in PAIRED}
         row["gain_over_static"] = _r(row["controller_accuracy"] - row["static_accuracy"]) if static is not None else None
         row["gain_ci95_low"], row["gain_ci95_high"] = (gain_interval(c_acc - acc_filled[:, static])
                                                         if static is not None else (None, None))
@@ -130,8 +131,6 @@ def drift(log: pd.DataFrame) -> dict[str, Any]:
 
 #: Per-budget numbers kept in metrics/train.json; the rest of each evaluation row is in plots/train/budgets.csv.
 BUDGET_METRICS = ("controller_accuracy", "probe_accuracy", "static_accuracy", "controller_slow_rate")
-#: A budget counts as "not below static" when the paired 95% interval of the gain reaches above this (points / 100).
-NOT_BELOW = -0.005
 
 
 def budget_key(position: int) -> str:
@@ -155,17 +154,36 @@ def controller_goals(evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
     gains = [e["controller_accuracy"] - e["static_accuracy"] for e in mid]
     probe = [e["probe_accuracy"] - e["controller_accuracy"] for e in mid if e["probe_accuracy"] is not None]
     within = [e["controller_accuracy_within_budget"] - e["static_accuracy_within_budget"] for e in mid]
+    gain_ci = _mean_interval(mid, "controller", "static")
+    probe_ci = _mean_interval(mid, "probe", "controller")
     return {
         "budgets_not_below_static": sum(e["gain_ci95_low"] >= NOT_BELOW for e in with_static),
         "budgets_with_choice": len(mid),
         "mean_gain_where_choice": _r(sum(gains) / len(gains)) if gains else None,
+        "mean_gain_where_choice_ci95_low": gain_ci[0], "mean_gain_where_choice_ci95_high": gain_ci[1],
         # undefined where the oracle is not above static in total (float sums of equal accuracies are not exactly 0)
         "gap_closed_where_choice": _r(sum(gains) / gap) if gap > 1e-6 else None,
         "probe_minus_controller_where_choice": _r(sum(probe) / len(probe)) if probe else None,
+        "probe_minus_controller_ci95_low": probe_ci[0], "probe_minus_controller_ci95_high": probe_ci[1],
         "probe_gain_where_choice": _r(sum(e["probe_accuracy"] - e["static_accuracy"] for e in mid) / len(mid))
         if mid and mid[0]["probe_accuracy"] is not None else None,
         "mean_gain_within_budget_where_choice": _r(sum(within) / len(within)) if within else None,
     }
+
+
+def _mean_interval(rows: Sequence[dict[str, Any]], a: str, b: str) -> tuple[float | None, float | None]:
+    """Paired bootstrap 95% interval of ``a`` minus ``b``'s accuracy averaged over ``rows``' budgets: each sample's
+    difference is its mean over the budgets, then samples are resampled. (None, None) where either is missing."""
+    per = [e.get(PER_SAMPLE) or {} for e in rows]
+    if not per or any(a not in p or b not in p for p in per):
+        return None, None
+    diff = torch.stack([p[a] - p[b] for p in per]).mean(0)  # [E]
+    return gain_interval(diff)
+
+
+def public_rows(evaluation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation rows without their per-sample tensors, as written to plots/train/training.json."""
+    return [{k: v for k, v in e.items() if k != PER_SAMPLE} for e in evaluation]
 
 
 def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -196,7 +214,7 @@ def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any
 def evaluation_frame(evaluation: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Every evaluation row flat (tier shares as ``tier_share_<tier>`` columns), for plots/train/budgets.csv."""
     flat = []
-    for i, e in enumerate(evaluation):
+    for i, e in enumerate(public_rows(evaluation)):
         row = {"budget": budget_key(i)}
         for k, v in e.items():
             if isinstance(v, dict):

@@ -185,7 +185,8 @@ def grpo_loss(rewards: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, 
 
 def zero_variance(rewards: torch.Tensor) -> torch.Tensor:
     """[B] True where every configuration of the group got the same reward (no gradient)."""
-    return rewards.max(1).values == rewards.min(1).values
+    low, high = rewards.aminmax(dim=1)  # [B] each
+    return high == low
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,9 @@ class Actions:
     entropy: dict[str, torch.Tensor]  # tier [B], top_k / num_blocks / pair [B, G] (marginals of stage 2)
 
 
+ENTROPIES = ("none", "policy", "all")
+
+
 def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
                    group_size: int, generator: torch.Generator, with_entropy: bool = True,
                    feasible: torch.Tensor | None = None) -> Actions:
@@ -206,33 +210,46 @@ def sample_actions(ctrl: Controller, language: torch.Tensor, vision: torch.Tenso
     every tier [B, T, D], budgets [B], and with a fit mask the allowed configurations
     [B, T, P] (:meth:`Controller.feasible`; masked ones get probability 0 in both stages).
     ``with_entropy=False`` skips the entropies (empty dict), which only logging and the GRPO
-    bonus need.
-
-    Stage 2 runs once per (sample, tier), T rows per sample, and each draw takes its tier's
-    row: fewer rows than one per draw (T = 3 < G = 5) and the same logits. With input dropout,
-    the draws of one tier share a mask. Both stages sample by inverse CDF (one uniform per
-    draw against the cumulative probabilities), the same distribution as ``torch.multinomial``
-    at a fraction of its cost on CPU (its exponential draws were a visible share of a step)."""
-    b, t = vision.shape[0], vision.shape[1]
-    rows = torch.arange(b)[:, None]  # [B, 1]
+    bonus need. :func:`draw_actions` draws from both stages' log-probabilities."""
     tier_logp, all_logp = stage_log_probs(ctrl, language, vision, budget_ms, feasible)  # [B, T], [B, T, P]
+    return draw_actions(tier_logp, all_logp, group_size, generator, "all" if with_entropy else "none",
+                        (len(ctrl.config.top_k), len(ctrl.config.num_blocks)), feasible)
+
+
+def draw_actions(tier_logp: torch.Tensor, all_logp: torch.Tensor, group_size: int, generator: torch.Generator,
+                 entropy: str = "all", pair_shape: tuple[int, int] | None = None,
+                 allowed: torch.Tensor | None = None) -> Actions:
+    """Draw ``group_size`` configurations per row from both stages' log-probabilities, tiers [B, T]
+    and pairs at every tier [B, T, P] (:func:`stage_log_probs`, with the fit mask ``allowed`` [B, T, P]
+    if any). ``entropy``: ``"all"`` (tier, pair and stage 2's top_k / num_blocks marginals, for which
+    ``pair_shape`` is (top_k values, num_blocks values)), ``"policy"`` (tier and pair, what the GRPO
+    bonus takes) or ``"none"`` (empty dict).
+
+    Stage 2 is computed once per (sample, tier), T rows per sample, and each draw takes its tier's
+    row: fewer rows than one per draw (T = 3 < G) and the same logits. With input dropout, the
+    draws of one tier share a mask. Both stages sample by inverse CDF (one uniform per draw against
+    the cumulative probabilities), the same distribution as ``torch.multinomial`` at a fraction of
+    its cost on CPU (its exponential draws were a visible share of a step)."""
+    if entropy not in ENTROPIES:
+        raise ValueError(f"entropy={entropy!r}; allowed: {', '.join(ENTROPIES)}")
+    b, t, n_pairs = all_logp.shape
     tier = _draw(tier_logp.detach().exp(), group_size, generator)  # [B, G]
-    pair_logp = all_logp[rows, tier]  # [B, G, P]
-    pair = _draw(pair_logp.detach().exp(), 1, generator).squeeze(-1)  # [B, G]
-    logp = tier_logp.gather(1, tier) + pair_logp.gather(2, pair[..., None]).squeeze(-1)  # [B, G]
-    config = tier * all_logp.shape[-1] + pair  # [B, G]
-    if not with_entropy:
+    pair = _draw_rows(_probs(all_logp.detach(), allowed), tier, generator)  # [B, G]
+    config = tier * n_pairs + pair  # [B, G]
+    # one gather from the flat [B, T * P] log-probabilities picks the tier's row and the pair's column
+    logp = tier_logp.gather(1, tier) + all_logp.reshape(b, t * n_pairs).gather(1, config)  # [B, G]
+    if entropy == "none":
         return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy={})
-    n_k, n_b = len(ctrl.config.top_k), len(ctrl.config.num_blocks)
-    joint = all_logp.exp().reshape(b, t, n_k, n_b)  # [B, T, K, N]
-    per_tier = {
-        "pair": -(all_logp.exp() * all_logp).sum(-1),  # [B, T]
-        "top_k": _entropy(joint.sum(3)),  # [B, T]
-        "num_blocks": _entropy(joint.sum(2)),  # [B, T]
-    }
-    entropy = {"tier": -(tier_logp.exp() * tier_logp).sum(-1),  # [B]
-               **{k: v.gather(1, tier) for k, v in per_tier.items()}}  # [B, G] each, at the drawn tier
-    return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy=entropy)
+    all_p = _probs(all_logp, allowed)  # [B, T, P]
+    per_tier = {"pair": -(all_p * all_logp).sum(-1)}  # [B, T]
+    if entropy == "all":
+        if pair_shape is None:
+            raise ValueError("entropy='all' needs pair_shape, the numbers of top_k and num_blocks values")
+        joint = all_p.reshape(b, t, *pair_shape)  # [B, T, K, N]
+        per_tier |= {"top_k": _entropy(joint.sum(3)), "num_blocks": _entropy(joint.sum(2))}  # [B, T] each
+    drawn = {"tier": -(tier_logp.exp() * tier_logp).sum(-1),  # [B]
+             **{k: v.gather(1, tier) for k, v in per_tier.items()}}  # [B, G] each, at the drawn tier
+    return Actions(tier=tier, pair=pair, config=config, logp=logp, entropy=drawn)
 
 
 def stage_log_probs(ctrl: Controller, language: torch.Tensor, vision: torch.Tensor, budget_ms: torch.Tensor,
@@ -265,6 +282,28 @@ def _draw(probs: torch.Tensor, count: int, generator: torch.Generator) -> torch.
     # right=True: the first index whose cdf exceeds u, so a zero-probability (masked) entry
     # is never drawn, even at u = 0
     return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1)  # [..., count]
+
+
+def _probs(logp: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """exp(logp), with 0 where ``allowed`` is False. A masked log-probability is about -1e9, and exp
+    below -87 takes a slow path on CPU (about 10x per element): exp of 0 there, then 0, gives the
+    same values at a tenth of the cost. A row whose every entry is masked (a tier with nothing allowed,
+    never drawn) gets 0 rather than uniform."""
+    if allowed is None:
+        return logp.exp()
+    blocked = ~allowed
+    return logp.masked_fill(blocked, 0.0).exp().masked_fill(blocked, 0.0)
+
+
+def _draw_rows(probs: torch.Tensor, row: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One index per draw from row ``row`` of probabilities [B, R, K] (row indices [B, G]): [B, G].
+    The same draws as :func:`_draw` on each draw's row (one uniform per draw), with the cumulative
+    sums taken once per row rather than once per draw, and no [B, G, K] probabilities gathered."""
+    b, r, k = probs.shape
+    cdf = probs.cumsum(-1).reshape(b * r, k)  # [B * R, K]
+    at = cdf.index_select(0, (torch.arange(b)[:, None] * r + row).reshape(-1)).reshape(*row.shape, k)  # [B, G, K]
+    u = torch.rand(at.shape[:-1] + (1,), generator=generator) * at[..., -1:]  # [B, G, 1]
+    return torch.searchsorted(at, u, right=True).clamp(max=k - 1).squeeze(-1)  # [B, G]
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

@@ -56,19 +56,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from scipy.special import erf
 from torch import nn
 
 from knobctl.io import atomic_dir
 from knobctl.knobs import KnobConfig, KnobGrid, describe_configs
 from knobctl.params import ParamsError
-from knobctl.weights import check_finite
+from knobctl.weights import check_finite, load_json, load_tensors
 
 WEIGHTS, CONFIG = "controller.safetensors", "controller.json"
+#: Written by train_controller beside the weights: the reward weights, seed and training params that made them.
+TRAINED_WITH = "trained_with.json"
 NONFINITE_FIX = "Lower train_controller.lr or the reward weights (params.yaml, reward:)."
 
 
@@ -191,6 +194,35 @@ class Controller(nn.Module):
                                        dim=-1))
         return logits if allowed is None else logits.masked_fill(~allowed, MASKED)
 
+    def stage_inputs(self, language: torch.Tensor, vision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both stages' inputs for a fixed set of samples with the budget code left zero (training's table,
+        built once instead of standardised and concatenated again every step): language [S, D] and vision at
+        every tier [S, T, Dv] -> stage 1's [S, D + code] and stage 2's at every tier [S, T, Dv + T + D + code].
+        :meth:`stage_logits` takes rows of them."""
+        s, t = vision.shape[0], vision.shape[1]
+        lang = self._lang(language)  # [S, D]
+        code = lang.new_zeros(s, self.config.budget_dim)  # [S, 1 + 2F]
+        onehot = torch.nn.functional.one_hot(torch.arange(t), t).to(vision.dtype).expand(s, t, t)  # [S, T, T]
+        stage2 = torch.cat([self._vis(vision), onehot, lang[:, None].expand(-1, t, -1), code[:, None].expand(-1, t, -1)],
+                           dim=-1)  # [S, T, Dv + T + D + code]
+        return torch.cat([lang, code], dim=-1), stage2
+
+    def stage_logits(self, stage1_in: torch.Tensor, stage2_in: torch.Tensor, budget_ms: torch.Tensor,
+                     allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both stages' logits for a batch of :meth:`stage_inputs` rows (copies: the budget code is written
+        into them): [B, D + code], [B, T, Dv + T + D + code], budgets [B], optional allowed pairs [B, T, P]
+        -> tiers [B, T] and pairs at every tier [B, T, P], the values of :meth:`tier_logits` and
+        :meth:`pair_logits` on the same rows."""
+        width, t = self.config.budget_dim, stage2_in.shape[1]
+        stage1_in[:, -width:] = self.budget_code(budget_ms)  # [B, 1 + 2F]
+        # the code per (row, tier), as pair_logits computes it, so the sinusoids round alike
+        stage2_in[..., -width:] = self.budget_code(budget_ms[:, None].expand(-1, t))  # [B, T, 1 + 2F]
+        tier = self.stage1(stage1_in)  # [B, T]
+        pair = self.stage2(stage2_in)  # [B, T, P]
+        if allowed is None:
+            return tier, pair
+        return tier.masked_fill(~allowed.any(-1), MASKED), pair.masked_fill(~allowed, MASKED)
+
     @torch.no_grad()
     def choose_tier(self, language: torch.Tensor, budget_ms: torch.Tensor, allowed: torch.Tensor | None = None
                     ) -> torch.Tensor:
@@ -246,13 +278,20 @@ class Controller(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG).is_file():
             raise FileNotFoundError(f"{directory / CONFIG} not found; run `dvc repro train_controller`")
-        data = {"activation": "gelu", **json.loads((directory / CONFIG).read_text())}  # saved before relu existed
+        rebuild = "rerun `dvc repro train_controller`"
+        data = {"activation": "gelu", **load_json(directory / CONFIG, rebuild)}  # saved before relu existed
         model = cls(ControllerConfig.from_json(data))
-        state = load_file(directory / WEIGHTS)
+        state = load_tensors(directory / WEIGHTS, rebuild)
         if not model.config.fit_mask:  # saved before the fit mask existed
             state.setdefault("fit_latency_ms", model.fit_latency_ms)
         model.load_state_dict(state)
         return model.eval()
+
+
+def trained_with(directory: str | Path) -> dict[str, Any] | None:
+    """What trained the controller in ``directory`` (:data:`TRAINED_WITH`), or None for a folder without it."""
+    path = Path(directory) / TRAINED_WITH
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:

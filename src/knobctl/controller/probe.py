@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from knobctl.controller.tables import CacheTables
 from knobctl.io import atomic_path
-from knobctl.weights import check_finite
+from knobctl.weights import check_finite, load_tensors
 
 # The penalty on the summed training log-loss: 1 / C in scikit-learn's terms. 100 (C = 0.01) is what
 # benchmarks/controller_ceiling.py measured best; a weak penalty lets the argmax over 75 noisy
@@ -111,7 +111,7 @@ class Probe:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found; run `dvc repro train_controller`, which fits the probe "
                                     "beside the controller")
-        tensors = load_file(str(path))
+        tensors = load_tensors(path, "rerun `dvc repro train_controller`, which fits the probe beside the controller")
         tensors["constant"] = tensors["constant"].bool()
         return cls(**tensors)
 

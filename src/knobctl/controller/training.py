@@ -16,10 +16,12 @@ The table's samples are split (seeded) into training and evaluation samples; the
 supervised probe (:mod:`knobctl.controller.probe`) fitted on the same training samples. The probe is
 fitted before the loop (it draws no random numbers, so a run that does not use it is unchanged).
 
-Two departures from GRPO (:mod:`knobctl.controller.losses` names the others), each off at 0 and
-measured against plain GRPO in docs/BENCHMARKS.md ("Training that finds small differences"); the
-default takes the first at 0.75 (0.5, 0.75 and 1 measured alike, and 0.75 keeps the measured outcome,
-and with it the online refresh, in the reward):
+The default loss is the seed's group-relative pairwise ranking loss (``loss: pairwise``); ``grpo`` is the
+alternative. Two departures from either (:mod:`knobctl.controller.losses` names the others), each off at 0
+and measured against the plain losses in docs/BENCHMARKS.md ("Which loss", "Training that finds small
+differences"); the default takes the first at 0.75, the one that beat the plain pairwise loss in every seed
+(0.5, 0.75 and 1 measured alike, and 0.75 keeps the measured outcome, and with it the online refresh, in
+the reward):
 
 * ``probe_reward`` (a learned reward model, as RLHF trains the policy against one rather than against
   raw outcomes): the accuracy the reward sees is ``(1 - probe_reward) * cached score +
@@ -31,10 +33,11 @@ and with it the online refresh, in the reward):
 * ``warm_start_steps`` (supervised imitation before RL, as a policy is fine-tuned before GRPO):
   that many steps of cross-entropy on the probe's pick (the allowed configuration with the highest
   predicted P(right), for training samples and budgets drawn as training draws them) before the
-  GRPO steps, with the same optimizer and its state carried over.
+  loss's steps, with the same optimizer and its state carried over.
 
-A group is one sample under one budget, so GRPO's group mean is already a baseline per budget (and
-per sample); ``group_size`` sets how many configurations a group compares.
+A group is one sample under one budget, so the group (the pairs the ranking loss compares, or GRPO's group
+mean) is already a baseline per budget (and per sample); ``group_size`` sets how many configurations a group
+compares.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from knobctl.controller.evaluation import drift, evaluate
 from knobctl.controller.losses import (
@@ -55,12 +59,12 @@ from knobctl.controller.losses import (
     PAIR_WEIGHTS,
     RewardWeights,
     combine,
+    draw_actions,
     expected_reward_terms,
     grpo_loss,
     imitation_loss,
     pairwise_loss,
     reward,
-    sample_actions,
     zero_variance,
 )
 from knobctl.controller.policy import ACTIVATIONS, Controller, ControllerConfig
@@ -93,12 +97,12 @@ LATENCY_SAMPLING = ("spread", "expected", "median")
 class TrainParams:
     """The ``train_controller`` section of params.yaml."""
 
-    steps: int = 3000
-    batch_size: int = 128
+    steps: int = 750
+    batch_size: int = 512
     group_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.0
-    loss: str = "grpo"
+    loss: str = "pairwise"
     pair_weight: str = "sign"
     advantage_scale: str = "std"
     entropy_coef: float = 0.05
@@ -229,56 +233,46 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     warm_loss = _warm_start(ctrl, opt, tables, train_idx, predicted, p, gen, progress) if p.warm_start_steps else None
     curves: list[dict[str, Any]] = []
     zero_groups = torch.zeros((), dtype=torch.long)
-    n_configs = tables.scores.shape[1]
+    step_tables = _StepTables(tables, ctrl, predicted, p)
+    entropy = "policy" if p.loss == "grpo" and p.entropy_coef > 0 else "none"
+    pair_shape = (len(ctrl.config.top_k), len(ctrl.config.num_blocks))
     start = time.perf_counter()
     for step in progress_bar(range(1, p.steps + 1), desc="train_controller", unit="step", disable=not progress):
-        idx = train_idx[torch.randint(len(train_idx), (p.batch_size,), generator=gen)]  # [B]
-        budget = sample_budgets(tables, idx, p, gen)  # [B]
+        idx = train_idx.index_select(0, torch.randint(len(train_idx), (p.batch_size,), generator=gen))  # [B]
+        budget, feasible = step_tables.budgets(idx, gen)  # [B], [B, T, P] or None
         log_now = step % p.log_every == 0 or step == p.steps
-        feasible = ctrl.feasible(tables.text_tokens[idx], budget) if p.fit_mask else None  # [B, T, P]
-        acts = sample_actions(ctrl, tables.language[idx], tables.vision[idx], budget, p.group_size, gen,
-                              with_entropy=log_now or (p.loss == "grpo" and p.entropy_coef > 0), feasible=feasible)
-        rows = idx[:, None].expand_as(acts.config)  # [B, G]
-        cells = idx[:, None] * n_configs + acts.config  # [B, G] flat: one 1-D lookup per table, not a 2-D one
-        acc = tables.scores.view(-1)[cells]  # [B, G]
-        missing = torch.isnan(acc)  # [B, G]
-        filled = bool(missing.any())
-        if filled:
-            online.fill(rows[missing], acts.config[missing], step, "missing")
-        if refresh is not None and step % refresh.every == 0:
-            n = max(1, round(refresh.fraction * rows.numel()))
-            pick = torch.randperm(rows.numel(), generator=gen)[:n]
-            online.fill(rows.reshape(-1)[pick], acts.config.reshape(-1)[pick], step, "refresh")
-            filled = True
-        if filled:  # the fills wrote into the tables
-            acc = tables.scores.view(-1)[cells]  # [B, G]
-        if p.probe_reward:
-            acc = (1 - p.probe_reward) * acc + p.probe_reward * predicted.view(-1)[cells]  # [B, G]
-        lat = tables.latency_ms.view(-1)[cells]  # [B, G]
+        tier_logits, pair_logits = ctrl.stage_logits(*step_tables.inputs(idx), budget, feasible)  # [B, T], [B, T, P]
+        acts = draw_actions(F.log_softmax(tier_logits, dim=-1), F.log_softmax(pair_logits, dim=-1), p.group_size, gen,
+                            "all" if log_now else entropy, pair_shape, feasible)
+        cells = idx[:, None] * step_tables.n_configs + acts.config  # [B, G] flat (sample, configuration) index
+        if not step_tables.complete or (refresh is not None and step % refresh.every == 0):
+            _fill_online(online, step_tables, idx, acts.config, cells, step, refresh, gen)
+        acc, lat, complexity, spread = step_tables.cells(cells, acts.config)  # [B, G] each, spread [B, G, 2]
         if p.latency_sampling == "expected":
-            r = combine(weights, expected_reward_terms(acc, lat, budget[:, None], tables.complexity[acts.config],
-                                                       tables.latency_spread[acts.config]))  # [B, G]
+            r = combine(weights, expected_reward_terms(acc, lat, budget[:, None], complexity, spread))  # [B, G]
         else:
             if p.latency_sampling == "spread":
-                lat = draw_latency(lat, tables.latency_spread[acts.config], gen)  # [B, G]
-            r = reward(weights, acc, lat, budget[:, None], tables.complexity[acts.config])  # [B, G]
+                lat = draw_latency(lat, spread, gen)  # [B, G]
+            r = reward(weights, acc, lat, budget[:, None], complexity)  # [B, G]
         if p.loss == "pairwise":
             loss, _ = pairwise_loss(r, acts.logp, p.pair_weight)
         else:
-            entropy = acts.entropy["tier"][:, None] + acts.entropy["pair"] if acts.entropy else torch.zeros(())
-            loss = grpo_loss(r, acts.logp, entropy, p.entropy_coef, scale=p.advantage_scale)
+            bonus = acts.entropy["tier"][:, None] + acts.entropy["pair"] if acts.entropy else torch.zeros(())  # [B, G]
+            loss = grpo_loss(r, acts.logp, bonus, p.entropy_coef, scale=p.advantage_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        zero_groups += zero_variance(r).sum()
-        if log_now:
-            curves.append({
-                "step": step, "reward": _r(r.mean()), "loss": _r(loss.detach()), "accuracy": _r(acc.mean()),
-                "violation_rate": _r((lat > budget[:, None]).float().mean()),
-                "latency_over_budget": _r((lat / budget[:, None]).mean()),
-                "zero_variance_share": _r(zero_variance(r).float().mean()),
-                **{f"entropy_{k}": _r(v.detach().mean()) for k, v in acts.entropy.items()},
-            })
+        with torch.no_grad():
+            flat = zero_variance(r)  # [B]
+            zero_groups += flat.sum()
+            if log_now:
+                curves.append({
+                    "step": step, "reward": _r(r.mean()), "loss": _r(loss), "accuracy": _r(acc.mean()),
+                    "violation_rate": _r((lat > budget[:, None]).float().mean()),
+                    "latency_over_budget": _r((lat / budget[:, None]).mean()),
+                    "zero_variance_share": _r(flat.float().mean()),
+                    **{f"entropy_{k}": _r(v.mean()) for k, v in acts.entropy.items()},
+                })
     seconds = time.perf_counter() - start
     ctrl.eval()
     evaluation = evaluate(ctrl, tables, train_idx, eval_idx, budgets_between(tables.latency_ms[train_idx], p.eval_budgets),
@@ -296,6 +290,88 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
                    **drift(log)},
     }
     return TrainResult(ctrl, pd.DataFrame(curves), evaluation, log, summary, probe)
+
+
+class _StepTables:
+    """What a training step reads, gathered once into a few tensors (and again after an online fill
+    writes into the tables): per sample, its budget range and fit floor [S, 3], its fit latency [S, C]
+    and both stages' inputs (:meth:`Controller.stage_inputs`); per (sample, configuration) cell, the
+    accuracy the reward sees (the probe's share mixed in) and the latency [2, S * C]; per configuration,
+    its complexity and spread [C, 3]. A step then takes one index per table instead of a chain of
+    lookups and recomputes nothing that stays the same between steps. Every value is the one the
+    per-step expressions give (:func:`sample_budgets`, :meth:`Controller.feasible`, the probe mix):
+    the same elementwise operations on the same operands, so a run's draws and weights are unchanged
+    to the bit."""
+
+    def __init__(self, tables: CacheTables, ctrl: Controller, predicted: torch.Tensor, p: TrainParams):
+        self.tables, self.predicted, self.p = tables, predicted, p
+        self.n_configs = tables.scores.shape[1]
+        self.shape = (len(tables.tiers), len(ctrl.config.pairs))  # (T, P)
+        with torch.no_grad():
+            self.stage_in = ctrl.stage_inputs(tables.language, tables.vision)  # [S, D + code], [S, T, ...]
+        c = ctrl.config
+        row = (tables.text_tokens - c.fit_text_tokens[0]).clamp(0, c.fit_rows - 1)  # [S]
+        # With the fit mask, a configuration is allowed where its fit latency is at most the budget, or, where
+        # none is, at most the cheapest one's: fit latency <= max(budget, that floor).
+        self.fit_ms = ctrl.fit_latency_ms[row]  # [S, C]
+        self.fit_floor = self.fit_ms.min(1).values  # [S]
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Re-read the tables' scores and latencies (after an online fill)."""
+        t, share = self.tables, self.p.probe_reward
+        self.complete = not bool(t.scores.isnan().any())
+        acc = (1 - share) * t.scores + share * self.predicted if share else t.scores  # [S, C]
+        self.cell = torch.stack([acc, t.latency_ms]).reshape(2, -1)  # [2, S * C]
+        self.config = torch.cat([t.complexity[:, None], t.latency_spread], 1)  # [C, 3]: complexity, spread
+        fastest = t.latency_ms.min(1).values  # [S]
+        self.sample = torch.stack([fastest, t.latency_ms.max(1).values - fastest, self.fit_floor], 1)  # [S, 3]
+
+    def budgets(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One budget in ms per sampled row [B] (:func:`sample_budgets`) and, with the fit mask, the allowed
+        configurations [B, T, P] (:meth:`Controller.feasible`)."""
+        u = torch.rand(len(idx), generator=gen)  # [B]
+        lo, hi = self.p.budget_range
+        sample = self.sample.index_select(0, idx)  # [B, 3]
+        if self.p.budget_mode == "absolute":
+            budget = lo + u * (hi - lo)  # [B]
+        else:
+            budget = sample[:, 0] + (lo + u * (hi - lo)) * sample[:, 1]  # [B]
+        if not self.p.fit_mask:
+            return budget, None
+        # fmax: a NaN budget allows the cheapest alone, as in Controller.feasible
+        ok = self.fit_ms.index_select(0, idx) <= torch.fmax(budget, sample[:, 2])[:, None]  # [B, C]
+        return budget, ok.reshape(len(idx), *self.shape)
+
+    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both stages' inputs for the sampled rows, fresh copies for :meth:`Controller.stage_logits`."""
+        return self.stage_in[0].index_select(0, idx), self.stage_in[1].index_select(0, idx)  # [B, ...], [B, T, ...]
+
+    def cells(self, cells: torch.Tensor, config: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Accuracy, latency and complexity [B, G] and spread [B, G, 2] of flat cell indices [B, G] and
+        their configurations [B, G]."""
+        acc, lat = self.cell.index_select(1, cells.reshape(-1)).view(2, *cells.shape)  # [B, G] each
+        per_config = self.config.index_select(0, config.reshape(-1)).view(*config.shape, 3)  # [B, G, 3]
+        return acc, lat, per_config[..., 0], per_config[..., 1:]
+
+
+def _fill_online(online: _Online, step_tables: _StepTables, idx: torch.Tensor, config: torch.Tensor,
+                 cells: torch.Tensor, step: int, refresh: RefreshParams | None, gen: torch.Generator) -> None:
+    """A step's online work: the sampled cells the table lacks, and on a refresh step a share of all its cells,
+    fetched and written into the tables (their step tables rebuilt)."""
+    rows = idx[:, None].expand_as(config)  # [B, G]
+    missing = torch.isnan(step_tables.tables.scores.view(-1)[cells])  # [B, G]
+    filled = bool(missing.any())
+    if filled:
+        online.fill(rows[missing], config[missing], step, "missing")
+    if refresh is not None and step % refresh.every == 0:
+        n = max(1, round(refresh.fraction * rows.numel()))
+        pick = torch.randperm(rows.numel(), generator=gen)[:n]
+        online.fill(rows.reshape(-1)[pick], config.reshape(-1)[pick], step, "refresh")
+        filled = True
+    if filled:
+        step_tables.rebuild()
 
 
 def _warm_start(ctrl: Controller, opt: torch.optim.Optimizer, tables: CacheTables, train_idx: torch.Tensor,

@@ -32,7 +32,30 @@ import pandas as pd
 
 from knobctl.knobs import KnobConfig
 from knobctl.latency.request import PARTS, request_ms
-from knobctl.params import build, require, require_choice, require_int
+from knobctl.params import InputError, build, require, require_choice, require_int
+
+REBUILD = "rebuild it with `dvc repro fit_estimator`"
+
+
+class EstimatorError(InputError):
+    """An estimator folder that does not load: the message names the file."""
+
+
+def _booster(path: Path) -> lgb.Booster:
+    """A LightGBM model file, checked whole first: LightGBM aborts the process (no exception) on a truncated one."""
+    if not path.is_file():
+        raise EstimatorError(f"{path} not found; {REBUILD}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EstimatorError(f"{path} is not readable text ({type(exc).__name__}); {REBUILD}") from exc
+    lines = text.rstrip().splitlines()
+    if "end of trees" not in text or not lines or not lines[-1].startswith("pandas_categorical"):
+        raise EstimatorError(f"{path} is not a whole LightGBM model (truncated?); {REBUILD}")
+    try:
+        return lgb.Booster(model_str=text)
+    except lgb.basic.LightGBMError as exc:
+        raise EstimatorError(f"{path} does not load as a LightGBM model ({exc}); {REBUILD}") from exc
 
 FEATURES: dict[str, tuple[str, ...]] = {
     "vision_ms": ("visual_tokens", "num_images", "image_size", "batch_size"),
@@ -151,9 +174,13 @@ class LatencyEstimator:
         spec_path = directory / SPEC_FILE
         if not spec_path.is_file():
             raise FileNotFoundError(f"{spec_path} not found; run `dvc repro fit_estimator` to build the estimator")
-        spec = json.loads(spec_path.read_text())
-        tiers = spec.pop("tiers")
-        boosters = {part: lgb.Booster(model_file=str(directory / f"{part}.txt")) for part in PARTS}
+        try:
+            spec = json.loads(spec_path.read_text())
+            tiers = spec.pop("tiers")
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as exc:
+            raise EstimatorError(f"{spec_path} is not the estimator's spec ({type(exc).__name__}: {exc}); "
+                                 f"{REBUILD}") from exc
+        boosters = {part: _booster(directory / f"{part}.txt") for part in PARTS}
         return cls(boosters=boosters, tiers=tiers, spec=spec)
 
     def predict(

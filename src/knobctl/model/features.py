@@ -1,5 +1,18 @@
 """The controller's input features, taken where each stage of the controller decides.
 
+Everything the controller sees is what a request reveals before the work it chooses runs:
+
+* stage 1 (tier), before the vision tower: the **language feature** (below, from the question's token
+  embeddings), the **budget** (its code: :mod:`knobctl.controller.policy`) and the **question's length** in
+  tokens (it selects the row of the fit mask, the estimated latency of every configuration at that length);
+* stage 2 (top_k, blocks), after the decision block at the chosen tier: the **vision feature** at that tier
+  (below), the **tier** itself, the language feature and the budget.
+
+The image's size is not a feature yet: every image of the embedded default and every tier of the hub
+families is resized to a fixed number of visual tokens, so the size tells the controller nothing. Where a
+family's visual tokens follow the image (its processor's own settings), the size is known before the vision
+tower runs and belongs in stage 1.
+
 Stage 1 picks the tier before the vision encoder runs, so its feature sees the question
 only. Stage 2 picks top_k and blocks after the decision block (block 0, the first transformer
 block: :data:`knobctl.model.families.DECISION_BLOCK`) has run over the full prompt at the chosen

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from knobctl.contracts import FEATURES, ROLLOUTS, read_table
 from knobctl.execution import progress_bar
 from knobctl.io import round4 as _r
 from knobctl.io import write_parquet_atomic
@@ -245,8 +246,8 @@ class AccuracyTable:
     @classmethod
     def load(cls, directory: str | Path = "data/rollouts") -> AccuracyTable:
         directory = Path(directory)
-        return cls.from_frames(pd.read_parquet(directory / "rollouts.parquet"),
-                               pd.read_parquet(directory / "features.parquet"))
+        return cls.from_frames(read_table(directory / "rollouts.parquet", ROLLOUTS),
+                               read_table(directory / "features.parquet", FEATURES))
 
 
 def summarize(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> dict[str, Any]:

@@ -8,6 +8,11 @@ Methods, at every budget, on the same held-out test samples:
   estimated latency (:func:`knobctl.controller.evaluation.best_static`: the most accurate one that
   fits 95% of val samples, at the speed scale of the calibration burst); a budget where none
   fits has no static baseline;
+* ``lookup``: the fair non-adaptive baseline. At every request, the best single configuration for
+  that budget (the same rule as static, on the val tables) given the live speed tracker and overhead
+  the controller is given: it fits ``(budget - overhead_ms) / scale`` in the estimator's milliseconds.
+  It follows the budget and the machine, never the request, so the controller's gain over lookup is
+  what per-request control buys. Where nothing fits it takes the cheapest configuration;
 * ``full`` and ``smallest``: the largest and the cheapest configuration of the grid;
 * ``random``: per (sample, budget), a seeded uniform pick among the configurations whose
   estimated latency for that request fits (the cheapest if none does);
@@ -87,9 +92,10 @@ class ValidateParams:
     batch_size: int = 50
     device: str = "auto"
     num_threads: int = 1
+    repeats: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "num_budgets", "batch_size", "calibration_requests", "speed_window"):
+        for name in ("num_samples", "num_budgets", "batch_size", "calibration_requests", "speed_window", "repeats"):
             require_int(getattr(self, name), f"validate.{name}")
         require_int(self.warmup_requests, "validate.warmup_requests", 0)
         require_int(self.num_threads, "validate.num_threads", 0)
@@ -168,18 +174,21 @@ class Baselines:
                  static_scale: float = 1.0, probe: torch.Tensor | None = None):
         """``probe``: the probe's P(right) for every test sample and configuration [S, C] (None: no probe)."""
         self.test, self.budgets, self.seed, self.probe = test, tuple(float(b) for b in budgets), seed, probe
-        val_acc = mean_accuracy(val.scores)  # [C]
-        self.static = [best_static(val.latency_ms * static_scale, val_acc, b) for b in self.budgets]
+        self.val_latency, self.val_acc = val.latency_ms, mean_accuracy(val.scores)  # [S, C], [C]
+        self.static = [best_static(val.latency_ms * static_scale, self.val_acc, b) for b in self.budgets]
         self.scores = torch.nan_to_num(test.scores, nan=-1.0)  # [S, C]; an error cell never wins
         self.cheapest, self.full = int(test.complexity.argmin()), int(test.complexity.argmax())
 
-    def choose(self, row: int, scale: float) -> dict[str, list[int]]:
-        """baseline -> one column per budget (-1 where the baseline has none)."""
+    def choose(self, row: int, scale: float, overhead_ms: float = 0.0) -> dict[str, list[int]]:
+        """baseline -> one column per budget (-1 where the baseline has none). ``scale`` and ``overhead_ms`` are
+        the speed tracker's now: lookup plans with both, as the controller's budget does."""
         gen = np.random.default_rng([self.seed, row])
         lat = self.test.latency_ms[row] * scale  # [C]
         out: dict[str, list[int]] = {m: [] for m in BASELINES if m != "probe" or self.probe is not None}
         for b, static in zip(self.budgets, self.static):
             ok = torch.nonzero(lat <= b).flatten()  # [F]
+            lookup = best_static(self.val_latency, self.val_acc, (b - overhead_ms) / scale)
+            out["lookup"].append(self.cheapest if lookup is None else lookup)
             out["static"].append(-1 if static is None else static)
             out["full"].append(self.full)
             out["smallest"].append(self.cheapest)
@@ -192,9 +201,12 @@ class Baselines:
 
 def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor,
                  test: CacheTables, baselines: Baselines, tracker: SpeedTracker, seed: int, rows: Sequence[int],
-                 max_new_tokens: int | None = None, on_sample: Any = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 max_new_tokens: int | None = None, on_sample: Any = None,
+                 repeats: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every request of the given test rows, shuffled per sample: (one row per request, one row
-    per (sample, baseline, budget) naming the configuration that answers it).
+    per (sample, baseline, budget) naming the configuration that answers it). With ``repeats`` > 1 every
+    request runs that many times (column ``repeat``), all of a sample's shuffled together, so that a noisy
+    clock averages out per sample; the baselines' choices are made once per sample.
 
     ``samples`` (columns sample_id, question, answers, question_type) and ``images``
     ([S, H, W, 3] uint8, decoded before any clock starts) follow the test tables' rows."""
@@ -204,14 +216,17 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
     for i in rows:
         row = samples.iloc[i]
         image, answers = images[i : i + 1], list(row["answers"])
-        choice = baselines.choose(i, tracker.scale)
-        chosen += [{"sample_id": row["sample_id"], "method": m, "budget_ms": b, "config": test.configs[c].label}
-                   for m, cols in choice.items() for b, c in zip(baselines.budgets, cols) if c >= 0]
+        choice = baselines.choose(i, tracker.scale, tracker.overhead_ms)
+        fit = [float((test.latency_ms[i] * tracker.scale <= b).float().mean()) for b in baselines.budgets]
+        chosen += [{"sample_id": row["sample_id"], "method": m, "budget_ms": b, "config": test.configs[c].label,
+                    "fit_share": f} for m, cols in choice.items() for b, c, f in zip(baselines.budgets, cols, fit)
+                   if c >= 0]
         needed = sorted({c for cols in choice.values() for c in cols if c >= 0})
-        jobs = [("controller", b) for b in baselines.budgets] + [("fixed", c) for c in needed]
+        jobs = [(kind, what, r) for r in range(repeats)
+                for kind, what in [("controller", b) for b in baselines.budgets] + [("fixed", c) for c in needed]]
         order = np.random.default_rng([seed, int(i)]).permutation(len(jobs))
         for pos in order.tolist():
-            kind, what = jobs[pos]
+            kind, what, repeat = jobs[pos]
             if kind == "controller":
                 given = tracker.controller_budget(what)
                 res = answer_controlled(rt, ctrl, image, row["question"], given, max_new_tokens)
@@ -227,6 +242,7 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
                 "top_k": knobs.top_k, "num_blocks": knobs.num_blocks, "answer": answer,
                 "score": vqa_score(answer, answers), "latency_ms": ms, "controller_ms": ctrl_ms,
                 "estimated_ms": estimated, "rollout_score": float(test.scores[i, column[knobs]]), "order": pos,
+                "repeat": repeat,
             })
         if on_sample is not None:
             on_sample()
@@ -262,7 +278,7 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     with progress_bar(total=len(todo), desc="validate", unit="sample", disable=not progress) as bar:
         for c in range(0, len(todo), CHUNK):
             requests, chosen = run_requests(rt, policy, samples, images, test, baselines, tracker, seed,
-                                            todo[c : c + CHUNK], on_sample=bar.update)
+                                            todo[c : c + CHUNK], on_sample=bar.update, repeats=p.repeats)
             for part, frame in ((choices, chosen), (store, requests)):  # a sample is done once its requests are
                 for record in frame.to_dict("records"):
                     part.append(record)

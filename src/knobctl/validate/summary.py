@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from knobctl.intervals import NOT_BELOW, paired_interval
 from knobctl.io import round4 as _r
 
-METHODS = ("controller", "probe", "static", "full", "smallest", "random", "oracle")
+METHODS = ("controller", "lookup", "probe", "static", "full", "smallest", "random", "oracle")
 #: The fixed configurations validate chooses per (sample, budget) before measuring. ``oracle_estimate``
 #: (the most accurate configuration whose scaled estimate fits, by the test rollouts) is measured so that
 #: the measured oracle has its likeliest candidate; it is not reported as a method.
-BASELINES = ("probe", "static", "full", "smallest", "random", "oracle_estimate")
+BASELINES = ("lookup", "probe", "static", "full", "smallest", "random", "oracle_estimate")
 #: Allowed shortfall of the controller's accuracy (alone) against static at any budget, as a goal (issue 17).
 STATIC_SLACK = 0.01
 
@@ -47,22 +48,54 @@ def method_rows(requests: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     with ``over``: whether it missed that budget. The oracle's rows come from :func:`oracle_rows`."""
     ctrl = requests[requests["kind"] == "controller"].assign(method="controller")
     fixed = requests[requests["kind"] == "fixed"].drop(columns=["budget_ms"])
-    base = chosen[chosen["method"].isin(METHODS)].merge(fixed, on=["sample_id", "config"], how="left",
-                                                        validate="many_to_one")
+    key = ["sample_id", "config", *(["repeat"] if "repeat" in fixed else [])]
+    if fixed.duplicated(key).any():  # one measurement per (sample, configuration, repeat), shared by the methods
+        raise ValueError(f"fixed-configuration requests repeat a (sample, configuration): {fixed[fixed.duplicated(key)][key].head(1).to_dict('records')}")
+    base = chosen[chosen["method"].isin(METHODS)].merge(fixed, on=["sample_id", "config"], how="left")
     rows = pd.concat([ctrl, base], ignore_index=True)
     rows = rows.assign(over=rows["latency_ms"] > rows["budget_ms"])
     budgets = sorted(ctrl["budget_ms"].unique())
     return pd.concat([rows, oracle_rows(requests, budgets)], ignore_index=True) if len(requests) else rows
 
 
+def paired_gains(rows: pd.DataFrame, budgets: Sequence[float], other: str,
+                 seed: int = 0) -> tuple[list[dict[str, Any] | None], dict[str, Any] | None]:
+    """The controller minus ``other`` in accuracy within budget (a late answer scores 0), paired by sample:
+    per budget the mean and its bootstrap 95% interval (None where ``other`` has no rows), and the same for the
+    mean over budgets of each sample's differences (samples measured at every budget)."""
+    wide = (rows.assign(v=rows["score"] * ~rows["over"])  # a sample's repeats averaged: the unit resampled
+            .pivot_table(index=["budget_ms", "sample_id"], columns="method", values="v", aggfunc="mean"))
+    if other not in wide or "controller" not in wide:
+        return [None] * len(budgets), None
+    diff = (wide["controller"] - wide[other]).dropna()
+    per: list[dict[str, Any] | None] = []
+    for b in budgets:
+        d = diff[np.isclose(diff.index.get_level_values("budget_ms"), b)]
+        per.append(None if d.empty else _gain(d.to_numpy(), seed))
+    by_sample = diff.unstack("budget_ms").dropna()  # [S, B]
+    overall = None if by_sample.empty or by_sample.shape[1] != len(budgets) else _gain(
+        by_sample.mean(axis=1).to_numpy(), seed)
+    return per, overall
+
+
+def _gain(diff: np.ndarray, seed: int) -> dict[str, Any]:
+    lo, hi = paired_interval(diff, seed)
+    return {"gain": _r(float(diff.mean())), "ci95": [lo, hi], "samples": len(diff)}
+
+
 def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[float],
               calibration: tuple[float, float]) -> dict[str, Any]:
     """Every method at every budget (accuracy, latency, violations, accuracy within budget) and the run's summary."""
     rows = method_rows(requests, chosen)
+    vs_lookup, lookup_overall = paired_gains(rows, budgets, "lookup")
+    vs_random, _ = paired_gains(rows, budgets, "random")
+    shares = chosen.groupby("budget_ms")["fit_share"].mean() if "fit_share" in chosen else pd.Series(dtype=float)
     per_budget: dict[str, dict[str, Any]] = {}
-    for b in budgets:
+    for b, lookup_gain, random_gain in zip(budgets, vs_lookup, vs_random):
         at = rows[np.isclose(rows["budget_ms"], b)]
-        entry: dict[str, Any] = {"budget_ms": b}
+        share = shares[np.isclose(shares.index, b)]
+        entry: dict[str, Any] = {"budget_ms": b, "fit_share": _r(float(share.iloc[0])) if len(share) else None,
+                                 "controller_vs_lookup": lookup_gain, "controller_vs_random": random_gain}
         for m in METHODS:
             r = at[at["method"] == m]
             entry[m] = None if r.empty else {
@@ -81,8 +114,22 @@ def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[fl
     fair = [e for e in per_budget.values() if e["smallest"]["latency_p95_ms"] <= e["budget_ms"]]
     ctrl, fixed = requests[requests["kind"] == "controller"], requests[requests["kind"] == "fixed"]
     est = requests["estimated_ms"] / requests["latency_ms"] - 1
+    compared = [e for e in per_budget.values() if e["controller_vs_lookup"] is not None]
+    # A choice exists where, at the live speed, some but not all configurations fit the average request.
+    choice = [e for e in per_budget.values() if e["fit_share"] is not None and 0 < e["fit_share"] < 1
+              and e["controller_vs_random"] is not None]
     summary = {
         "samples": int(requests["sample_id"].nunique()), "budgets": list(budgets), "requests": len(requests),
+        "budgets_with_lookup": len(compared),
+        "budgets_not_below_lookup_within_budget": sum(
+            e["controller_vs_lookup"]["ci95"][0] >= NOT_BELOW for e in compared),
+        "mean_gain_over_lookup_within_budget": None if lookup_overall is None else lookup_overall["gain"],
+        "mean_gain_over_lookup_within_budget_ci95_low": None if lookup_overall is None else lookup_overall["ci95"][0],
+        "mean_gain_over_lookup_within_budget_ci95_high": None if lookup_overall is None else lookup_overall["ci95"][1],
+        "budgets_with_choice": len(choice),
+        "budgets_above_random_where_choice": sum(e["controller_vs_random"]["ci95"][0] > 0 for e in choice),
+        "worst_lookup_violation_rate_where_cheapest_meets": _r(max(e["lookup"]["violation_rate"] for e in fair))
+        if fair and all(e.get("lookup") for e in fair) else None,
         "mean_gain_over_static": _r(np.mean(gains)) if gains else None,
         "budgets_at_least_static": sum(g >= 0 for g in gains), "budgets_with_static": len(gains),
         "budgets_within_slack_of_static": sum(g >= -STATIC_SLACK - 1e-9 for g in gains),
@@ -115,10 +162,13 @@ def _given_scale(ctrl: pd.DataFrame) -> float:
     return float((ctrl["budget_ms"] / ctrl["controller_budget_ms"]).median()) if len(ctrl) else float("nan")
 
 
-HEADLINE = ("budgets_at_least_static", "budgets_with_static", "mean_gain_over_static", "budgets_within_slack_of_static",
-            "budgets_at_least_static_within_budget", "mean_gain_over_static_within_budget", "worst_violation_rate",
-            "budgets_cheapest_meets", "worst_violation_rate_where_cheapest_meets", "static_to_oracle_gap_closed",
-            "controller_overhead_share")
+HEADLINE = ("budgets_not_below_lookup_within_budget", "budgets_with_lookup", "mean_gain_over_lookup_within_budget",
+            "mean_gain_over_lookup_within_budget_ci95_low", "mean_gain_over_lookup_within_budget_ci95_high",
+            "budgets_above_random_where_choice", "budgets_with_choice", "worst_violation_rate",
+            "budgets_cheapest_meets", "worst_violation_rate_where_cheapest_meets",
+            "worst_lookup_violation_rate_where_cheapest_meets", "controller_overhead_share",
+            "budgets_at_least_static_within_budget", "budgets_with_static", "mean_gain_over_static_within_budget",
+            "static_to_oracle_gap_closed")
 #: The run's own numbers kept beside the headline: its size and how far the clock was from the estimate.
 RUN = ("samples", "requests", "measured_over_estimated_median", "estimator_mape", "requests_differing_from_rollouts")
 
@@ -133,10 +183,14 @@ def validation_metrics(full: dict[str, Any]) -> dict[str, Any]:
     budgets = {}
     for i, e in enumerate(full["per_budget"].values()):
         ctrl, static, probe = e["controller"], e["static"] or {}, e.get("probe") or {}
-        budgets[f"b{i}"] = {"controller_accuracy": ctrl["accuracy"], "static_accuracy": static.get("accuracy"),
-                            "probe_accuracy": probe.get("accuracy"),
-                            "controller_accuracy_within_budget": ctrl["accuracy_within_budget"],
+        lookup, vs = e.get("lookup") or {}, e.get("controller_vs_lookup") or {}
+        budgets[f"b{i}"] = {"controller_accuracy_within_budget": ctrl["accuracy_within_budget"],
+                            "lookup_accuracy_within_budget": lookup.get("accuracy_within_budget"),
+                            "gain_over_lookup_ci95_low": (vs.get("ci95") or [None])[0],
+                            "controller_violation_rate": ctrl["violation_rate"],
+                            "lookup_violation_rate": lookup.get("violation_rate"),
                             "probe_accuracy_within_budget": probe.get("accuracy_within_budget"),
-                            "static_accuracy_within_budget": static.get("accuracy_within_budget")}
+                            "static_accuracy_within_budget": static.get("accuracy_within_budget"),
+                            "controller_accuracy": ctrl["accuracy"], "static_accuracy": static.get("accuracy")}
     return {"headline": {k: s[k] for k in HEADLINE}, **{k: s[k] for k in RUN}, "calibration_scale":
             s["calibration"]["scale"], "budgets": budgets}
