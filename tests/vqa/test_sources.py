@@ -344,3 +344,24 @@ def test_missing_json_file(tmp_path):
 def test_bad_params(section, fragment):
     with pytest.raises(ValueError, match=fragment):
         DataParams.from_params(section)
+
+
+def test_an_image_that_does_not_decode_is_named(monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from knobctl.vqa import sources
+    from knobctl.vqa.sources import DataError, decode_images
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), "red").save(buf, format="PNG")
+    png = buf.getvalue()
+    assert decode_images([png], size=8).shape == (1, 8, 8, 3)
+    with pytest.raises(DataError, match=r"q7: the image does not decode .*dvc repro prepare_data"):
+        decode_images([png, png[: len(png) // 2]], ids=["q6", "q7"])  # truncated
+    with pytest.raises(DataError, match=r"image 0 of 1: the image does not decode \(UnidentifiedImageError"):
+        decode_images([b"not an image"])
+    monkeypatch.setattr(sources, "MAX_IMAGE_PIXELS", 100)  # 400 pixels declared: refused before decoding
+    with pytest.raises(DataError, match=r"declares 20x20 pixels, more than 100 \(a decompression bomb\?\)"):
+        decode_images([png])

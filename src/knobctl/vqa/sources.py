@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ from knobctl.vqa.scenes import SceneParams, scene_rows
 SOURCES = ("mixed", "easy_vqa", "vqav2", "scenes")
 COLUMNS = ["sample_id", "image_id", "image", "question", "answers", "question_type"]
 SPLITS = ("train", "val", "test")
+
+
+REBUILD_SPLITS = "rebuild the splits with `dvc repro prepare_data`"
 
 
 class DataError(InputError):
@@ -335,15 +338,32 @@ def prepare(params: DataParams, seed: int) -> dict[str, pd.DataFrame]:
     return {"train": train, "val": val, "test": test}
 
 
-def decode_images(blobs: list[bytes], size: int | None = None) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 array [N, H, W, 3] (resized to size x size when given)."""
+#: The most pixels an image may declare: a decompression bomb (a small PNG that declares a huge canvas) is refused
+#: before it is decoded. VQAv2's largest images are about 0.3 million pixels.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def decode_images(blobs: list[bytes], size: int | None = None, ids: Sequence[str] | None = None) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 array [N, H, W, 3] (resized to size x size when given). An image that does not
+    decode (truncated, not an image, a decompression bomb) is a :class:`DataError` naming it (``ids[i]`` or its
+    position)."""
     out = []
-    for blob in blobs:
-        with Image.open(io.BytesIO(blob)) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            out.append(np.asarray(im))
+    for i, blob in enumerate(blobs):
+        name = ids[i] if ids is not None else f"image {i} of {len(blobs)}"
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                    raise DataError(f"{name}: the image declares {im.size[0]}x{im.size[1]} pixels, more than "
+                                    f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); {REBUILD_SPLITS}")
+                im = im.convert("RGB")
+                if size is not None and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out.append(np.asarray(im))
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, TypeError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{name}: the image does not decode ({type(exc).__name__}: {str(exc)[:200]}); "
+                            f"{REBUILD_SPLITS}") from exc
     return np.stack(out)
 
 
