@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.io import (
         checkpoint_hash,
         file_hash,
+        output_set,
         params_hash,
         provenance,
         write_csv_atomic,
         write_json_atomic,
-        write_parquet_atomic,
+        write_parquet,
     )
     from knobctl.knobs import KnobGrid
     from knobctl.model.features import FEATURE_DEFINITIONS
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     ROLLOUTS.check(rows, out / "rollouts.parquet")  # both checked before either is written
     FEATURES.check(feats, out / "features.parquet")
-    write_parquet_atomic(out / "rollouts.parquet", rows, meta)
-    write_parquet_atomic(out / "features.parquet", feats, meta)
+    with output_set() as outs:  # both tables or neither (a full disk while writing the second renames none)
+        write_parquet(outs.file(out / "rollouts.parquet"), rows, meta)
+        write_parquet(outs.file(out / "features.parquet"), feats, meta)
     metrics = summarize(rows, configs)
     write_json_atomic(out / "summary.json", metrics)  # per question type too; the metrics keep the headline
     # the report says what top_k does to this family's MoE output

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from knobctl.controller.tables import build_tables
     from knobctl.controller.training import TrainParams, train_controller
     from knobctl.execution import use_threads
-    from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
+    from knobctl.io import output_set, read_provenance, write_csv, write_json, write_parquet
     from knobctl.knobs import KnobGrid
     from knobctl.latency.estimator import LatencyEstimator
     from knobctl.table.accuracy_table import AccuracyTable
@@ -66,18 +66,19 @@ def main(argv: list[str] | None = None) -> None:
         return OnlineOracle(rt, split.loc[tables.sample_ids].reset_index(), tables.configs)
 
     result = train_controller(tables, p, weights, seed, fetch_factory=oracle)
-    result.controller.save(args.out)
-    result.probe.save(args.out)
-    # What trained it, beside the weights: validate names these in its provenance.
-    write_json_atomic(Path(args.out) / TRAINED_WITH, {"reward": asdict(weights), "seed": seed,
-                                                      "train_controller": asdict(p)})
-    write_parquet_atomic(Path(args.out) / "refresh_log.parquet", result.refresh_log)
     metrics = training_metrics(result.summary, result.evaluation)
-    write_json_atomic(args.metrics, metrics)
-    write_json_atomic(Path(args.plots) / "training.json", {**result.summary, "reward": weights.__dict__,
-                                                          "evaluation": public_rows(result.evaluation)})
-    write_csv_atomic(Path(args.plots) / "curves.csv", result.curves)
-    write_csv_atomic(Path(args.plots) / "budgets.csv", evaluation_frame(result.evaluation))
+    with output_set() as outs:  # the controller, its metrics and plots: all of them or none
+        folder = outs.dir(args.out)
+        result.controller.save(folder)
+        result.probe.save(folder)
+        # What trained it, beside the weights: validate names these in its provenance.
+        write_json(folder / TRAINED_WITH, {"reward": asdict(weights), "seed": seed, "train_controller": asdict(p)})
+        write_parquet(folder / "refresh_log.parquet", result.refresh_log)
+        write_json(outs.file(args.metrics), metrics)
+        write_json(outs.file(Path(args.plots) / "training.json"), {
+            **result.summary, "reward": weights.__dict__, "evaluation": public_rows(result.evaluation)})
+        write_csv(outs.file(Path(args.plots) / "curves.csv"), result.curves)
+        write_csv(outs.file(Path(args.plots) / "budgets.csv"), evaluation_frame(result.evaluation))
     s, h = result.summary, metrics["headline"]
     print(f"train_controller: {p.steps} steps in {s['train_seconds']:.0f} s ({s['rollouts_per_s']:,} cached rollouts/s); "
           f"final reward {s['final']['reward']:.3f}, accuracy {s['final']['accuracy']:.3f}, violations "

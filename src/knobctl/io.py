@@ -90,25 +90,63 @@ def round4(x: Any) -> float:
     return float(rounded(x, 4))  # type: ignore[arg-type]  # not None for a value that is not None
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+class OutputSet:
+    """Outputs of one stage that land together or not at all (:func:`output_set`)."""
+
+    def __init__(self, stack: contextlib.ExitStack):
+        self._stack = stack
+
+    def file(self, path: str | Path) -> Path:
+        """A temporary path to write ``path``'s content to; renamed onto ``path`` when the set ends well."""
+        return self._stack.enter_context(atomic_path(path))
+
+    def dir(self, path: str | Path) -> Path:
+        """A temporary folder to fill for ``path``; swapped into place when the set ends well."""
+        return self._stack.enter_context(atomic_dir(path))
 
 
-def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+@contextlib.contextmanager
+def output_set() -> Iterator[OutputSet]:
+    """Write several outputs as one: every file and folder is written to a temporary beside its destination,
+    and only once all are written are they renamed into place (in reverse order of registration). A failure
+    while writing any of them (a full disk, a read-only folder) renames none, so a stage never leaves new
+    outputs beside old ones. The renames themselves are cheap metadata operations on the same filesystem."""
+    with contextlib.ExitStack() as stack:
+        yield OutputSet(stack)
 
 
-def write_parquet_atomic(path: str | Path, df: pd.DataFrame, metadata: Mapping[str, Any] | None = None) -> None:
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    df.to_csv(path, index=False)
+
+
+def write_parquet(path: str | Path, df: pd.DataFrame, metadata: Mapping[str, Any] | None = None) -> None:
     """Write a DataFrame as Parquet with knobctl provenance under the ``knobctl`` key."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata:
         merged = dict(table.schema.metadata or {})
         merged[b"knobctl"] = json.dumps(dict(metadata), sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(merged)
+    pq.write_table(table, path)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        write_json(tmp, obj)
+
+
+def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        write_csv(tmp, df)
+
+
+def write_parquet_atomic(path: str | Path, df: pd.DataFrame, metadata: Mapping[str, Any] | None = None) -> None:
+    """:func:`write_parquet` to a temporary file, renamed onto ``path`` once whole."""
+    with atomic_path(path) as tmp:
+        write_parquet(tmp, df, metadata)
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:
