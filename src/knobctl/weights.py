@@ -1,13 +1,17 @@
-"""Weights are saved only when every value is finite.
+"""Weights are saved only when every value is finite, and a weights file that does not load is named.
 
 A training run whose loss diverged (a learning rate or reward weight far too large, bad rows in a table) ends
 with NaN or infinite weights; saved, they would load without a word and every later stage would compute on
 them. :func:`check_finite` runs before any file of an artifact is written, so the previous artifact stays whole
 and the stage ends with a :class:`NonFiniteWeights` naming the tensor and what to change.
+
+:func:`load_tensors` and :func:`load_json` read an artifact's safetensors and JSON files; a truncated, empty or
+malformed one is an :class:`UnreadableWeights` naming the file and how to rebuild it, not a library traceback.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,8 +41,6 @@ def load_tensors(path: str | Path, fix: str) -> dict[str, torch.Tensor]:
 
 def load_json(path: str | Path, fix: str) -> dict:
     """A JSON object file, or an :class:`UnreadableWeights` naming it and ``fix``."""
-    import json
-
     try:
         data = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:

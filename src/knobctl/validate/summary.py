@@ -49,8 +49,10 @@ def method_rows(requests: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     ctrl = requests[requests["kind"] == "controller"].assign(method="controller")
     fixed = requests[requests["kind"] == "fixed"].drop(columns=["budget_ms"])
     key = ["sample_id", "config", *(["repeat"] if "repeat" in fixed else [])]
-    if fixed.duplicated(key).any():  # one measurement per (sample, configuration, repeat), shared by the methods
-        raise ValueError(f"fixed-configuration requests repeat a (sample, configuration): {fixed[fixed.duplicated(key)][key].head(1).to_dict('records')}")
+    repeated = fixed.duplicated(key)  # one measurement per (sample, configuration, repeat), shared by the methods
+    if repeated.any():
+        raise ValueError(f"fixed-configuration requests repeat a (sample, configuration): "
+                         f"{fixed.loc[repeated, key].head(1).to_dict('records')}")
     base = chosen[chosen["method"].isin(METHODS)].merge(fixed, on=["sample_id", "config"], how="left")
     rows = pd.concat([ctrl, base], ignore_index=True)
     rows = rows.assign(over=rows["latency_ms"] > rows["budget_ms"])

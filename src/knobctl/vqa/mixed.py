@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 
 from knobctl.params import require, require_int
 from knobctl.vqa.knowledge import VALUES
-from knobctl.vqa.scenes import SHAPES, SPLIT_KEYS, draw_shape
+from knobctl.vqa.scenes import SHAPES, SPLIT_KEYS, check_generated_images, draw_shape
 
 #: Colour words of the large shape -> RGB, far apart from each other and from the pale tints; none is an answer.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -122,11 +122,7 @@ class MixedParams:
 
     def __post_init__(self) -> None:
         key = "prepare_data.mixed."
-        require_int(self.train_images, key + "train_images", 2)
-        require_int(self.test_images, key + "test_images", 1)
-        require_int(self.image_size, key + "image_size", 32)
-        require(self.image_size % 4 == 0, key + "image_size", self.image_size,
-                "use a multiple of 4 (the low tier sees 1/4 of the side, the medium tier 1/2)")
+        check_generated_images(self, key)
         for name, allowed in (("colors", PALETTE), ("tints", TINTS)):
             values = getattr(self, name)
             require(len(values) >= 1 and len(set(values)) == len(values) and set(values) <= set(allowed),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from itertools import permutations
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,6 +50,15 @@ Row = tuple[str, str, bytes, str, list[str], str]
 QA = tuple[str, str]
 
 
+
+def check_generated_images(p: Any, key: str) -> None:
+    """The image counts and size every generated source shares (``key``: its params prefix, with the dot)."""
+    require_int(p.train_images, key + "train_images", 2)
+    require_int(p.test_images, key + "test_images", 1)
+    require_int(p.image_size, key + "image_size", 32)
+    require(p.image_size % 4 == 0, key + "image_size", p.image_size,
+            "use a multiple of 4 (the low tier sees 1/4 of the side, the medium tier 1/2)")
+
 @dataclass(frozen=True)
 class SceneParams:
     """``prepare_data.scenes`` in params.yaml (read with ``source: scenes``)."""
@@ -68,11 +78,7 @@ class SceneParams:
 
     def __post_init__(self) -> None:
         key = "prepare_data.scenes."
-        require_int(self.train_images, key + "train_images", 2)
-        require_int(self.test_images, key + "test_images", 1)
-        require_int(self.image_size, key + "image_size", 32)
-        require(self.image_size % 4 == 0, key + "image_size", self.image_size,
-                "use a multiple of 4 (the low tier sees 1/4 of the side, the medium tier 1/2)")
+        check_generated_images(self, key)
         require_int(self.small_size, key + "small_size", 3)
         require(self.small_size <= self.image_size // 16, key + "small_size", self.small_size,
                 f"use 3 to image_size // 16 ({self.image_size // 16}): a small object must be at most one "

@@ -13,9 +13,10 @@ Sources:
 * ``vqav2``: the official VQAv2 layout, a questions JSON, an annotations JSON (10
   human answers per question) and an image folder. ``question_type`` is the
   annotation's ``answer_type`` (``yes/no``, ``number``, ``other``).
-* ``mixed`` (the default): generated from the pipeline seed (:mod:`knobctl.vqa.mixed`): one shape and one small
-  digit per image, asked three ways that need different resources: ``text`` (read the digit: resolution),
-  ``recall`` (a seeded fact about the shape's colour: depth), ``color`` (neither).
+* ``mixed`` (the default): generated from the pipeline seed (:mod:`knobctl.vqa.mixed`): one patterned shape and
+  one small mark per image, asked in ways that need different resources: ``pattern`` and ``shape`` (the fill
+  pattern and the mark: resolution), ``recall`` (a seeded fact keyed on the shape's colour and the background's
+  tint: depth), ``color`` (neither); ``text`` (a small digit) is off by default.
 * ``scenes``: generated from the pipeline seed (:mod:`knobctl.vqa.scenes`): several objects per image, some
   small enough to fade at the low tier, so difficulty depends on the image. ``question_type`` is the
   family: ``color``, ``shape``, ``count``, ``small``, ``position``.
