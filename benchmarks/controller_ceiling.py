@@ -29,14 +29,15 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from knobctl.controller.evaluation import FIT_SHARE, evaluate
-from knobctl.controller.losses import RewardWeights
+from knobctl.controller.evaluation import evaluate
+from knobctl.controller.reward import RewardWeights
 from knobctl.controller.tables import CacheTables, budgets_between, build_tables
 from knobctl.controller.training import TrainParams, split_samples, train_controller
 from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import LatencyEstimator
 from knobctl.params import load_params, section
 from knobctl.table.accuracy_table import AccuracyTable
+from knobctl.table.measures import FIT_SHARE
 
 
 def probe_scores(t: CacheTables, tr: np.ndarray, ev: np.ndarray, c_reg: float) -> np.ndarray:

@@ -5,7 +5,7 @@ models/latency_estimator) and model (models/base):
 * cached: `train_controller` for --steps steps at the default batch 128 x G 5, timed inside
   the loop (the evaluation at the end is not counted);
 * online: the same kind of rollouts answered by the real model, one request per sampled
-  (sample, configuration) cell, --cells of them (OnlineOracle: answer, VQA score, measured ms).
+  (sample, configuration) cell, --cells of them (OnlineCells: answer, VQA score, measured ms).
 
 --variants compares train_controller settings side by side, e.g.
 '{"mask": {}, "no mask": {"fit_mask": false}}' (each one interleaved with the others per repeat).
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.controller.losses import RewardWeights
+from knobctl.controller.reward import RewardWeights
 from knobctl.controller.tables import build_tables
 from knobctl.controller.training import TrainParams, train_controller
 from knobctl.io import read_provenance
@@ -35,7 +35,7 @@ from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import LatencyEstimator
 from knobctl.model.runtime import device_name, load_runtime
 from knobctl.table.accuracy_table import AccuracyTable
-from knobctl.table.online import OnlineOracle
+from knobctl.table.online import OnlineCells
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     meta = read_provenance("data/rollouts/rollouts.parquet")
     split = pd.read_parquet(f"data/vqa/{meta['split']}.parquet").set_index("sample_id")
     rt = load_runtime(meta["model"], device=args.device)
-    oracle = OnlineOracle(rt, split.loc[base.sample_ids].reset_index(), base.configs)
+    online = OnlineCells(rt, split.loc[base.sample_ids].reset_index(), base.configs)
     rng = np.random.default_rng(0)
     variants = json.loads(args.variants)
     rates: dict[str, list[float]] = {f"{v}_{t}t": [] for v in variants for t in args.threads} | {"online": []}
@@ -67,7 +67,7 @@ def main() -> None:
         s = rng.integers(len(base.sample_ids), size=args.cells)
         c = rng.integers(len(base.configs), size=args.cells)
         start = time.perf_counter()
-        oracle(s, c)
+        online(s, c)
         rates["online"].append(args.cells / (time.perf_counter() - start))
         print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:,.0f} rollouts/s" for k, v in rates.items()))
     med = {k: statistics.median(v) for k, v in rates.items()}

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from knobctl.controller.evaluation import training_metrics
-from knobctl.controller.losses import RewardWeights
+from knobctl.controller.reward import RewardWeights
 from knobctl.controller.spread import latency_spread
 from knobctl.controller.tables import CacheTables, build_tables
 from knobctl.controller.training import TrainParams, train_controller

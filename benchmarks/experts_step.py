@@ -3,7 +3,7 @@
 One synthetic batch of 128 easy-VQA-sized requests (64 px image, high tier, a 7-word question, a
 one-word answer), every block at top-8, forward + backward + AdamW step, 2 torch threads; the
 median of 3 steps after a warm-up step. What sparse routing (OLMoE: 8 of 64 experts) costs the
-tiny default's training on this CPU (docs/BENCHMARKS.md, "Eight of 64 experts").
+tiny default's training on this CPU (docs/LOG.md, "Eight of 64 experts, as OLMoE routes").
 
     python benchmarks/experts_step.py
 """

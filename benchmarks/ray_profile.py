@@ -9,7 +9,7 @@ Ray started by the stage, 2 workers of 1 CPU and 1 thread each, measuring rounds
 and how far the concurrent workers move the timings: per part, the median over (configuration, lengths)
 cells of the Ray profile's cell median over the local profile's, with the same ratio between two local
 runs as the noise floor. On one machine the two workers share its cores' caches and memory bandwidth, so
-a ratio above the floor is the distortion README.md ("Profiles on Ray") warns of.
+a ratio above the floor is the distortion docs/STAGES.md ("Profiles on Ray") warns of.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ configurations fit).
 Lab scale (override with --set): 3,000 train images with 288 facts (4 relations of the 72 kinds), 400
 vision warm-start steps, 600 VLM steps at batch 64, 800 val questions: about 8 minutes on the 2-core VM.
 Fewer facts and far fewer steps than the default: the lab tells whether a design learns and how its types
-use the tier; depth costs moved a lot between lab scale and the long run (docs/BENCHMARKS.md, "The mixed
-source"), so a design's depth is measured by the long run. Each summary goes to
-benchmarks/results/recipe_lab/<name>.json; docs/BENCHMARKS.md holds the designs tried.
+use the tier; depth costs moved a lot between lab scale and the long run (docs/LOG.md, "Designs
+tried"), so a design's depth is measured by the long run. Each summary goes to
+benchmarks/results/recipe_lab/<name>.json; docs/LOG.md, "Designs tried", holds the designs tried.
 """
 
 from __future__ import annotations

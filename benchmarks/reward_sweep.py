@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from knobctl.controller.evaluation import choice_budgets
-from knobctl.controller.losses import RewardWeights
+from knobctl.controller.reward import RewardWeights
 from knobctl.controller.spread import latency_spread, violation_probability
 from knobctl.controller.tables import build_tables
 from knobctl.controller.training import TrainParams, split_samples, train_controller
@@ -42,8 +42,8 @@ DEFAULT_VARIANTS = ("", "gamma=0", "gamma=0.5", "gamma=8", "delta=0", "delta=2",
 def parse(variant: str, weights: RewardWeights, p: TrainParams) -> tuple[RewardWeights, TrainParams]:
     for item in filter(None, variant.split(",")):
         key, value = item.split("=")
-        if key in weights.__dict__:
-            weights = dataclasses.replace(weights, **{key: float(value)})
+        if key in weights.as_params():
+            weights = RewardWeights.from_params({**weights.as_params(), key: float(value)})
         else:
             p = dataclasses.replace(p, **{key: type(getattr(p, key))(value)})
     return weights, p

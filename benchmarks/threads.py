@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from knobctl.base.training import batch_loss, encode_split
-from knobctl.controller.losses import RewardWeights
+from knobctl.controller.reward import RewardWeights
 from knobctl.controller.tables import build_tables
 from knobctl.controller.training import TrainParams, train_controller
 from knobctl.knobs import KnobConfig, KnobGrid

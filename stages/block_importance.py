@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     result["provenance"] = provenance(own, volatile=False, device=device_name(rt.device), model=p.source,
                                       model_hash=checkpoint_hash(p.source), seed=seed, num_threads=threads)
     write_json_atomic(args.out, result)
-    write_json_atomic(args.metrics, metrics(result, wall))
+    write_json_atomic(args.metrics, metrics(result))
     print(summary_line(result, wall))
 
 

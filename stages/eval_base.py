@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     test = read_table(Path(args.data) / "test.parquet", VQA_SPLIT)
     test = select_samples(test, None if own.max_samples is None else min(own.max_samples, len(test)), seed, "test")
     results = evaluate(rt, test, grid.corners(), batch_size=own.batch_size, desc="test corners")
-    metrics = {"headline": corner_headline(results, grid.full, grid.smallest), "questions": len(test)}
+    metrics = {"headline": {**corner_headline(results, grid.full, grid.smallest), "questions": len(test)}}
     write_json_atomic(args.metrics, metrics)
     write_csv_atomic(args.plots, corner_frame(results))
     h = metrics["headline"]

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     final.save(args.out)
     metrics["profile"] = {k: meta.get(k) for k in ("device", "dtype", "model", "batch_size")}
     write_json_atomic(Path(args.out) / "evaluation.json", metrics)  # every split and part; the metrics: a headline
-    write_json_atomic(args.metrics, {"headline": estimator_headline(metrics), "device": metrics["profile"]["device"]})
+    write_json_atomic(args.metrics, {"headline": estimator_headline(metrics)})
     # One CSV per part for `dvc plots` (held-out configurations); every split's points beside the model.
     plots = Path(args.plots)
     for part in (*PARTS, "total_ms"):

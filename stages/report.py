@@ -1,4 +1,4 @@
-"""Stage report: reports/summary.md from the metrics and plots of the pipeline."""
+"""Stage report: reports/summary.md from the summaries and plots of the pipeline."""
 
 from __future__ import annotations
 
@@ -12,23 +12,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this che
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--metrics", default="metrics")
     ap.add_argument("--validation", default="data/validate/summary.json", help="validate's full per-budget summary")
+    ap.add_argument("--training", default="plots/train/training.json", help="train_controller's figures and goals")
+    ap.add_argument("--table", default="data/rollouts/summary.json", help="the accuracy table's summary")
+    ap.add_argument("--estimator", default="metrics/estimator.json", help="the latency estimator's headline")
     ap.add_argument("--tradeoff", default="plots/tradeoff/tradeoff.json", help="the tradeoff stage's full section")
     ap.add_argument("--out", default="reports/summary.md")
     args = ap.parse_args(argv)
     from knobctl.io import atomic_path
     from knobctl.validate.report import render
 
-    def load(path: Path) -> dict | None:
-        return json.loads(path.read_text()) if path.exists() else None
+    def load(path: str) -> dict | None:
+        return json.loads(Path(path).read_text()) if Path(path).exists() else None
 
-    validation = load(Path(args.validation))
+    validation = load(args.validation)
     if validation is None:
         raise FileNotFoundError(f"{args.validation} not found; run `dvc repro validate` first")
-    metrics = Path(args.metrics)
-    text = render(validation, train=load(metrics / "train.json"), table=load(metrics / "accuracy_table.json"),
-                  estimator=load(metrics / "estimator.json"), tradeoff=load(Path(args.tradeoff)))
+    text = render(validation, train=load(args.training), table=load(args.table), estimator=load(args.estimator),
+                  tradeoff=load(args.tradeoff))
     with atomic_path(args.out) as tmp:
         tmp.write_text(text)
     print(f"report: wrote {args.out} ({len(text.splitlines())} lines)")

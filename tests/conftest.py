@@ -96,7 +96,7 @@ def validation_frames():
                      {"sample_id": s, "method": "random", "budget_ms": b, "config": "low/k4/b12"},
                      {"sample_id": s, "method": "probe", "budget_ms": b,
                           "config": "high/k8/b16" if b == 20.0 else "low/k4/b12"},
-                     {"sample_id": s, "method": "oracle_estimate", "budget_ms": b,
+                     {"sample_id": s, "method": "oracle", "budget_ms": b,
                           "config": "high/k8/b16" if (s, b) == ("b", 20.0) else "low/k4/b12"},
                      {"sample_id": s, "method": "lookup", "budget_ms": b,
                           "config": "high/k8/b16" if b == 20.0 else "low/k4/b12"}]

@@ -36,7 +36,8 @@ def test_dvc_repro_runs_every_stage_on_a_hub_layout_qwen3_vl_moe_folder(tmp_path
     assert pointer["source"] == str(model) and pointer["model_type"] == "qwen3_vl_moe"
     assert not list((repo / "models/base").glob("*.safetensors"))  # recorded, not copied
     base = json.loads((repo / "metrics/base.json").read_text())
-    assert base["adopted"]["fingerprint"] == pointer["fingerprint"] and 0 <= base["headline"]["full_accuracy"] <= 1
+    adopted = json.loads((repo / "plots/base/train_base.json").read_text())["adopted"]
+    assert adopted["fingerprint"] == pointer["fingerprint"] and 0 <= base["headline"]["full_accuracy"] <= 1
     profile = pd.read_parquet(repo / "data/profile/latency.parquet")
     assert len(profile) == 12 * 3 * 2 * 2 and profile["error"].isna().all() and (profile["total_ms"] > 0).all()
     meta = read_provenance(repo / "data/profile/summary.parquet")

@@ -143,16 +143,18 @@ def first_file(cache: Path, pattern: str):
 def test_train_base_killed_resumes_to_the_same_weights(repo):
     ck = repo / ".knobctl_cache/train_base_killed"
     cmd = [sys.executable, "stages/train_base.py", "--out", "models/base_killed", "--checkpoint", str(ck),
-           "--metrics", "metrics/base_killed.json", "--plots", "plots/base/killed.csv"]
+           "--metrics", "metrics/base_killed.json", "--plots", "plots/base/killed.csv", "--summary",
+           "plots/base/killed.json"]
     kill_when(cmd, repo, checkpoint_ready(ck))
     state = json.loads((ck / "state.json").read_text())
     run(cmd, repo)
     metrics = json.loads((repo / "metrics/base_killed.json").read_text())
+    run_ = json.loads((repo / "plots/base/killed.json").read_text())
     # it went on from the checkpoint the kill left, in the warm-start or in the VLM steps
     if state["phase"] == "vision_warmstart":
-        assert metrics["resumed_from_warmstart_step"] == state["step"] > 0 and metrics["resumed_from_step"] == 0
+        assert run_["resumed_from_warmstart_step"] == state["step"] > 0 and run_["resumed_from_step"] == 0
     else:
-        assert metrics["resumed_from_step"] == state["step"] and metrics["resumed_from_warmstart_step"] == 24
+        assert run_["resumed_from_step"] == state["step"] and run_["resumed_from_warmstart_step"] == 24
     assert (repo / "models/base_killed/model.safetensors").read_bytes() == \
         (repo / "models/base/model.safetensors").read_bytes()
     reference = json.loads((repo / "metrics/base.json").read_text())

@@ -3,6 +3,7 @@ another knob grid (before any work), and DVC's lock against two runs at once."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -43,6 +44,39 @@ def test_a_stage_runs_the_library_of_its_own_checkout(tmp_path):
         f.write("\nprint('LIBRARY', __file__)\n")
     proc = stage(copy, "fit_estimator", params=tmp_path / "missing.yaml", env={"PYTHONPATH": str(ROOT / "src")})
     assert proc.returncode == 2 and f"LIBRARY {copy / 'src/knobctl/params.py'}" in proc.stdout, proc.stdout + proc.stderr
+
+
+def sections_read(script: Path) -> set[str]:
+    """The params sections a stage script reads: ``section(params, NAME)``, ``params.get(NAME)``, ``params[NAME]``,
+    and ``seed`` through ``seed_of``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name == "seed_of":
+                found.add("seed")
+            elif name in ("section", "params.get") and len(node.args) >= 1 + (name == "section"):
+                arg = node.args[1 if name == "section" else 0]
+                found |= {arg.value} if isinstance(arg, ast.Constant) else {"<computed>"}
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "params":
+            found.add(node.slice.value if isinstance(node.slice, ast.Constant) else "<computed>")
+    return found
+
+
+def test_each_stage_reads_only_the_params_sections_dvc_yaml_lists_for_it():
+    stages_ = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage_ in stages_.items():
+        declared = {key.split(".")[0] for key in stage_.get("params", [])}
+        read = sections_read(ROOT / stage_["cmd"].split()[-1])
+        assert read <= declared, f"{name} reads params sections {sorted(read - declared)} dvc.yaml does not list"
+        assert name in read or name in ("report",), f"{name} does not read its own section"
+    # where a stage's library reads a few keys of the model section, dvc.yaml lists exactly those
+    from knobctl.latency.profile_stage import MODEL_KEYS as PROFILE_KEYS
+    from knobctl.table.build import MODEL_KEYS as TABLE_KEYS
+    from knobctl.validate.run import MODEL_KEYS as VALIDATE_KEYS
+
+    for name, keys in (("accuracy_table", TABLE_KEYS), ("validate", VALIDATE_KEYS), ("profile_latency", PROFILE_KEYS)):
+        assert {k for k in stages_[name]["params"] if k.startswith("model.")} == {f"model.{k}" for k in keys}, name
 
 
 def test_params_file_errors_end_a_stage_with_the_message_alone(tmp_path):

@@ -8,8 +8,9 @@
 For a latency table (raw rows or summary) it prints the provenance, the median latency
 by each knob, and the slowest and fastest configurations. For an accuracy table
 (``data/rollouts/rollouts.parquet``) it prints the mean VQA score by each knob and question
-type, the best and worst configurations and the per-sample oracle. Any other Parquet file
-gets its provenance, shape and first rows.
+type, the best and worst configurations and the per-sample oracle, all by the measures every
+stage uses (:mod:`knobctl.table.measures`: an error row counts as a wrong answer). Any other
+Parquet file gets its provenance, shape and first rows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pandas as pd
 from knobctl.io import read_provenance
 from knobctl.latency.request import PARTS
 from knobctl.latency.stats import summarize
+from knobctl.table.measures import config_accuracy, oracle_scores, score_matrix, scored
 
 META_KEYS = ("device", "dtype", "model", "model_hash", "controller", "controller_hash", "controller_trained_with",
              "split", "samples", "batch_size", "rounds", "torch", "transformers", "git_commit", "timestamp")
@@ -50,7 +52,7 @@ def _by_knob(df: pd.DataFrame, knob: str, stat: str) -> pd.DataFrame:
 
 
 def render_accuracy(rows: pd.DataFrame, top: int = 5) -> str:
-    ok = rows[rows["error"].isna()]
+    ok = scored(rows)  # every mean below counts an error row as a wrong answer
     lines = []
     for knob in ("tier", "top_k", "num_blocks"):
         by = _by_knob(ok[[knob, "score"]], knob, "mean").rename(columns={"score": "mean_vqa_score"})
@@ -58,10 +60,11 @@ def render_accuracy(rows: pd.DataFrame, top: int = 5) -> str:
     if "question_type" in ok:
         by = ok.pivot_table(index="question_type", columns="tier", values="score", aggfunc="mean")
         lines += ["mean VQA score by question type and tier:", by.round(4).to_string(), ""]
-    per_config = ok.groupby("config")["score"].mean().sort_values(ascending=False)
+    matrix = score_matrix(rows)
+    per_config = pd.Series(config_accuracy(matrix), index=matrix.columns).sort_values(ascending=False, kind="stable")
     lines += [f"best {top} configurations:", per_config.head(top).round(4).to_string(), ""]
     lines += [f"worst {top} configurations:", per_config.tail(top)[::-1].round(4).to_string(), ""]
-    oracle = ok.groupby("sample_id")["score"].max().mean()
+    oracle = oracle_scores(matrix).mean()
     lines.append(f"{rows['sample_id'].nunique()} samples x {rows['config'].nunique()} configurations, "
                  f"{int(rows['error'].notna().sum())} error rows, per-sample oracle {oracle:.4f}")
     return "\n".join(lines)

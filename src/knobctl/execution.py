@@ -7,7 +7,7 @@ comes first, and a one-line summary at the end.
 
 :func:`use_threads` sets torch's CPU threads before a stage's first tensor op. torch's default uses
 every core, and with another busy process on a small machine its threads wait on each other and
-a stage can run many times slower than with one thread (docs/BENCHMARKS.md, "Threads").
+a stage can run many times slower than with one thread (docs/LOG.md, "Thread counts per stage").
 
 :func:`deterministic` makes a training run's gradients the same bytes from run to run: the CPU backward of
 ``grouped_mm`` (the MoE experts kernel) accumulates across threads in a varying order by default, and a

@@ -25,12 +25,14 @@ import yaml
 
 T = TypeVar("T")
 
-#: Top-level keys of params.yaml: the shared ones, then one section per stage.
-#: What a model source may be, for the stages' --help (src/knobctl/model/families.py has the families).
+#: What a model source may be, for the stages' --help: the text knobctl.model.backends.model_sources() writes from
+#: the registries of families and presets. This module sits below the model layer and cannot import them, and a
+#: stage's --help must not load torch, so the text is kept here and tests/model/test_backends.py holds it equal.
 MODEL_SOURCES = ("a checkpoint folder: knobctl's own format (models/base), a Qwen3-VL-MoE (qwen3_vl_moe) or GLM-4.5V "
                  "(glm4v_moe) folder as downloaded from the hub, or a folder train_base recorded for model.source; "
                  "or a preset: tiny, molmoe-1b-shape, qwen3-vl-30b-a3b-shape (random weights, for latency)")
 
+#: Top-level keys of params.yaml: the shared ones, then one section per stage.
 SECTIONS = ("seed", "knobs", "model", "prepare_data", "train_base", "eval_base", "block_importance",
             "profile_latency", "fit_estimator", "accuracy_table", "tradeoff", "reward", "train_controller", "validate")
 
@@ -128,6 +130,8 @@ def build(cls: type[T], values: Mapping[str, Any] | None, name: str) -> T:
     values = {} if values is None else values
     if not isinstance(values, Mapping):
         raise ParamsError(f"{name} must be a mapping of keys to values, got {values!r}")
+    if not dataclasses.is_dataclass(cls):  # a section whose keys come from a registry (the reward terms) reads itself
+        return cls.from_params(values, name)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     check_keys(values, fields, name)
     hints = get_type_hints(cls)

@@ -169,7 +169,7 @@ def test_the_stage_writes_the_order_that_load_runtime_takes(tmp_path, samples):
     assert {"per_block", "full", "curve", "agreement_spearman", "provenance"} <= set(r)
     assert r["provenance"]["model"] == str(tmp_path / "model") and "timestamp" not in r["provenance"]
     m = json.loads(metrics.read_text())
-    assert next(iter(m)) == "headline" and m["n_samples"] == 8 and "drop2_accuracy_cost_pct" in m["headline"]
+    assert list(m) == ["headline"] and "drop2_accuracy_cost_pct" in m["headline"]
     loaded = make_runtime(block_order=str(out))
     assert loaded.spec.block_order == tuple(r["order"])
     assert loaded.spec.blocks_for(15, 16) == sorted(r["order"][:15]) and IDENTITY not in loaded.spec.blocks_for(15, 16)

@@ -59,3 +59,24 @@ def test_headline_intervals_pair_each_sample_over_the_budgets_where_a_choice_exi
     assert (g["mean_gain_where_choice_ci95_low"], g["mean_gain_where_choice_ci95_high"]) == (0.5, 0.5)
     assert (g["probe_minus_controller_ci95_low"], g["probe_minus_controller_ci95_high"]) == (0.25, 0.25)
     assert all(PER_SAMPLE not in e for e in public_rows(rows)) and PER_SAMPLE in rows[0]
+
+
+def test_the_metrics_hold_the_headline_and_the_detail_every_figure_and_goal():
+    from knobctl.controller.evaluation import HEADLINE, PER_SAMPLE, training_detail, training_metrics
+
+    t = {k: torch.tensor(v) for k, v in (("controller", [1.0, 1.0]), ("static", [0.0, 1.0]), ("probe", [1.0, 1.0]))}
+    row = {"budget_ms": 10.0, "fit_share": 0.5, "static_accuracy": 0.5, "controller_accuracy": 1.0,
+           "probe_accuracy": 1.0, "oracle_accuracy": 1.0, "gain_ci95_low": 0.0, "gain_ci95_high": 1.0,
+           "gain_over_static": 0.5, "controller_slow_rate": 0.1, "controller_accuracy_within_budget": 1.0,
+           "static_accuracy_within_budget": 0.5, PER_SAMPLE: t}
+    summary = {"final": {"reward": 0.9, "violation_rate": 0.2}, "rollouts_per_s": 1000, "steps": 5}
+    metrics = training_metrics(summary, [row])
+    assert list(metrics) == ["headline"] and list(metrics["headline"]) == list(HEADLINE)
+    h = metrics["headline"]
+    assert h["mean_gain_where_choice"] == 0.5 and h["gap_closed_where_choice"] == 1.0
+    assert (h["goals_met"], h["goals_measured"]) == (4, 4)
+    detail = training_detail(summary, [row], {"alpha": 1.0})
+    assert detail["steps"] == 5 and detail["reward"] == {"alpha": 1.0} and PER_SAMPLE not in detail["evaluation"][0]
+    assert [g["name"] for g in detail["goals"]] == ["train_not_below_static", "train_gain_where_choice",
+                                                    "train_gap_closed", "train_probe_distance"]
+    assert detail["headline"]["budgets_above_static"] == 1  # every figure, not only the headline's

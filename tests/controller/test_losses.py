@@ -1,4 +1,4 @@
-"""Reward terms, the pairwise and GRPO losses (against hand values and naive loops), sampling."""
+"""The pairwise and GRPO losses (against hand values and naive loops), the LOSSES registry, sampling."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from knobctl.controller.losses import (
-    RewardWeights,
+    LOSSES,
+    Actions,
     draw_actions,
     grpo_loss,
     imitation_loss,
     pairwise_loss,
-    reward,
-    reward_terms,
     sample_actions,
     stage_log_probs,
     zero_variance,
@@ -101,21 +100,23 @@ def test_vectorised_losses_equal_naive_loops():
     assert grpo_loss(r, logp, entropy, 0.1).item() == pytest.approx(naive, rel=1e-5)
 
 
-def test_reward_terms_and_weights():
-    acc, lat, budget, cx = torch.tensor([1.0, 1.0]), torch.tensor([120.0, 80.0]), torch.tensor(100.0), torch.tensor(0.5)
-    t = reward_terms(acc, lat, budget, cx)
-    assert t["latency"].tolist() == pytest.approx([1.2, 0.8])
-    assert t["violation"].tolist() == pytest.approx([0.2, 0.0]) and t["efficiency"].tolist() == [0.0, 1.0]
-    w = RewardWeights(alpha=1.0, beta=0.1, gamma=2.0, delta=0.5, epsilon=0.05)
-    assert reward(w, acc, lat, budget, cx).tolist() == pytest.approx(
-        [1 - 0.12 - 0.4 - 0.025, 1 - 0.08 + 0.5 - 0.025])
-    with pytest.raises(ValueError, match="reward.gamma=-1.0: it must be >= 0"):
-        RewardWeights.from_params({"gamma": -1})
-    assert RewardWeights.from_params({"epsilon": -0.02}).epsilon == -0.02  # a preference for larger configs
-    with pytest.raises(ValueError, match="reward.beta='x': expected a number"):
-        RewardWeights.from_params({"beta": "x"})
-    with pytest.raises(ValueError, match=r"reward: unknown keys \['zeta'\]"):
-        RewardWeights.from_params({"zeta": 1})
+@pytest.mark.parametrize("entropy", [False, True])
+def test_the_losses_registry_runs_each_loss_as_its_function(entropy):
+    """What training calls (LOSSES[name].fn with the sampled actions and train_controller's settings) is the loss
+    function itself, to the bit; only GRPO reads the entropies."""
+    g = torch.Generator().manual_seed(3)
+    r, logp = torch.rand(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    ent = {"tier": torch.rand(4, generator=g), "pair": torch.rand(4, 6, generator=g)} if entropy else {}
+    acts = Actions(tier=torch.zeros(4, 6, dtype=torch.long), pair=torch.zeros(4, 6, dtype=torch.long),
+                   config=torch.zeros(4, 6, dtype=torch.long), logp=logp, entropy=ent)
+
+    class Settings:
+        pair_weight, advantage_scale, entropy_coef = "margin", "none", 0.05
+
+    bonus = ent["tier"][:, None] + ent["pair"] if entropy else torch.zeros(())
+    assert torch.equal(LOSSES["pairwise"].fn(r, acts, Settings()), pairwise_loss(r, logp, "margin")[0])
+    assert torch.equal(LOSSES["grpo"].fn(r, acts, Settings()), grpo_loss(r, logp, bonus, 0.05, scale="none"))
+    assert [k for k, v in LOSSES.items() if v.entropy_bonus] == ["grpo"]
 
 
 def small_policy():

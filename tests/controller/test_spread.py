@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from knobctl.controller.losses import RewardWeights, combine, expected_reward_terms, reward
+from knobctl.controller.reward import RewardWeights, combine, expected_reward_terms, reward
 from knobctl.controller.spread import draw_latency, expected_overshoot, latency_spread, violation_probability
 from knobctl.knobs import KnobConfig
 
@@ -64,7 +64,7 @@ def test_expected_overshoot_by_hand_and_against_draws():
 
 
 def test_the_expected_reward_is_the_mean_of_the_drawn_rewards():
-    w = RewardWeights(alpha=1.0, beta=0.3, gamma=2.0, delta=0.5, epsilon=-0.02)
+    w = RewardWeights.from_params({"alpha": 1.0, "beta": 0.3, "gamma": 2.0, "delta": 0.5, "epsilon": -0.02})
     acc, lat, budget = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([10.0, 10.0, 12.0]), torch.tensor([11.0])
     spread, size = torch.tensor([[0.8, 1.2], [0.8, 1.2], [0.9, 1.1]]), torch.tensor([0.0, 0.5, 1.0])
     exact = combine(w, expected_reward_terms(acc, lat, budget, size, spread))  # [3]

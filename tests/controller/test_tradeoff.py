@@ -78,7 +78,8 @@ def test_goals_on_hand_made_ends_and_sweeps():
     assert met["top_k at its lowest costs >= 2 points"]["measured"] == pytest.approx(5.0)
     assert met["num_blocks at its lowest costs >= 5 points"]["met"] is True
     crossing = "a question type pays >= 10 points for the low tier and <= 2 for the fewest blocks, another the reverse"
-    assert met[crossing] == {"goal": crossing, "measured": {"tier": [], "num_blocks": []}, "met": False}
+    assert met[crossing] == {"name": "crossed_needs", "goal": crossing, "measured": {"tier": [], "num_blocks": []},
+                             "met": False}
     assert headline(t)["goals_measured"] == sum(g["met"] is not None for g in t["goals"])
 
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from knobctl.controller.losses import RewardWeights
+from knobctl.controller.losses import LOSSES, GroupLoss
+from knobctl.controller.reward import REWARD_TERMS, RewardTerm, RewardWeights
 from knobctl.controller.tables import CacheTables, complexity_of
 from knobctl.controller.training import (
     RefreshParams,
@@ -192,7 +193,7 @@ EDGE = {**FAST, "steps": 300, "budget_range": (12.4, 13.0), "eval_budgets": 4}
 def test_the_violation_weight_sets_the_margin_only_with_the_latency_spread(sampling):
     def run(gamma: float, delta: float, sampling: str):
         return train_controller(edge_tables(), TrainParams(**EDGE, latency_sampling=sampling),
-                                RewardWeights(gamma=gamma, delta=delta), seed=0, progress=False)
+                                RewardWeights({"violation": gamma, "efficiency": delta}), seed=0, progress=False)
 
     careless, careful = run(0.0, 0.0, sampling), run(8.0, 0.5, sampling)
     widest = careless.evaluation[-1]  # 12.9 ms: everything fits by its estimate
@@ -264,3 +265,29 @@ def test_the_probe_reward_replaces_the_cached_outcome_by_the_probe_prediction():
         TrainParams.from_params({"probe_reward": 1.5})
     with pytest.raises(ValueError, match="warm_start_steps=-1"):
         TrainParams.from_params({"warm_start_steps": -1})
+
+
+def test_a_registered_term_and_loss_reach_training(monkeypatch):
+    """The registries are what training reads: a term added at weight 0 leaves the run unchanged to the bit, and at a
+    weight it changes it; a loss added to LOSSES is a valid ``train_controller.loss`` and is what the step runs."""
+    fast = {**FAST, "steps": 30}
+
+    def weights_of(weights: RewardWeights) -> dict[str, torch.Tensor]:
+        return train_controller(toy_tables(), TrainParams(**fast), weights, seed=2, progress=False).controller.state_dict()
+
+    plain = weights_of(RewardWeights())
+    # prefer the high tier: the toy term reads only the configuration's size, so it is its own expectation
+    monkeypatch.setitem(REWARD_TERMS, "size", RewardTerm("size", "zeta", +1, 0.0, lambda x: x.complexity.expand_as(
+        x.accuracy)))
+    assert all(torch.equal(x, plain[k]) for k, x in weights_of(RewardWeights()).items())
+    assert not all(torch.equal(x, plain[k]) for k, x in weights_of(RewardWeights.from_params({"zeta": 5.0})).items())
+    calls = []
+
+    def constant(rewards: torch.Tensor, acts, p) -> torch.Tensor:
+        calls.append(rewards.shape)
+        return (acts.logp * 0).sum()
+
+    monkeypatch.setitem(LOSSES, "still", GroupLoss(constant))
+    result = train_controller(toy_tables(), TrainParams(**fast, loss="still"), RewardWeights(), seed=2, progress=False)
+    assert calls == [(FAST["batch_size"], FAST["group_size"])] * 30 and result.summary["loss_kind"] == "still"
+

@@ -49,7 +49,7 @@ def test_the_stage_on_ray_measures_the_local_schedule_with_rows_tagged_by_device
     assert (rows.groupby("round")["worker"].nunique() == 1).all()  # a round is one worker's
     meta = read_provenance(tmp_path / "data/profile/latency.parquet")
     assert meta["executor"] == "ray" and [w["worker"] for w in meta["workers"]] == [0, 1]
-    assert json.loads((tmp_path / "metrics/profile.json").read_text())["workers"] == 2
+    assert json.loads((tmp_path / "data/profile/stats.json").read_text())["workers"] == 2
     assert "CPU workers share hosts" in proc.stderr and "x 2 Ray workers" in proc.stdout
 
 

@@ -17,7 +17,6 @@ from knobctl.model.checkpoint import CheckpointError, model_card
 from knobctl.model.decoding import generate
 from knobctl.model.presets import EOS, PAD, preset_config
 from knobctl.model.runtime import Runtime, load_runtime, save_runtime
-from knobctl.model.tokenizer import build_word_tokenizer
 from tests.conftest import TEST_DIMS, VOCAB, make_runtime
 
 QUESTIONS = ["what color is the shape ?", "is there a red circle in the image ?", "is there a ?", "what ?"]
@@ -127,7 +126,7 @@ def test_stock_transformers_loads_the_weights_but_does_not_pool(saved, images):
     theirs = stock.state_dict()
     assert all(torch.equal(w, theirs[k]) for k, w in rt.model.state_dict().items())
 
-    pixels = rt.pixel_values(images[:1], "high")
+    pixels = rt.layout.pixel_values(rt.model, images[:1], "high")
     with torch.no_grad():
         stock_feats = stock.get_image_features(pixel_values=pixels).pooler_output[0]  # [64, H]
     assert stock_feats.shape[0] == 64 and rt.encode_images(images[:1], "high").num_tokens == 16
@@ -157,7 +156,7 @@ def test_stock_transformers_reproduces_knobctl_when_nothing_is_pooled(tmp_path, 
         inputs = rt.embed(visual, rt.prompt_ids(QUESTIONS, visual.num_tokens))
         ours = generate(rt, inputs, steps)
     theirs = stock.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            pixel_values=rt.pixel_values(images, FULL.tier), max_new_tokens=steps, do_sample=False,
+                            pixel_values=rt.layout.pixel_values(rt.model, images, FULL.tier), max_new_tokens=steps, do_sample=False,
                             eos_token_id=rt.ids[EOS], pad_token_id=rt.ids[PAD])
     assert torch.equal(theirs[:, inputs["input_ids"].shape[1]:], ours)
     assert rt.decode(ours) == rt.answer(images, QUESTIONS, FULL)
@@ -168,7 +167,7 @@ def test_card_of_the_true_size_preset_names_crops_and_pooling():
     config, spec = preset_config("molmoe-1b-shape")
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
-    card = model_card(Runtime(model=model, tokenizer=build_word_tokenizer([]), spec=spec, source="molmoe-1b-shape"))
+    card = model_card(model.config, spec)
     assert "24x24 CLIP patch grid 2x2" in card and "13 views per image" in card and "x 1872 question-words" in card
 
 

@@ -187,7 +187,8 @@ def test_knobs_are_restored_after_an_exception_and_block_0_is_required():
         assert decoder(model)._forward_pre_hooks
         raise RuntimeError("inside")
     assert decoder(model).layers is layers and all(layer.mlp.gate.top_k == 4 for layer in layers)
-    assert not decoder(model)._forward_pre_hooks
+    assert not decoder(model)._forward_pre_hooks and not decoder(model)._forward_hooks
+    assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers)
     with pytest.raises(ValueError, match="skip block 0"), knobs_applied(model, FAMILIES["qwen3_vl_moe"], [1, 2], 4):
         pass
     with pytest.raises(ValueError, match="top_k=9 is outside 1..8"), knobs_applied(model, FAMILIES["qwen3_vl_moe"],
@@ -241,7 +242,7 @@ def test_a_broken_true_size_hub_folder_is_refused_before_any_weights_are_built(t
     def never(*args, **kwargs):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(runtime.LlavaForConditionalGeneration, "from_pretrained", never)
+    monkeypatch.setattr(transformers.LlavaForConditionalGeneration, "from_pretrained", never)
     monkeypatch.setattr(transformers.Qwen3VLMoeForConditionalGeneration, "from_pretrained", never)
     config = qwen_config(num_hidden_layers=48, hidden_size=2048, num_experts=128, num_experts_per_tok=8)
     (tmp_path / "config.json").write_text(config.to_json_string())

@@ -22,6 +22,7 @@ from knobctl.knobs import KnobConfig
 from knobctl.model.checkpoint import CheckpointError, write_source
 from knobctl.model.decoding import continue_greedy, generate, prefill, visual_extras
 from knobctl.model.families import FAMILIES, UnsupportedModel, knobs_applied
+from knobctl.model.family_layout import FamilyLayout
 from knobctl.model.runtime import load_runtime
 from knobctl.model.timing import answer_fixed
 from knobctl.table.rollouts import rollout_batch
@@ -116,7 +117,7 @@ def stock_answer(rt, family: str, question: str, tokens: int, steps: int) -> str
 def test_a_hub_checkpoint_answers_as_the_stock_processor_and_generate_do(checkpoint):
     family = json.loads((checkpoint / "config.json").read_text())["model_type"]
     rt = load_runtime(checkpoint, device="cpu", tier_tokens=TIERS)
-    assert rt.family.model_type == family and rt.num_layers == 4 and rt.layout is not None
+    assert rt.family.model_type == family and rt.num_layers == 4 and isinstance(rt.layout, FamilyLayout)
     assert rt.ids["[EOS]"] == rt.tokenizer.convert_tokens_to_ids(EOS[family])
     answers = {}
     for knobs in (KnobConfig("high", 4, 4), KnobConfig("low", 1, 2), KnobConfig("medium", 2, 3)):

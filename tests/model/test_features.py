@@ -14,7 +14,7 @@ from knobctl.model.features import (
     vision_feature_one,
     vision_features,
 )
-from knobctl.model.presets import IMAGE
+from knobctl.model.spec import IMAGE
 
 QUESTIONS = ["what color is the shape ?", "is there a red circle in the image ?", "what ?"]
 

@@ -11,6 +11,7 @@ from transformers import LlavaForConditionalGeneration
 from knobctl.knobs import KnobGrid
 from knobctl.model.families import family_of
 from knobctl.model.images import tier_pixels
+from knobctl.model.llava_layout import LlavaLayout
 from knobctl.model.presets import (
     MOLMOE_TIERS,
     TINY_TIERS,
@@ -28,7 +29,8 @@ def molmoe_meta() -> Runtime:
     config, spec = preset_config("molmoe-1b-shape")
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
-    return Runtime(model=model, tokenizer=build_word_tokenizer([]), spec=spec, source="molmoe-1b-shape")
+    layout = LlavaLayout.of(config, spec, build_word_tokenizer([]), "molmoe-1b-shape")
+    return Runtime(model=model, spec=spec, source="molmoe-1b-shape", layout=layout)
 
 
 def test_molmoe_shape_dimensions():
@@ -85,7 +87,8 @@ def test_tiny_tiers_and_unknown_preset():
 
 
 def test_block_order_reads_the_order_of_a_json_file(tmp_path):
-    from knobctl.model.presets import ModelParams, parse_block_order
+    from knobctl.model.presets import ModelParams
+    from knobctl.model.spec import parse_block_order
     from tests.conftest import make_runtime
 
     order = [0, 15, 1, 14, 2, 13, 3, 12, 4, 11, 5, 10, 6, 9, 7, 8]
@@ -107,7 +110,7 @@ def test_block_order_reads_the_order_of_a_json_file(tmp_path):
     ("[0, 1, 2]", "{path} has no `order` key"),
 ])
 def test_a_missing_or_malformed_block_order_file_is_named_with_the_fix(tmp_path, content, fragment):
-    from knobctl.model.presets import parse_block_order
+    from knobctl.model.spec import parse_block_order
     from knobctl.params import ParamsError
 
     path = tmp_path / "importance.json"

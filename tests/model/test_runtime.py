@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache
 
 from knobctl.knobs import KnobConfig
-from knobctl.model.decoding import continue_greedy, fork_cache, generate, next_token
+from knobctl.model.decoding import CACHE_KEYWORD, continue_greedy, fork_cache, generate, next_token
 from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.runtime import load_runtime, save_runtime
 from tests.conftest import TEST_DIMS, make_runtime
@@ -183,7 +183,7 @@ def test_early_exit_and_forked_cache_equal_a_separate_run(tiny_rt, images):
         cache = DynamicCache(config=rt.lm.config)
         with rt.knobs_applied(deep), rt.block_outputs() as outs:
             full = rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
-                         position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True).last_hidden_state
+                         position_ids=inputs["position_ids"], use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state
         assert sorted(outs.last) == list(range(16))
         torch.testing.assert_close(rt.head_logits(outs.last[15]), rt.model.lm_head(full[:, -1]), rtol=0, atol=0)
         first = next_token(rt, rt.head_logits(outs.last[12]), ban_eos=True)
@@ -235,7 +235,7 @@ def test_decoding_without_block_0_is_right(images):
             dropped = generate(rt, inputs, 4, min_new_tokens=4)
             cache = DynamicCache(config=rt.lm.config)
             rt.lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"],
-                  position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True)
+                  position_ids=inputs["position_ids"], use_cache=True, **{CACHE_KEYWORD: cache})
             with pytest.raises(ValueError, match="block 0 did not run"):
                 continue_greedy(rt, full[:, 0], cache, inputs["attention_mask"], inputs["position_ids"], 4)
     assert full.shape == (4, 4) and torch.equal(dropped, full)

@@ -9,8 +9,9 @@ import pytest
 import knobctl.table.accuracy_table as at
 from knobctl.io import write_parquet_atomic
 from knobctl.knobs import KnobGrid
-from knobctl.table.accuracy_table import AccuracyTable, PartPlan, merge_parts, per_config_table, run_parts, summarize
+from knobctl.table.accuracy_table import AccuracyTable, PartPlan, merge_parts, run_parts
 from knobctl.table.rollouts import RolloutParams
+from knobctl.table.summary import per_config_table, summarize, table_metrics
 from tests.conftest import make_runtime, vqa_frame
 
 CONFIGS = KnobGrid(tiers=("low", "high"), top_k=(4, 8), num_blocks=(12, 16)).configs()
@@ -88,7 +89,7 @@ def test_summary_on_a_hand_made_table():
                    ["color", "color", "shape", "yes/no"])
     table.loc[(table["sample_id"] == "s3") & (table["config"] == "low/k8/b16"), ["score", "error", "prediction"]] = (
         np.nan, "RuntimeError: x", None)
-    m = summarize(table, CONFIGS)
+    m = summarize(table, CONFIGS)  # s3's low/k8/b16 is an error row: a wrong answer
     assert m["samples"] == 4 and m["rollouts"] == 32 and m["error_rows"] == 1 and m["error_samples"] == 1
     assert m["full_config"] == "high/k8/b16" and m["full_accuracy"] == pytest.approx(2.3 / 4)
     assert m["smallest_config"] == "low/k4/b12" and m["smallest_accuracy"] == pytest.approx(1.3 / 4)
@@ -99,12 +100,17 @@ def test_summary_on_a_hand_made_table():
     assert m["per_question_type"]["shape"]["oracle"] == 1.0 and m["per_question_type"]["shape"]["full"] == 0.0
     plot = per_config_table(table, CONFIGS)
     assert plot.set_index("config").loc["high/k4/b12", "accuracy"] == pytest.approx(0.65)
+    assert table_metrics(m) == {"headline": {**m["headline"], "best_static_config": "high/k4/b12", "samples": 4,
+                                             "error_samples": 1}}
 
 
-def test_summary_leaves_error_rows_out_of_the_means():
-    table = _table({"high/k8/b16": [1, 0]}, ["color", "color"])
+def test_summary_counts_an_error_row_as_a_wrong_answer():
+    table = _table({"high/k8/b16": [1, 0.6]}, ["color", "color"])
     table.loc[(table["sample_id"] == "s1") & (table["config"] == "high/k8/b16"), ["score", "error"]] = (np.nan, "E")
-    assert summarize(table, CONFIGS)["full_accuracy"] == 1.0
+    m = summarize(table, CONFIGS)
+    assert m["full_accuracy"] == 0.5  # the error is a wrong answer, as in every stage, not a sample left out
+    assert m["oracle_accuracy"] == 0.5  # s1's other configurations score 0 too
+    assert per_config_table(table, CONFIGS).set_index("config").loc["high/k8/b16", "accuracy"] == 0.5
 
 
 def test_dense_arrays_for_lookups(setup):

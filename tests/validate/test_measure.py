@@ -64,15 +64,15 @@ def test_baselines_on_a_hand_made_table():
     c = b.choose(0, scale=1.0)
     assert c["static"] == [-1, LABELS.index("low/k4/b12"), LABELS.index("high/k4/b12"), LABELS.index("high/k4/b12")]
     assert c["full"] == [7] * 4 and c["smallest"] == [0] * 4
-    assert c["oracle_estimate"][1] == 0  # all right: a tie goes to the first in grid order
+    assert c["oracle"][1] == 0  # all right: a tie goes to the first in grid order
     assert c["random"][0] == 0 and 0 <= c["random"][1] <= 3 and c["random"][3] in range(8)  # nothing fits: cheapest
     one = b.choose(1, scale=1.0)
-    assert one["oracle_estimate"] == [0, 0, 0, 7]  # sample 1 is right only at high/k8/b16 (23 ms)
-    assert b.choose(2, 1.0)["oracle_estimate"][3] != 7  # an error cell never wins
+    assert one["oracle"] == [0, 0, 0, 7]  # sample 1 is right only at high/k8/b16 (23 ms)
+    assert b.choose(2, 1.0)["oracle"][3] != 7  # an error cell is a wrong answer: it never beats a right one
     # At twice the estimated speed nothing but the cheapest fits 20.5 ms: oracle and random follow the
     # current speed, static stays what it was chosen for the run.
     slow = b.choose(0, scale=2.0)
-    assert slow["oracle_estimate"][2] == 0 and slow["random"][2] == 0 and slow["static"] == c["static"]
+    assert slow["oracle"][2] == 0 and slow["random"][2] == 0 and slow["static"] == c["static"]
     assert Baselines(TEST, VAL, [20.5], seed=0, static_scale=2.0).choose(0, 1.0)["static"] == [0]
     assert b.choose(0, 1.0) == b.choose(0, 1.0)  # seeded per sample
 

@@ -289,13 +289,10 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def metrics(result: Mapping[str, Any], wall_s: float) -> dict[str, Any]:
-    """metrics/block_importance.json: the headline, the run's size and the ``first`` policy at the lowest count."""
-    lowest = result["curve"][-1]
-    return {"headline": headline(result), "n_samples": result["n_samples"], "rank_by": result["rank_by"],
-            "lowest_count": {"num_blocks": lowest["num_blocks"], "accuracy_cost_pct": lowest["accuracy_cost_pct"],
-                             "first_accuracy_cost_pct": lowest["first_accuracy_cost_pct"]},
-            "wall_s": round(wall_s, 1)}
+def metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics/block_importance.json: the headline (the run's size, its ranking and every count's cost are in the
+    result file)."""
+    return {"headline": headline(result)}
 
 
 def summary_line(result: Mapping[str, Any], wall_s: float) -> str:

@@ -15,7 +15,7 @@ it as they degrade a pretrained checkpoint. Each batch runs
   the grid's lower values;
 * a tier drawn by ``tier_weights`` (real VLMs see many resolutions).
 
-Measured (docs/BENCHMARKS.md, "Knowledge questions"): on easy-VQA alone, with ``layer_drop`` 0.2 and
+Measured (docs/LOG.md, "Knowledge questions"): on easy-VQA alone, with ``layer_drop`` 0.2 and
 ``reduced_topk_share`` 0.1 and with both at 0, top_k 4 and 4 blocks fewer cost 0.1-0.2 points: the
 tiny model answers that task from its first three blocks. With ``prepare_data.knowledge`` (facts the
 model must hold in its weights) and both at 0, the default: the low tier costs 17 points and 4 blocks

@@ -3,8 +3,8 @@
 A released MoE is trained with each token sent to ``top_k`` of many experts and an auxiliary loss
 that keeps every expert in use (Switch Transformer, Fedus et al. 2021; OLMoE uses it with weight
 0.01). Without it, and with a top-k that is a large share of the experts, the tiny default's experts
-learn interchangeable functions: top-1 answers as well as top-8 (docs/BENCHMARKS.md, "What the
-experts carry"), so the top_k knob costs no accuracy.
+learn interchangeable functions: top-1 answers as well as top-8 (docs/LOG.md, "Why
+top_k costs nothing"), so the top_k knob costs no accuracy.
 
 Departures from Switch's loss, on purpose: it is computed over every token of the prompt and the
 answer, left padding included (the padding share is small and the same at every step); the routed

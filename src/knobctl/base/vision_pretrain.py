@@ -12,7 +12,7 @@ The classification heads are thrown away afterwards; every tier is seen, so the
 features are useful at every resolution. Each head reads the visual tokens' mean and their
 elementwise max: a property of one small region (the digit of the ``mixed`` source) is a
 sixteenth of the mean but all of the max, and a head on the mean alone learnt it about half as
-fast (docs/BENCHMARKS.md, "The mixed source").
+fast (docs/LOG.md, "The vision warm-start on a small glyph").
 
 The warm-start is resumable: every ``checkpoint_every`` steps it hands its whole state
 (heads, optimizer, generators, recent accuracies) to a callback, and a run given that

@@ -2,14 +2,14 @@
 
 Per budget, on the evaluation samples: the argmax controller; the supervised probe
 (:mod:`knobctl.controller.probe`, fitted on the training samples); the best static
-configuration that fits the budget (chosen on the training samples: the most accurate
-configuration whose estimated latency fits the budget for >= 95% of them, the same rule
-as the validation stage's baseline); full, smallest and random; and the per-sample oracle
-(each sample's most accurate configuration that fits; an upper bound, not a method).
+configuration for the budget, chosen on the training samples; full, smallest and random; and the
+per-sample oracle (an upper bound, not a method). Static, full, smallest, the oracle and the
+missing-cell convention are :mod:`knobctl.table.measures`', the same in every stage.
 
 Each gain over static comes with a paired bootstrap 95% interval over the evaluation
 samples: on a few hundred samples a difference of one or two answers is within noise, and
-the interval says so.
+the interval says so. The held-out goals (:data:`knobctl.goals.TRAIN_GOALS`) are judged on
+these rows (:func:`train_goal_results`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from knobctl.controller.policy import Controller
 from knobctl.controller.probe import probe_choices
 from knobctl.controller.spread import violation_probability
 from knobctl.controller.tables import CacheTables
+from knobctl.goals import TRAIN_GOALS, share, tally
 from knobctl.intervals import NOT_BELOW, paired_interval
 from knobctl.io import round4 as _r
+from knobctl.table.measures import best_static, config_accuracy, full_index, oracle_scores, smallest_index
 
-FIT_SHARE = 0.95  # a static configuration "fits" a budget when this share of samples does
 #: An evaluation row's per-sample accuracies of these methods ({method: [E]}), for paired intervals over budgets.
 PER_SAMPLE, PAIRED = "_per_sample", ("controller", "static", "probe")
 
@@ -36,20 +37,6 @@ def gain_interval(diff: torch.Tensor, seed: int = 0) -> tuple[float, float]:
     """Paired bootstrap 95% interval of the mean of per-sample differences ``diff`` [E]
     (:func:`knobctl.intervals.paired_interval`)."""
     return paired_interval(diff.detach().cpu().numpy(), seed)
-
-
-def mean_accuracy(scores: torch.Tensor) -> torch.Tensor:
-    """Per-configuration accuracy of [S, C] scores; a NaN (error) cell counts as wrong: [C]."""
-    return torch.nan_to_num(scores, nan=0.0).mean(0)
-
-
-def best_static(latency_ms: torch.Tensor, accuracy: torch.Tensor, budget_ms: float) -> int | None:
-    """The most accurate configuration (``accuracy`` [C]) whose latency ([S, C]) fits
-    ``budget_ms`` for >= FIT_SHARE of the samples, or None if none does."""
-    fits = (latency_ms <= budget_ms).float().mean(0) >= FIT_SHARE  # [C]
-    if not fits.any():
-        return None
-    return int(torch.where(fits, accuracy, torch.tensor(-1.0)).argmax())
 
 
 def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tensor,
@@ -67,12 +54,12 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
     with the profile's spread in place of the clock)."""
     rows = []
     acc, lat = tables.scores[eval_idx], tables.latency_ms[eval_idx]  # [E, C]
-    acc_filled = torch.nan_to_num(acc, nan=0.0)
+    acc_filled = torch.nan_to_num(acc, nan=0.0)  # a missing cell is a wrong answer (knobctl.table.measures)
     rows_e = torch.arange(len(eval_idx))
     column = {k: j for j, k in enumerate(tables.configs)}
-    train_acc = mean_accuracy(tables.scores[train_idx])  # [C], the same at every budget
+    train_acc = config_accuracy(tables.scores[train_idx])  # [C], the same at every budget
     spread = tables.latency_spread  # [C, 2]
-    full, cheapest = int(tables.complexity.argmax()), int(tables.complexity.argmin())
+    full, cheapest = full_index(tables.configs), smallest_index(tables.configs)
     per_tier = len(tables.configs) // len(tables.tiers)
     for budget in budgets:
         b = torch.full((len(eval_idx),), budget)
@@ -80,13 +67,13 @@ def evaluate(ctrl: Controller, tables: CacheTables, train_idx: torch.Tensor, eva
         picks = {"controller": torch.tensor([column[k] for k in chosen])}  # [E] each
         if probe is not None:
             picks["probe"] = probe_choices(probe[eval_idx], lat, budget, tables.complexity)
-        static = best_static(tables.latency_ms[train_idx], train_acc, budget)
+        static = best_static(train_acc, tables.latency_ms[train_idx], budget)
         if static is not None:
             picks["static"] = torch.full((len(eval_idx),), static)
         picks["full"], picks["smallest"] = torch.full_like(b, full, dtype=torch.long), torch.full_like(
             b, cheapest, dtype=torch.long)
         fit_cells = lat <= budget  # [E, C]
-        oracle = torch.where(fit_cells, acc_filled, torch.tensor(-1.0)).max(1).values.clamp(min=0)  # [E]
+        oracle = oracle_scores(acc, lat, budget)  # [E]
         any_fit = fit_cells.any(1)  # [E]
         random = torch.where(any_fit, (acc_filled * fit_cells).sum(1) / fit_cells.sum(1).clamp(min=1),
                              acc_filled[:, cheapest])  # [E]: the expectation of a uniform pick
@@ -129,13 +116,17 @@ def drift(log: pd.DataFrame) -> dict[str, Any]:
 
 
 
-#: Per-budget numbers kept in metrics/train.json; the rest of each evaluation row is in plots/train/budgets.csv.
-BUDGET_METRICS = ("controller_accuracy", "probe_accuracy", "static_accuracy", "controller_slow_rate")
+#: The few figures of metrics/train.json, compared across experiments; every other figure of
+#: :func:`training_headline` is in plots/train/training.json, every budget's in plots/train/budgets.csv.
+HEADLINE = ("goals_met", "goals_measured", "mean_gain_where_choice", "mean_gain_where_choice_ci95_low",
+            "mean_gain_where_choice_ci95_high", "gap_closed_where_choice", "probe_minus_controller_where_choice",
+            "budgets_not_below_static", "budgets_with_static", "mean_gain_over_static", "mean_slow_rate",
+            "final_reward", "rollouts_per_s")
 
 
 def budget_key(position: int) -> str:
-    """A budget's stable metrics key: its position among the evaluation budgets, tightest first (b0, b1, ...).
-    The budgets in ms move with every profile; positions do not, so DVC can compare runs row by row."""
+    """A budget's stable key: its position among the evaluation budgets, tightest first (b0, b1, ...).
+    The budgets in ms move with every profile; positions do not, so runs compare row by row."""
     return f"b{position}"
 
 
@@ -145,9 +136,9 @@ def choice_budgets(evaluation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def controller_goals(evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The controller's held-out goals (issue 17) from :func:`evaluate`'s rows: never significantly below
-    static, and over the budgets where a choice exists the mean gain, the share of the static-to-oracle
-    gap closed and the distance to the probe (all in accuracy, 0..1)."""
+    """The figures the controller's held-out goals (:data:`knobctl.goals.TRAIN_GOALS`) read, from :func:`evaluate`'s
+    rows: budgets not significantly below static, and over the budgets where a choice exists the mean gain, the
+    share of the static-to-oracle gap closed and the distance to the probe (all in accuracy, 0..1)."""
     with_static = [e for e in evaluation if e["static_accuracy"] is not None]
     mid = choice_budgets(evaluation)
     gap = sum(e["oracle_accuracy"] - e["static_accuracy"] for e in mid)
@@ -171,6 +162,16 @@ def controller_goals(evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def train_goal_results(h: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each of :data:`knobctl.goals.TRAIN_GOALS` with its measured value and whether it is met, from a
+    :func:`training_headline`."""
+    values = {"train_not_below_static": share(h["budgets_not_below_static"], h["budgets_with_static"]),
+              "train_gain_where_choice": h["mean_gain_where_choice"],
+              "train_gap_closed": h["gap_closed_where_choice"],
+              "train_probe_distance": h["probe_minus_controller_where_choice"]}
+    return [g.result(values[g.name]) for g in TRAIN_GOALS]
+
+
 def _mean_interval(rows: Sequence[dict[str, Any]], a: str, b: str) -> tuple[float | None, float | None]:
     """Paired bootstrap 95% interval of ``a`` minus ``b``'s accuracy averaged over ``rows``' budgets: each sample's
     difference is its mean over the budgets, then samples are resampled. (None, None) where either is missing."""
@@ -186,14 +187,13 @@ def public_rows(evaluation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != PER_SAMPLE} for e in evaluation]
 
 
-def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """metrics/train.json: a headline block (with :func:`controller_goals`), the run's size and speed, the
-    last training point's reward, accuracy and violations, and per evaluation budget (keyed by position)
-    the controller's, the probe's and the best static configuration's held-out accuracy. Everything else
-    (entropies, online fills, intervals) is in the stage's non-metric JSON and CSV beside the plots."""
+def training_headline(summary: dict[str, Any], evaluation: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every held-out figure of a training run: the goals met (:func:`train_goal_results`), budgets at or above
+    static, the figures of :func:`controller_goals`, the chance of running over, and the last training point's
+    reward and violations, with the run's speed."""
     gains = [e["gain_over_static"] for e in evaluation if e["gain_over_static"] is not None]
     slow = [e["controller_slow_rate"] for e in evaluation]
-    headline = {
+    h = {
         "mean_gain_over_static": _r(sum(gains) / max(len(gains), 1)),
         "budgets_at_least_static": sum(g >= 0 for g in gains),
         "budgets_above_static": sum(g > 0 for g in gains),
@@ -204,11 +204,25 @@ def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any
         "mean_slow_rate": _r(sum(slow) / max(len(slow), 1)),
         "final_reward": summary["final"]["reward"],
         "final_violation_rate": summary["final"]["violation_rate"],
+        "rollouts_per_s": summary["rollouts_per_s"],
     }
-    budgets = {budget_key(i): {k: e[k] for k in BUDGET_METRICS} for i, e in enumerate(evaluation)}
-    final = {k: summary["final"][k] for k in ("reward", "accuracy", "violation_rate")}
-    return {"headline": headline, **{k: summary[k] for k in ("steps", "train_seconds", "rollouts_per_s")},
-            "final": final, "budgets": budgets}
+    return {**tally(train_goal_results(h)), **h}
+
+
+def training_metrics(summary: dict[str, Any], evaluation: Sequence[dict[str, Any]],
+                     headline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics/train.json: the :data:`HEADLINE` figures of :func:`training_headline` (``headline``, if computed)."""
+    h = headline or training_headline(summary, evaluation)
+    return {"headline": {k: h[k] for k in HEADLINE}}
+
+
+def training_detail(summary: dict[str, Any], evaluation: Sequence[dict[str, Any]], reward: dict[str, Any],
+                    headline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """plots/train/training.json, the report's source: the run's summary, the reward weights, the whole headline
+    (``headline``, if computed), each goal, and every evaluation row."""
+    h = headline or training_headline(summary, evaluation)
+    return {**summary, "reward": reward, "headline": h, "goals": train_goal_results(h),
+            "evaluation": public_rows(evaluation)}
 
 
 def evaluation_frame(evaluation: Sequence[dict[str, Any]]) -> pd.DataFrame:

@@ -1,46 +1,28 @@
-"""Reward, group-relative losses and the vectorised sampling step of controller training.
+"""Group-relative losses and the vectorised sampling step of controller training.
 
 A *group* is one sample under one latency budget; the policy samples G configurations for
-it (both stages, with replacement), each gets a reward, and the loss compares rewards
-within the group only. Everything is batched tensor work: no Python loop over samples,
-groups or pairs.
-
-Reward of configuration c for a sample under budget b (all terms unitless):
-
-* ``accuracy``: the cached VQA score of (sample, c), 0..1;
-* ``latency``: estimated (or measured) request latency of (sample, c) divided by the budget;
-  1.0 means "exactly the budget";
-* ``violation``: max(0, latency_ms - budget_ms) / budget_ms, the relative overshoot;
-* ``efficiency``: accuracy if the request fits the budget, else 0 (a right answer in time);
-* ``complexity``: the configuration's size, the mean of its three knob positions each scaled
-  to 0..1 over the grid (low tier / smallest top_k / fewest blocks = 0, the full one = 1).
-  A negative ``epsilon`` (the default) turns the penalty into a small preference for the
-  larger of two configurations that are both right and in budget: without it such ties give
-  no gradient and the argmax for most samples ends up arbitrary; with a positive one, the
-  pairwise loss collapses onto the cheapest configuration (docs/BENCHMARKS.md compares them).
-
-    reward = alpha * accuracy - beta * latency - gamma * violation + delta * efficiency
-             - epsilon * complexity
+it (both stages, with replacement), each gets a reward (:mod:`knobctl.controller.reward`), and
+the loss compares rewards within the group only. Everything is batched tensor work: no Python
+loop over samples, groups or pairs. ``train_controller.loss`` names one entry of :data:`LOSSES`.
 
 Departures from the methods the losses are named after, on purpose:
 
-* ``pairwise`` (the group-relative ranking loss this project started from): for every
-  ordered pair (i, j) of a group with r_i > r_j, -log sigmoid(logp_i - logp_j), i.e.
+* ``pairwise`` (the default; a group-relative ranking loss): for every ordered pair (i, j) of a
+  group with r_i > r_j, -log sigmoid(logp_i - logp_j), i.e.
   -log sigmoid((logp_i - logp_j) * sign(r_i - r_j)); averaged over all ranked pairs of the
   batch (not per group), so a group's weight grows with its number of distinct rewards.
   Tied pairs (equal rewards, e.g. the same configuration drawn twice) give nothing. It is a
   Bradley-Terry ranking loss on the policy's log-probabilities, not a policy gradient.
   ``pair_weight: margin`` (an addition) weights each pair by |r_i - r_j|, so a pair that
   differs by a right answer counts more than one that differs by a millisecond.
-* ``grpo`` (the default): advantages (r - group mean) / (group std + eps), loss
+* ``grpo``: advantages (r - group mean) / (group std + eps), loss
   -mean(advantage * logp) minus an entropy bonus (``entropy_coef`` on the policy's entropy:
   stage 1's plus stage 2's at the drawn tier), which GRPO does not have. train_controller's
-  default group is G = 16 configurations, more than the 5 of the ranking loss it replaced: with
-  few draws and no bonus the policy settles early on configurations that trail the best by a
-  fraction of a point. ``advantage_scale: none`` drops the division by the std, as Dr. GRPO does
-  (worse here: dividing by a small std amplifies the complexity preference in groups that are
-  all right, and that preference is what generalises; fitting each sample's 0/1 outcomes does
-  not). docs/BENCHMARKS.md has the comparisons.
+  default group is G = 16 configurations: with few draws and no bonus the policy settles early on
+  configurations that trail the best by a fraction of a point. ``advantage_scale: none``
+  drops the division by the std, as Dr. GRPO does (worse here: dividing by a small std amplifies
+  the complexity preference in groups that are all right, and that preference is what
+  generalises; fitting each sample's 0/1 outcomes does not). docs/LOG.md, "Fit mask", has the comparisons.
   Unlike GRPO in DeepSeekMath there is no PPO ratio or clipping and no KL penalty to a reference
   policy: each batch is sampled from the current policy and used for one gradient step, so the
   importance ratio is exactly 1, and the "reference" of a two-head classifier has no pretrained
@@ -52,105 +34,23 @@ Departures from the methods the losses are named after, on purpose:
   :mod:`knobctl.controller.policy`); the loss ranks configurations that are all feasible *by their
   estimate*. The latency a reward sees is then drawn from each configuration's profiled spread
   (``train_controller.latency_sampling: spread``, :mod:`knobctl.controller.spread`), so a
-  configuration at the budget's edge runs over in some draws. Which terms act:
-
-  ========== ================================ =====================================================
-  term       spread (default) or expected     median (or fit_mask off: only where the policy
-                                                 picks a configuration over its budget)
-  ========== ================================ =====================================================
-  alpha      always                           always
-  beta       always (prefers faster)          always
-  gamma      near the budget's edge           only where nothing fits (the cheapest is forced)
-  delta      near the budget's edge           as alpha (every allowed pick fits)
-  epsilon    always (ties between rights)     always
-  ========== ================================ =====================================================
-
-  ``latency_sampling: expected`` (an addition) replaces the one draw per sampled configuration by
-  the reward's expectation over the spread, in closed form (:func:`expected_reward_terms`): the
-  same mean reward without the draw's noise, so a group's advantages differ by accuracy and by
-  each configuration's real risk of running over, not by which draws came up slow.
+  configuration at the budget's edge runs over in some draws; each reward term's ``doc``
+  (:data:`knobctl.controller.reward.REWARD_TERMS`) says when it acts.
+* ``latency_sampling: expected`` (an addition) replaces the one draw per sampled configuration by
+  the reward's expectation over the spread, in closed form (each term's expected form,
+  :mod:`knobctl.controller.reward`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from knobctl.controller.policy import Controller
-from knobctl.controller.spread import expected_overshoot, violation_probability
-from knobctl.params import build, require
-
-LOSSES = ("pairwise", "grpo")
-
-
-MAX_WEIGHT = 1e3  # |weight| bound: the terms are about 0..1, so 1e3 already drowns every other term
-
-
-@dataclass(frozen=True)
-class RewardWeights:
-    """The ``reward`` section of params.yaml (terms in the module docstring)."""
-
-    alpha: float = 1.0
-    beta: float = 0.0
-    gamma: float = 2.0
-    delta: float = 0.5
-    epsilon: float = -0.02
-
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            require(not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) <= MAX_WEIGHT,
-                    f"reward.{name}", value, f"every weight is a finite number in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] "
-                    "(the terms are unitless, about 0..1: a larger weight only overflows the loss)")
-            if name in ("alpha", "gamma", "delta"):
-                require(value >= 0, f"reward.{name}", value, "it must be >= 0 (its sign is in the formula); only "
-                        "beta and epsilon may be negative (a preference for slower or larger configurations)")
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> RewardWeights:
-        return build(cls, section, "reward")
-
-
-def reward_terms(accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
-                 complexity: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The five terms, all of one shape (broadcast)."""
-    fits = (latency_ms <= budget_ms).to(accuracy.dtype)
-    return {
-        "accuracy": accuracy,
-        "latency": latency_ms / budget_ms,
-        "violation": (latency_ms - budget_ms).clamp(min=0) / budget_ms,
-        "efficiency": accuracy * fits,
-        "complexity": complexity.expand_as(accuracy),
-    }
-
-
-def expected_reward_terms(accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
-                          complexity: torch.Tensor, spread: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The five terms' expectations over the latency spread (``spread`` [..., 2], each cell's
-    configuration's (low, high) ratios; :mod:`knobctl.controller.spread`), in closed form."""
-    low, high = spread[..., 0], spread[..., 1]
-    return {
-        "accuracy": accuracy,
-        "latency": latency_ms * (low + high) / 2 / budget_ms,
-        "violation": expected_overshoot(latency_ms, budget_ms, spread) / budget_ms,
-        "efficiency": accuracy * (1 - violation_probability(latency_ms, budget_ms, spread)),
-        "complexity": complexity.expand_as(accuracy),
-    }
-
-
-def combine(w: RewardWeights, t: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The weighted sum of the terms (the formula in the module docstring)."""
-    return (w.alpha * t["accuracy"] - w.beta * t["latency"] - w.gamma * t["violation"]
-            + w.delta * t["efficiency"] - w.epsilon * t["complexity"])
-
-
-def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
-           complexity: torch.Tensor) -> torch.Tensor:
-    return combine(w, reward_terms(accuracy, latency_ms, budget_ms, complexity))
-
 
 PAIR_WEIGHTS = ("sign", "margin")
 
@@ -199,6 +99,37 @@ class Actions:
     logp: torch.Tensor  # [B, G] log P1(tier) + log P2(pair | tier)
     entropy: dict[str, torch.Tensor]  # tier [B], top_k / num_blocks / pair [B, G] (marginals of stage 2)
 
+
+class LossSettings(Protocol):
+    """What the losses read of train_controller's params (:class:`knobctl.controller.training.TrainParams`)."""
+
+    pair_weight: str
+    advantage_scale: str
+    entropy_coef: float
+
+
+@dataclass(frozen=True)
+class GroupLoss:
+    """One entry of :data:`LOSSES`: ``fn`` maps the groups' rewards [B, G] and the sampled actions to the loss;
+    ``entropy_bonus``: it subtracts ``entropy_coef`` times the policy's entropy, so training asks
+    :func:`draw_actions` for the entropies (at a cost) only where that is on."""
+
+    fn: Callable[[torch.Tensor, Actions, LossSettings], torch.Tensor]
+    entropy_bonus: bool = False
+
+
+def _pairwise(rewards: torch.Tensor, acts: Actions, p: LossSettings) -> torch.Tensor:
+    return pairwise_loss(rewards, acts.logp, p.pair_weight)[0]
+
+
+def _grpo(rewards: torch.Tensor, acts: Actions, p: LossSettings) -> torch.Tensor:
+    # stage 1's entropy [B, 1] plus stage 2's at each draw's tier [B, G]; none where the bonus is off
+    bonus = acts.entropy["tier"][:, None] + acts.entropy["pair"] if acts.entropy else torch.zeros(())
+    return grpo_loss(rewards, acts.logp, bonus, p.entropy_coef, scale=p.advantage_scale)
+
+
+#: ``train_controller.loss`` -> its loss (module docstring); params validation allows these keys.
+LOSSES: dict[str, GroupLoss] = {"pairwise": GroupLoss(_pairwise), "grpo": GroupLoss(_grpo, entropy_bonus=True)}
 
 ENTROPIES = ("none", "policy", "all")
 

@@ -37,7 +37,7 @@ estimator. The question length is known before stage 1 (the question is tokenize
 
 Both stages are two-hidden-layer MLPs. ``activation: relu`` (train_controller's default)
 trains faster than the exact erf GELU the first controllers used, with the same held-out
-choices (docs/BENCHMARKS.md, "ReLU, the whole val split and G = 16"); a controller saved
+choices (docs/LOG.md, "ReLU, the whole val split and G = 16"); a controller saved
 without the key is GELU.
 
 Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.json``
@@ -46,7 +46,7 @@ Saved as ``controller.safetensors`` (weights and normalisers) and ``controller.j
 :class:`NumpyPolicy` is the argmax of both stages for one live request, in float64 numpy with
 the normalisers and the tier one-hot folded into the first layers' weights. Eager torch pays a
 dispatch cost per op on a batch of one, and the two small networks' two dozen ops made up most
-of the controller's share of a request on the CPU (docs/BENCHMARKS.md has the figures).
+of the controller's share of a request on the CPU (docs/LOG.md, "What the controller adds to a request, in numpy").
 """
 
 from __future__ import annotations

@@ -15,26 +15,44 @@ the table's samples with the estimator's latency (no clock is read here):
   the share of configurations that fit, the best static configuration, and on the held-out
   samples the oracle's and the supervised probe's gain over it (:mod:`knobctl.controller.probe`);
 * the block-importance curve (block_importance's output) beside MolmoE-1B's published figures;
-* the goals a faithful miniature of a pretrained MoE VLM meets (the thresholds below), each met or not.
+* the goals a faithful miniature of a pretrained MoE VLM meets (:data:`knobctl.goals.TRADEOFF_GOALS`), each
+  met or not.
+
+Full, smallest, the best static configuration and the oracle are :mod:`knobctl.table.measures`'.
 
 Every accuracy is in points (0..100) and every latency in ms, so the JSON reads as a table.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from knobctl.controller.evaluation import FIT_SHARE, best_static, mean_accuracy
 from knobctl.controller.probe import L2, fit_probe, probe_choices
-from knobctl.controller.tables import CacheTables, budgets_between
-from knobctl.io import round4
-from knobctl.knobs import KnobConfig
+from knobctl.controller.tables import CacheTables, budgets_between, build_tables
+from knobctl.controller.training import split_samples
+from knobctl.execution import use_threads
+from knobctl.goals import CHOICE_FIT_RANGE, TRADEOFF_GOALS, goal, tally
+from knobctl.io import output_set, round4, write_csv, write_json
+from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid
+from knobctl.latency.estimator import LatencyEstimator
 from knobctl.params import build, require, require_int
+from knobctl.table.accuracy_table import AccuracyTable
+from knobctl.table.measures import (
+    best_static,
+    config_accuracy,
+    full_index,
+    oracle_scores,
+    smallest_index,
+    static_fits,
+)
 
 #: MolmoE-1B with the knobs applied at inference (published; COCO-2014 VQA, H100): what the default mimics.
 MOLMOE_1B = {
@@ -43,8 +61,6 @@ MOLMOE_1B = {
     "blocks_dropped_accuracy_cost_pct": {"1": 3.1, "2": 5.4, "3": 7.5, "4": 18.4},
     "block0_accuracy_cost_pct": 62.7, "importance_rank_agreement_spearman": 0.85,
 }
-MIN_KEPT = 0.5  # share of the full configuration's accuracy the fewest blocks must keep
-HEADROOM_FIT_RANGE = (0.2, 0.8)  # budgets where some but not all configurations fit: where a choice exists
 
 
 @dataclass(frozen=True)
@@ -76,33 +92,31 @@ def _pts(x: float | torch.Tensor) -> float:
 class PerConfig:
     """Each configuration's mean accuracy and median estimated latency over the table's samples."""
 
-    accuracy: torch.Tensor  # [C] 0..1
+    accuracy: np.ndarray  # [C] 0..1
     latency_ms: torch.Tensor  # [C]
 
     @classmethod
     def of(cls, tables: CacheTables) -> PerConfig:
-        return cls(mean_accuracy(tables.scores), tables.latency_ms.median(0).values)
+        return cls(config_accuracy(tables.scores), tables.latency_ms.median(0).values)
 
     def row(self, j: int) -> dict[str, float]:
         return {"accuracy": _pts(self.accuracy[j]), "latency_ms": round(float(self.latency_ms[j]), 2)}
 
 
-def _size(tables: CacheTables, k: KnobConfig) -> tuple[int, int, int]:
-    """Order by tier, then top_k, then blocks: max is the full configuration, min the smallest."""
-    return tables.tiers.index(k.tier), k.top_k, k.num_blocks
+def _settings(tables: CacheTables, knob: str) -> list[Any]:
+    """The values of ``knob`` in the tables' configurations, in knob order (tiers by cost)."""
+    return sorted({getattr(k, knob) for k in tables.configs}, key=lambda v: TIER_ORDER.index(v) if knob == "tier" else v)
 
 
 def knob_sweeps(tables: CacheTables, per: PerConfig | None = None) -> dict[str, list[dict[str, Any]]]:
     """Accuracy and median latency of each setting of each knob, the other knobs at their maximum."""
     per = per or PerConfig.of(tables)
     col = {k: j for j, k in enumerate(tables.configs)}
-    full = max(tables.configs, key=lambda k: _size(tables, k))
+    full = tables.configs[full_index(tables.configs)]
     out: dict[str, list[dict[str, Any]]] = {}
     for knob in ("tier", "top_k", "num_blocks"):
-        values = sorted({getattr(k, knob) for k in tables.configs},
-                        key=lambda v: tables.tiers.index(v) if knob == "tier" else v)
         rows = []
-        for v in values:
+        for v in _settings(tables, knob):
             k = KnobConfig(**{**full.__dict__, knob: v})
             if k in col:
                 rows.append({knob: v, "config": k.label, **per.row(col[k])})
@@ -116,16 +130,13 @@ def type_costs(tables: CacheTables) -> dict[str, dict[str, Any]]:
     setting of each knob costs against full (``cost``: knob -> points). Where two types' costs cross (one pays for
     the tier and not for depth, the other the reverse) a per-request choice has room (module docstring)."""
     col = {k: j for j, k in enumerate(tables.configs)}
-    full = max(tables.configs, key=lambda k: _size(tables, k))
-    smallest = min(tables.configs, key=lambda k: _size(tables, k))
+    full, smallest = tables.configs[full_index(tables.configs)], tables.configs[smallest_index(tables.configs)]
     out: dict[str, dict[str, Any]] = {}
     for qtype in sorted(set(tables.question_types.tolist())):
-        acc = mean_accuracy(tables.scores[torch.from_numpy(tables.question_types == qtype)])  # [C]
+        acc = config_accuracy(tables.scores[torch.from_numpy(tables.question_types == qtype)])  # [C]
         sweeps: dict[str, dict[str, float]] = {}
         for knob in ("tier", "top_k", "num_blocks"):
-            values = sorted({getattr(k, knob) for k in tables.configs},
-                            key=lambda v: tables.tiers.index(v) if knob == "tier" else v)
-            sweeps[knob] = {str(v): _pts(acc[col[k]]) for v in values
+            sweeps[knob] = {str(v): _pts(acc[col[k]]) for v in _settings(tables, knob)
                             if (k := KnobConfig(**{**full.__dict__, knob: v})) in col}
         out[str(qtype)] = {"n": int((tables.question_types == qtype).sum()), "full": _pts(acc[col[full]]),
                            "smallest": _pts(acc[col[smallest]]), "knobs": sweeps,
@@ -148,23 +159,23 @@ def pareto_front(tables: CacheTables, per: PerConfig | None = None) -> list[dict
 
 def headroom(tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tensor,
              budgets: Sequence[float], probe_l2: float = L2) -> list[dict[str, Any]]:
-    """Per budget: share of configurations fitting (for >= FIT_SHARE of the training samples), best
-    static configuration (chosen on training samples), and the oracle's and probe's held-out gain over it."""
-    train_acc = mean_accuracy(tables.scores[train_idx])  # [C]
+    """Per budget: share of configurations that fit as a static choice (on the training samples), the best static
+    configuration (chosen on the training samples), and the oracle's and probe's held-out gain over it."""
+    train_acc = config_accuracy(tables.scores[train_idx])  # [C]
+    train_lat = tables.latency_ms[train_idx]  # [T, C]
     prob = fit_probe(tables, train_idx, probe_l2)[eval_idx]  # [E, C]
-    acc = torch.nan_to_num(tables.scores[eval_idx], nan=0.0)  # [E, C]
+    acc = torch.nan_to_num(tables.scores[eval_idx], nan=0.0)  # [E, C]; a missing cell is a wrong answer
     lat = tables.latency_ms[eval_idx]  # [E, C]
     rows_e = torch.arange(len(eval_idx))
     rows = []
     for b in budgets:
-        fit_share = float(((tables.latency_ms[train_idx] <= b).float().mean(0) >= FIT_SHARE).float().mean())
-        static = best_static(tables.latency_ms[train_idx], train_acc, b)
-        row: dict[str, Any] = {"budget_ms": b, "fit_share": round4(fit_share), "static_config": None,
-                               "static_accuracy": None, "oracle_gain": None, "probe_gain": None}
+        static = best_static(train_acc, train_lat, b)
+        row: dict[str, Any] = {"budget_ms": b, "fit_share": round4(static_fits(train_lat, b).mean()),
+                               "static_config": None, "static_accuracy": None, "oracle_gain": None, "probe_gain": None}
         if static is not None:
-            s_acc = acc[:, static].mean()
-            oracle = torch.where(lat <= b, acc, torch.tensor(0.0)).max(1).values.mean()
-            probe = acc[rows_e, probe_choices(prob, lat, b, tables.complexity)].mean()
+            s_acc = float(acc[:, static].mean())
+            oracle = float(oracle_scores(acc, lat, b).mean())
+            probe = float(acc[rows_e, probe_choices(prob, lat, b, tables.complexity)].mean())
             row.update(static_config=tables.configs[static].label, static_accuracy=_pts(s_acc),
                        oracle_gain=_pts(oracle - s_acc), probe_gain=_pts(probe - s_acc))
         rows.append(row)
@@ -177,9 +188,8 @@ def tradeoff(tables: CacheTables, train_idx: torch.Tensor, eval_idx: torch.Tenso
     per = PerConfig.of(tables)
     sweeps = knob_sweeps(tables, per)
     acc, lat = per.accuracy, per.latency_ms  # [C], [C]
-    full = max(range(len(tables.configs)), key=lambda j: _size(tables, tables.configs[j]))
-    # the grid's smallest configuration (lowest tier, top_k and blocks), as MolmoE-1B's "cheapest" is
-    smallest = min(range(len(tables.configs)), key=lambda j: _size(tables, tables.configs[j]))
+    # the smallest configuration is MolmoE-1B's "cheapest": the lowest tier, top_k and blocks
+    full, smallest = full_index(tables.configs), smallest_index(tables.configs)
     ends = {"full": tables.configs[full].label, "full_accuracy": _pts(acc[full]),
             "full_latency_ms": round(float(lat[full]), 2), "smallest": tables.configs[smallest].label,
             "smallest_accuracy": _pts(acc[smallest]), "smallest_latency_ms": round(float(lat[smallest]), 2),
@@ -213,87 +223,107 @@ def _spread(rows: Sequence[Mapping[str, Any]], key: str) -> float:
     return (hi - lo) / lo if lo else float("nan")
 
 
-#: What a faithful miniature of a pretrained MoE VLM must show (README.md, "The default model"): latency each knob
-#: buys (relative), accuracy each knob's lowest setting costs (points), the crossing of two question types' needs
-#: (points: one type pays >= CROSS_COST for the low tier and <= CROSS_FREE for the fewest blocks, another the
-#: reverse) and the probe's headroom (points).
-LATENCY_FULL_OVER_SMALLEST = 1.8
-LATENCY_SPREAD = {"tier": 0.15, "num_blocks": 0.15, "top_k": 0.05}
-ACCURACY_FULL_MINUS_SMALLEST = 15.0
-ACCURACY_COST = {"tier": 5.0, "top_k": 2.0, "num_blocks": 5.0}
-CROSS_COST, CROSS_FREE = 10.0, 2.0
-PROBE_HEADROOM = 3.0
-
-
 def probe_headroom(room: Sequence[Mapping[str, Any]]) -> float | None:
-    """The probe's mean gain over the best static configuration (points) at the budgets where a choice exists:
-    HEADROOM_FIT_RANGE of the configurations fit. None where no budget is in that range."""
-    mid = [r["probe_gain"] for r in room
-           if r["probe_gain"] is not None and HEADROOM_FIT_RANGE[0] <= r["fit_share"] <= HEADROOM_FIT_RANGE[1]]
+    """The probe's mean gain over the best static configuration (points) at the budgets where a choice exists
+    (:data:`knobctl.goals.CHOICE_FIT_RANGE` of the configurations fit). None where no budget is in that range."""
+    low, high = CHOICE_FIT_RANGE
+    mid = [r["probe_gain"] for r in room if r["probe_gain"] is not None and low <= r["fit_share"] <= high]
     return round(float(np.mean(mid)), 2) if mid else None
 
 
 def crossed_types(types: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Question types that pay for one resource and not the other: ``tier`` (the low tier costs >= CROSS_COST
-    points and the fewest blocks <= CROSS_FREE) and ``num_blocks`` (the reverse)."""
+    """Question types that pay for one resource and not the other (the ``crossed_needs`` goal's threshold and
+    bound): ``tier`` (the low tier costs at least the threshold in points, the fewest blocks at most the bound)
+    and ``num_blocks`` (the reverse)."""
+    g = goal("crossed_needs")
     out: dict[str, list[str]] = {"tier": [], "num_blocks": []}
     for name, t in types.items():
         cost = t["cost"]
         if "tier" not in cost or "num_blocks" not in cost:
             continue
         for need, spare in (("tier", "num_blocks"), ("num_blocks", "tier")):
-            if cost[need] >= CROSS_COST and cost[spare] <= CROSS_FREE:
+            if cost[need] >= g.threshold and cost[spare] <= g.bound:
                 out[need].append(name)
     return out
+
+
+def _block_steps(sweeps: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[list[float], float | None, float]:
+    """What each further dropped block costs (points, fewest dropped first), the smallest increase from one step to
+    the next (0 with a single step, None with none), and the share of the full accuracy the fewest blocks keep."""
+    blocks = [r["accuracy"] for r in reversed(sweeps["num_blocks"])]  # full first
+    steps = np.diff([0.0, *[blocks[0] - a for a in blocks[1:]]]) if len(blocks) > 1 else np.array([])
+    rise = float(np.diff(steps).min()) if len(steps) > 1 else (0.0 if len(steps) else None)
+    kept = round(blocks[-1] / blocks[0], 4) if len(blocks) > 1 and blocks[0] > 0 else float("nan")
+    return [round(float(x), 2) for x in steps], rise, kept
 
 
 def goals(ends: Mapping[str, Any], sweeps: Mapping[str, Sequence[Mapping[str, Any]]],
           room: Sequence[Mapping[str, Any]], curve: Mapping[str, Any] | None,
           types: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The default model's trade-off goals (the thresholds above), each with its measured value and whether it is
-    met."""
+    """Each of :data:`knobctl.goals.TRADEOFF_GOALS` with its measured value and whether it is met; the crossing
+    is left out without question types, the block-rank agreement without a block-importance curve."""
+    measured: dict[str, Any] = {"latency_full_over_smallest": ends["full_over_smallest_latency"],
+                                "accuracy_full_minus_smallest": ends["accuracy_points_full_minus_smallest"]}
+    for knob, rows in sweeps.items():
+        measured[f"latency_spread_{knob}"] = round(_spread(rows, "latency_ms"), 4) if len(rows) > 1 else float("nan")
+        measured[f"accuracy_cost_{knob}"] = (round(rows[-1]["accuracy"] - rows[0]["accuracy"], 2) if len(rows) > 1
+                                             else float("nan"))
+    steps, rise, measured["fewest_blocks_keep"] = _block_steps(sweeps)
+    measured["probe_headroom"] = probe_headroom(room)
     out = []
-
-    def add(goal: str, value: Any, met: bool | None) -> None:
-        out.append({"goal": goal, "measured": value, "met": met})
-
-    ratio = ends["full_over_smallest_latency"]
-    add(f"latency full / smallest >= {LATENCY_FULL_OVER_SMALLEST}x", ratio, ratio >= LATENCY_FULL_OVER_SMALLEST)
-    for knob, need in LATENCY_SPREAD.items():
-        s = _spread(sweeps[knob], "latency_ms") if len(sweeps[knob]) > 1 else float("nan")
-        add(f"{knob} alone changes latency by >= {need:.0%}", round(s, 4), bool(s >= need))
-    gap = ends["accuracy_points_full_minus_smallest"]
-    add(f"accuracy full - smallest >= {ACCURACY_FULL_MINUS_SMALLEST:g} points", gap, gap >= ACCURACY_FULL_MINUS_SMALLEST)
-    for knob, need in ACCURACY_COST.items():
-        rows = sweeps[knob]
-        cost = round(rows[-1]["accuracy"] - rows[0]["accuracy"], 2) if len(rows) > 1 else float("nan")
-        add(f"{knob} at its lowest costs >= {need:g} points", cost, bool(cost >= need))
-    blocks = [r["accuracy"] for r in reversed(sweeps["num_blocks"])]  # full first
-    steps = np.diff([0.0, *[blocks[0] - a for a in blocks[1:]]]) if len(blocks) > 1 else np.array([])
-    add("each further dropped block costs at least as much as the previous",
-        [round(float(s), 2) for s in steps], bool(len(steps) and np.all(np.diff(steps) >= -1e-9)))
-    # MolmoE-1B keeps 82% of its accuracy with 4 of 16 blocks dropped; the tiny model must not collapse either.
-    kept = round(blocks[-1] / blocks[0], 4) if len(blocks) > 1 and blocks[0] > 0 else float("nan")
-    add(f"the fewest blocks keep >= {MIN_KEPT:.0%} of the full accuracy (no drop to chance)", kept,
-        bool(kept >= MIN_KEPT))
-    if types is not None:
-        crossed = crossed_types(types)
-        add(f"a question type pays >= {CROSS_COST:g} points for the low tier and <= {CROSS_FREE:g} for the fewest "
-            "blocks, another the reverse", crossed, bool(crossed["tier"] and crossed["num_blocks"]))
-    probe = probe_headroom(room)
-    add(f"probe beats best static by >= {PROBE_HEADROOM:g} points where 20-80% of configurations fit", probe,
-        None if probe is None else probe >= PROBE_HEADROOM)
-    if curve is not None:
-        add("block importance ranks agree across calibration halves (MolmoE-1B: Spearman 0.85)",
-            curve["agreement_spearman"], None)
+    for g in TRADEOFF_GOALS:
+        if g.name == "blocks_graded":
+            out.append(g.result(steps, value=rise))
+        elif g.name == "crossed_needs":
+            if types is not None:
+                crossed = crossed_types(types)
+                out.append(g.result(crossed, met=bool(crossed["tier"] and crossed["num_blocks"])))
+        elif g.name == "block_rank_agreement":
+            if curve is not None:
+                out.append(g.result(curve["agreement_spearman"]))
+        else:
+            out.append(g.result(measured[g.name]))
     return out
 
 
 def headline(t: Mapping[str, Any]) -> dict[str, Any]:
     """metrics/tradeoff.json's headline: the few numbers compared across experiments."""
     ends = t["full_vs_smallest"]
-    met = [g["met"] for g in t["goals"] if g["met"] is not None]
     return {"probe_headroom_points": probe_headroom(t["headroom"]),
             "full_over_smallest_latency": ends["full_over_smallest_latency"],
-            "accuracy_points_full_minus_smallest": ends["accuracy_points_full_minus_smallest"],
-            "goals_met": sum(met), "goals_measured": len(met)}
+            "accuracy_points_full_minus_smallest": ends["accuracy_points_full_minus_smallest"], **tally(t["goals"])}
+
+
+def run_tradeoff(own: Mapping[str, Any], grid: KnobGrid, seed: int, rollouts: str | Path, estimator: str | Path,
+                 importance: str | Path | None = None) -> dict[str, Any]:
+    """The tradeoff stage's section from the accuracy table at ``rollouts`` and the estimator at ``estimator``
+    (``own``: the ``tradeoff`` section), with block_importance's curve where its file exists."""
+    p = TradeoffParams.from_params(own)
+    use_threads(p.num_threads)
+    table = AccuracyTable.load(rollouts)
+    table.check_grid(grid, rollouts)
+    tables = build_tables(table, LatencyEstimator.load(estimator), grid.configs())
+    train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
+    curve = json.loads(Path(importance).read_text()) if importance and Path(importance).exists() else None
+    return tradeoff(tables, train_idx, eval_idx, p.num_budgets, curve, p.probe_l2)
+
+
+def write_tradeoff(t: Mapping[str, Any], plots: str | Path, metrics: str | Path) -> None:
+    """plots/tradeoff (tradeoff.json: the whole section; one CSV per knob sweep, the Pareto front, the headroom
+    per budget) and metrics/tradeoff.json (:func:`headline`): all of them or none."""
+    with output_set() as outs:
+        folder = outs.dir(plots)
+        write_json(folder / "tradeoff.json", t)
+        for knob, rows in t["knobs"].items():
+            write_csv(folder / f"knob_{knob}.csv", pd.DataFrame(rows))
+        write_csv(folder / "pareto.csv", pd.DataFrame(t["pareto_front"]))
+        write_csv(folder / "headroom.csv", pd.DataFrame(t["headroom"]))
+        write_json(outs.file(metrics), {"headline": headline(t)})
+
+
+def summary_line(t: Mapping[str, Any]) -> str:
+    """The stage's last line: full against smallest, and the goals met."""
+    ends, h = t["full_vs_smallest"], headline(t)
+    return (f"tradeoff: full {ends['full']} {ends['full_accuracy']:.1f} pts / {ends['full_latency_ms']:.1f} ms, "
+            f"smallest {ends['smallest']} {ends['smallest_accuracy']:.1f} / {ends['smallest_latency_ms']:.1f} ms "
+            f"({ends['full_over_smallest_latency']:.2f}x); goals met {h['goals_met']} of {h['goals_measured']}")

@@ -3,8 +3,8 @@
 Each step draws ``batch_size`` training samples, one latency budget per sample (a group),
 ``group_size`` configurations per group from the policy (with ``fit_mask``, only among those
 whose estimated latency for the sample's question length fits: :mod:`knobctl.controller.policy`),
-looks their accuracy and latency up in ``[S, C]`` tensors, computes rewards and one loss
-(:mod:`knobctl.controller.losses`), and takes an AdamW step. Latency is the LightGBM estimator's total for
+looks their accuracy and latency up in ``[S, C]`` tensors, computes rewards (:mod:`knobctl.controller.reward`)
+and one loss (:mod:`knobctl.controller.losses`), and takes an AdamW step. Latency is the LightGBM estimator's total for
 the sample's own question length and cached answer length (or a measured value once an online refresh
 has replaced the cell), and with ``latency_sampling: spread`` (the default) each sampled configuration's
 latency is that value times a ratio drawn from the configuration's profiled spread
@@ -18,7 +18,7 @@ fitted before the loop (it draws no random numbers, so a run that does not use i
 
 The default loss is the seed's group-relative pairwise ranking loss (``loss: pairwise``); ``grpo`` is the
 alternative. Two departures from either (:mod:`knobctl.controller.losses` names the others), each off at 0
-and measured against the plain losses in docs/BENCHMARKS.md ("Which loss", "Training that finds small
+and measured against the plain losses in docs/LOG.md ("Which loss", "Training that finds small
 differences"); the default takes the first at 0.75, the one that beat the plain pairwise loss in every seed
 (0.5, 0.75 and 1 measured alike, and 0.75 keeps the measured outcome, and with it the online refresh, in
 the reward):
@@ -43,7 +43,7 @@ compares.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,105 +54,19 @@ import torch.nn.functional as F
 
 from knobctl.controller.evaluation import drift, evaluate
 from knobctl.controller.losses import (
-    ADVANTAGE_SCALES,
     LOSSES,
-    PAIR_WEIGHTS,
-    RewardWeights,
-    combine,
     draw_actions,
-    expected_reward_terms,
-    grpo_loss,
     imitation_loss,
-    pairwise_loss,
-    reward,
     zero_variance,
 )
-from knobctl.controller.policy import ACTIVATIONS, Controller, ControllerConfig
+from knobctl.controller.policy import Controller, ControllerConfig
 from knobctl.controller.probe import Probe, probe_choices
+from knobctl.controller.reward import RewardWeights, combine, expected_reward_terms, reward
 from knobctl.controller.spread import draw_latency
 from knobctl.controller.tables import CacheTables, budgets_between
+from knobctl.controller.train_params import RefreshParams, TrainParams
 from knobctl.execution import progress_bar
 from knobctl.io import round4 as _r
-from knobctl.params import build, require, require_choice, require_int
-
-
-@dataclass(frozen=True)
-class RefreshParams:
-    """``train_controller.online_refresh``: every ``every`` steps, ``fraction`` of that step's
-    sampled (sample, configuration) cells are run on the real model and written back."""
-
-    every: int = 100
-    fraction: float = 0.05
-
-    def __post_init__(self) -> None:
-        require_int(self.every, "train_controller.online_refresh.every")
-        require(0 < self.fraction <= 1, "train_controller.online_refresh.fraction", self.fraction,
-                "it must be in (0, 1]")
-
-
-LATENCY_SAMPLING = ("spread", "expected", "median")
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """The ``train_controller`` section of params.yaml."""
-
-    steps: int = 750
-    batch_size: int = 512
-    group_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    loss: str = "pairwise"
-    pair_weight: str = "sign"
-    advantage_scale: str = "std"
-    entropy_coef: float = 0.05
-    fit_mask: bool = True
-    hidden: int = 64
-    activation: str = "relu"
-    dropout: float = 0.0
-    budget_mode: str = "relative"
-    budget_range: tuple[float, float] = (-0.25, 1.1)
-    eval_budgets: int = 8
-    eval_fraction: float = 0.2
-    log_every: int = 25
-    online_refresh: RefreshParams | None = None
-    latency_sampling: str = "spread"
-    probe_l2: float = 100.0
-    probe_reward: float = 0.75
-    warm_start_steps: int = 0
-    num_threads: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "hidden", "eval_budgets", "log_every"):
-            require_int(getattr(self, name), f"train_controller.{name}")
-        require_int(self.group_size, "train_controller.group_size", 2)
-        require_int(self.num_threads, "train_controller.num_threads", 0)
-        require_choice(self.loss, "train_controller.loss", LOSSES)
-        require_choice(self.pair_weight, "train_controller.pair_weight", PAIR_WEIGHTS)
-        require_choice(self.advantage_scale, "train_controller.advantage_scale", ADVANTAGE_SCALES)
-        require_choice(self.activation, "train_controller.activation", ACTIVATIONS)
-        require(isinstance(self.fit_mask, bool), "train_controller.fit_mask", self.fit_mask,
-                "give true (choose among configurations whose estimated latency fits) or false (the networks alone "
-                "learn the budget boundary)")
-        require_choice(self.budget_mode, "train_controller.budget_mode", ("relative", "absolute"))
-        require(len(self.budget_range) == 2 and self.budget_range[0] < self.budget_range[1],
-                "train_controller.budget_range", list(self.budget_range), "give [low, high] with low < high")
-        require(0 < self.lr < 1, "train_controller.lr", self.lr, "it must lie in (0, 1), e.g. 1e-4")
-        require(0 < self.eval_fraction < 1, "train_controller.eval_fraction", self.eval_fraction,
-                "it must lie in (0, 1)")
-        require(0 <= self.dropout < 1, "train_controller.dropout", self.dropout, "it must lie in [0, 1)")
-        require(self.entropy_coef >= 0, "train_controller.entropy_coef", self.entropy_coef, "it must be >= 0")
-        require(self.weight_decay >= 0, "train_controller.weight_decay", self.weight_decay, "it must be >= 0")
-        require_choice(self.latency_sampling, "train_controller.latency_sampling", LATENCY_SAMPLING)
-        require(self.probe_l2 > 0, "train_controller.probe_l2", self.probe_l2, "use a positive penalty such as 100")
-        require(not isinstance(self.probe_reward, bool) and 0 <= self.probe_reward <= 1,
-                "train_controller.probe_reward", self.probe_reward,
-                "give the probe's share of the accuracy the reward sees, in [0, 1] (0 = the cached outcome alone)")
-        require_int(self.warm_start_steps, "train_controller.warm_start_steps", 0)
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> TrainParams:
-        return build(cls, section, "train_controller")
 
 
 def sample_budgets(tables: CacheTables, idx: torch.Tensor, p: TrainParams, generator: torch.Generator) -> torch.Tensor:
@@ -223,7 +137,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
     ctrl = make_controller(tables, train_idx, p.hidden, p.dropout, p.budget_range, p.budget_mode, p.fit_mask,
                            p.activation)
-    # fused: one kernel for all parameters instead of a loop over them (faster per step; docs/BENCHMARKS.md)
+    # fused: one kernel for all parameters instead of a loop over them (faster per step; docs/LOG.md, "Faster step")
     opt = torch.optim.AdamW(ctrl.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
     refresh = p.online_refresh
     online = _Online(tables, fetch_factory)
@@ -234,7 +148,8 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     curves: list[dict[str, Any]] = []
     zero_groups = torch.zeros((), dtype=torch.long)
     step_tables = _StepTables(tables, ctrl, predicted, p)
-    entropy = "policy" if p.loss == "grpo" and p.entropy_coef > 0 else "none"
+    group_loss = LOSSES[p.loss]
+    entropy = "policy" if group_loss.entropy_bonus and p.entropy_coef > 0 else "none"
     pair_shape = (len(ctrl.config.top_k), len(ctrl.config.num_blocks))
     start = time.perf_counter()
     for step in progress_bar(range(1, p.steps + 1), desc="train_controller", unit="step", disable=not progress):
@@ -254,11 +169,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
             if p.latency_sampling == "spread":
                 lat = draw_latency(lat, spread, gen)  # [B, G]
             r = reward(weights, acc, lat, budget[:, None], complexity)  # [B, G]
-        if p.loss == "pairwise":
-            loss, _ = pairwise_loss(r, acts.logp, p.pair_weight)
-        else:
-            bonus = acts.entropy["tier"][:, None] + acts.entropy["pair"] if acts.entropy else torch.zeros(())  # [B, G]
-            loss = grpo_loss(r, acts.logp, bonus, p.entropy_coef, scale=p.advantage_scale)
+        loss = group_loss.fn(r, acts, p)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -138,9 +138,7 @@ class RuntimeMeasurer:
         self.watch = watch or Stopwatch.for_device(rt.device)
         gen = torch.Generator().manual_seed(seed)
         self.images = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
-        special = set(rt.ids.values())
-        if rt.layout is not None:  # an HF family's chat and image tokens are added tokens: keep them out too
-            special |= set(rt.tokenizer.all_special_ids) | set(rt.tokenizer.get_added_vocab().values())
+        special = set(rt.ids.values()) | rt.layout.special_ids  # an HF family's chat and image tokens too
         self._words = [i for i in range(len(rt.tokenizer)) if i not in special] or [rt.ids["[SEP]"]]
         self.seed = seed
         self._questions: dict[int, list[list[int]]] = {}

@@ -1,1 +1,2 @@
-"""The knob-aware model: presets, tokenizer, runtime (knob patching), decoding, timing and the controller's features."""
+"""The knob-aware model: the runtime (knob patching) over one layout per model format (knobctl's own, HF families),
+presets, tokenizer, decoding, timing and the controller's features. docs/adding-a-family.md adds a family."""

@@ -12,17 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors import SafetensorError, safe_open
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from knobctl.model.families import Family, family_of
-from knobctl.model.presets import SPEC_FILE
+from knobctl.model.spec import SPEC_FILE, ModelSpec
 from knobctl.params import InputError
-
-if TYPE_CHECKING:
-    from knobctl.model.runtime import Runtime
 
 TOKENIZER_FILE = "tokenizer.json"
 #: What to do about a missing or broken file that save_runtime writes.
@@ -173,16 +170,18 @@ def _check_weights(path: Path) -> None:
             raise CheckpointError(f"{file} is truncated or corrupt ({exc}); {REBUILD}") from exc
 
 
-def stock_differences(rt: Runtime) -> list[str]:
+def stock_differences(config: Any, spec: ModelSpec) -> list[str]:
     """Why stock transformers (LlavaModel.get_image_features, the Llava processor) cannot feed the
-    language model what knobctl does at the full tier; empty when it can."""
-    tier = rt.tier(rt.spec.full_tier)
-    vision = rt.config.vision_config
-    side = tier.image_size // rt.patch_size
+    language model of a checkpoint in knobctl's own format (``config``, a LlavaConfig, and its knob
+    ``spec``) what knobctl does at the full tier; empty when it can."""
+    tier = spec.tiers[spec.full_tier]
+    vision = config.vision_config
+    patch = vision.patch_size
+    side = tier.image_size // patch
     why = []
     if tier.pool > 1:
         why.append(f"knobctl average-pools each image's {side}x{side} CLIP patch grid {tier.pool}x{tier.pool} before "
-                   f"the projector ({tier.tokens_per_image(rt.patch_size)} tokens per image); stock Llava has no "
+                   f"the projector ({tier.tokens_per_image(patch)} tokens per image); stock Llava has no "
                    f"pooling step and projects all {side * side} patches")
     if tier.num_images > 1:
         rows, cols = tier.crop_grid
@@ -194,11 +193,13 @@ def stock_differences(rt: Runtime) -> list[str]:
     return why
 
 
-def model_card(rt: Runtime) -> str:
-    """README.md of a saved checkpoint: what it holds and what stock transformers can do with it."""
-    name = rt.spec.full_tier
-    tokens = rt.visual_tokens(name)
-    text = rt.config.text_config
+def model_card(config: Any, spec: ModelSpec) -> str:
+    """README.md of a checkpoint in knobctl's own format (``config``, a LlavaConfig, and its knob ``spec``): what
+    it holds and what stock transformers can do with it."""
+    name = spec.full_tier
+    patch = config.vision_config.patch_size
+    tokens = spec.tiers[name].num_tokens(patch)
+    text = config.text_config
     holds = (
         "Load it with `knobctl.load_runtime(<this folder>)`. It holds a stock `LlavaForConditionalGeneration` "
         f"(CLIP vision tower, OLMoE language model with {text.num_hidden_layers} blocks, top-"
@@ -211,9 +212,9 @@ def model_card(rt: Runtime) -> str:
         "`PreTrainedTokenizerFast.from_pretrained(<this folder>)` the tokenizer. The prompt is "
         f"`[BOS] <image> x {tokens} question-words [SEP]`, left-padded; knobctl's full configuration (tier {name}, "
         "all blocks, the model's own top-k) answers greedily until `[EOS]`. `image_seq_length` in config.json is "
-        f"the visual tokens per image (per view) at that tier, {rt.tier(name).tokens_per_image(rt.patch_size)}."
+        f"the visual tokens per image (per view) at that tier, {spec.tiers[name].tokens_per_image(patch)}."
     )
-    why = stock_differences(rt)
+    why = stock_differences(config, spec)
     if why:
         verdict = "\n".join(["Stock transformers cannot reproduce knobctl's answers with this checkpoint:", "",
                              *[f"- {w}." for w in why]])
@@ -226,7 +227,8 @@ def model_card(rt: Runtime) -> str:
     else:
         verdict = (
             "Stock `generate` gives knobctl's full-configuration answers when it gets knobctl's inputs: "
-            "`Runtime.pixel_values(images, tier)` and `Runtime.prompt_ids(questions, visual_tokens)`."
+            "`rt.layout.pixel_values(rt.model, images, tier)` and `rt.prompt_ids(questions, visual_tokens)` for a "
+            "runtime `rt` of this folder."
         )
         consequence = (
             "No processor config is written: knobctl resizes images its own way (`tier_pixels`: bilinear with "

@@ -13,25 +13,47 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+import transformers
+from torch import nn
 from transformers import DynamicCache
 
-from knobctl.model.family_runtime import deepstack_injected
+from knobctl.model.deepstack import deepstack_injected
 from knobctl.model.images import Visual
-from knobctl.model.presets import EOS, PAD
+from knobctl.model.spec import EOS, PAD
 
-if TYPE_CHECKING:
-    from knobctl.model.runtime import Runtime
+# transformers 5.24 renamed the forward's cache keyword (``past_key_values`` warns there and goes in 5.40);
+# the older name keeps GPU images with an earlier transformers working.
+CACHE_KEYWORD = ("cache" if tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (5, 24)
+                 else "past_key_values")
 
 
-def new_cache(rt: Runtime) -> DynamicCache:
+class Decodable(Protocol):
+    """What decoding uses of a runtime (:class:`knobctl.model.runtime.Runtime`), named here so that the runtime,
+    which decodes with these functions, is not imported back."""
+
+    model: nn.Module
+    ids: dict[str, int]
+
+    @property
+    def lm(self) -> nn.Module: ...
+
+    @property
+    def all_layers(self) -> nn.ModuleList: ...
+
+    def prompt_from_ids(self, questions: Sequence[Sequence[int]], num_visual: int) -> list[list[int]]: ...
+
+    def embed(self, visual: Visual, sequences: Sequence[Sequence[int]]) -> dict[str, Any]: ...
+
+
+def new_cache(rt: Decodable) -> DynamicCache:
     """An empty KV cache for the language model."""
     return DynamicCache(config=rt.lm.config)
 
 
-def prefill(rt: Runtime, inputs: Mapping[str, Any], cache: DynamicCache | None = None,
+def prefill(rt: Decodable, inputs: Mapping[str, Any], cache: DynamicCache | None = None,
             embeds: torch.Tensor | None = None, after: int = -1) -> torch.Tensor:
     """The language model's forward over embedded prompts (:meth:`Runtime.embed`): hidden
     states after the last block run, before the final norm, [B, L, H].
@@ -44,11 +66,11 @@ def prefill(rt: Runtime, inputs: Mapping[str, Any], cache: DynamicCache | None =
 
     Positions are [B, L], or [3, B, L] for a family with M-RoPE. A Qwen3-VL prompt's DeepStack features
     (``inputs['deepstack']``) are added after their own layers whichever of them run
-    (:func:`knobctl.model.family_runtime.deepstack_injected`)."""
+    (:func:`knobctl.model.deepstack.deepstack_injected`)."""
     with deepstack_injected(rt.all_layers, rt.lm.layers, inputs, after=-1 if embeds is None else after):
         return rt.lm(inputs_embeds=inputs["inputs_embeds"] if embeds is None else embeds,
                      attention_mask=inputs["attention_mask"], position_ids=inputs["position_ids"],
-                     past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                     use_cache=cache is not None, **{CACHE_KEYWORD: cache}).last_hidden_state
 
 
 def visual_extras(inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,7 +78,7 @@ def visual_extras(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: inputs[k] for k in ("visual_mask", "deepstack") if k in inputs}
 
 
-def next_token(rt: Runtime, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor:
+def next_token(rt: Decodable, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor:
     """Greedy pick from [B, V] logits; with ``ban_eos`` EOS can never win."""
     if ban_eos:
         logits = logits.clone()
@@ -65,7 +87,7 @@ def next_token(rt: Runtime, logits: torch.Tensor, ban_eos: bool) -> torch.Tensor
 
 
 @torch.inference_mode()
-def generate(rt: Runtime, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int = 0,
+def generate(rt: Decodable, inputs: dict[str, torch.Tensor], max_new_tokens: int, min_new_tokens: int = 0,
              on_prefill: Callable[[], None] | None = None) -> torch.Tensor:
     """Greedy decoding with a KV cache: [B, <= max_new_tokens] token ids (PAD after EOS).
 
@@ -98,7 +120,7 @@ def cache_sets_mask(cache: DynamicCache) -> bool:
 
 
 @torch.inference_mode()
-def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache | None, mask: torch.Tensor,
+def continue_greedy(rt: Decodable, token: torch.Tensor, cache: DynamicCache | None, mask: torch.Tensor,
                     pos: torch.Tensor, max_new_tokens: int, min_new_tokens: int = 0,
                     embeds: torch.Tensor | None = None, extras: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Greedy decode after a prefill: ``token`` [B] is the first generated token, ``cache``
@@ -129,7 +151,7 @@ def continue_greedy(rt: Runtime, token: torch.Tensor, cache: DynamicCache | None
         else:
             pos = pos[..., -1:] + 1  # [(3,) B, 1]
             hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
-                        past_key_values=cache, use_cache=True).last_hidden_state  # [B, 1, H]
+                        use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state  # [B, 1, H]
         token = next_token(rt, head(hidden[:, -1]), ban_eos=step < min_new_tokens)
         token = torch.where(done, torch.full_like(token, rt.ids[PAD]), token)
         done = done | (token == eos)
@@ -148,7 +170,7 @@ def fork_cache(cache: DynamicCache) -> DynamicCache:
     return fork
 
 
-def teacher_forced(rt: Runtime, visual: Visual, questions: Sequence[Sequence[int]],
+def teacher_forced(rt: Decodable, visual: Visual, questions: Sequence[Sequence[int]],
                    targets: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of each target token given the prompt and the targets before it, in one forward.
 

@@ -15,9 +15,8 @@ module takes k from the shape of the router's output, so setting the router is e
   ``layer_idx``. In the HF families the KV cache pre-creates one slot per configured layer and reads
   the sequence length from slot 0, so block 0 must be kept (a skipped layer's slot stays empty).
   Qwen3-VL's DeepStack adds visual features after the first executed layers *by loop position*;
-  with blocks skipped, :func:`knobs_applied` moves feature j to the last kept layer at or before
-  original layer j (adding to the residual stream before a skipped layer equals adding after the
-  kept layer before it), so skipping never shifts a feature onto a later layer.
+  with blocks skipped, :func:`knobs_applied` has a stock forward place feature j after original
+  layer j instead (:mod:`knobctl.model.deepstack`), so skipping never shifts a feature onto a later layer.
 * ``tier``: the family's processor setting that bounds visual tokens per image (:attr:`Family.tier_setting`).
 
 A directory is classified from its ``config.json`` alone (:func:`family_of`), before any weights
@@ -31,9 +30,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
+from knobctl.model.deepstack import deepstack_rerouted
 from knobctl.params import InputError
 
 #: The block after which Stage 2 decides; it always runs, at the model's own top-k.
@@ -63,6 +62,10 @@ class Family:
     model_class: str = ""  # the transformers class that loads a checkpoint of the family
     image_processor_class: str = ""  # its PIL image processor (the stock processors need torchvision)
     image_markers: tuple[str, str, str] = ("", "", "")  # image start, the placeholder token, image end
+    # How its checkpoints load and lay out a request (knobctl.model.backends.BACKENDS): "hub", a folder as the
+    # hub lays it out (knobctl.model.family_layout), or "knobctl", knobctl's own format (knobctl.model.llava_layout)
+    backend: str = "hub"
+    short_name: str = ""  # the family in a few words, for --help (params.MODEL_SOURCES)
 
     def text_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
         return config.get("text_config") or {}
@@ -83,7 +86,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            text_model_types=("olmoe",), experts_keys=("num_experts",),
            renormalises="only with norm_topk_prob (OLMoE: false, so the MoE output shrinks as top_k falls)",
            tier_setting="knobctl.json tiers (image size, crops, pooling)", pixels_per_token=0,
-           keep_first_block=False),  # knobctl's own decode loop keeps no per-layer cache slots
+           keep_first_block=False,  # knobctl's own decode loop keeps no per-layer cache slots
+           backend="knobctl", short_name="Llava + OLMoE"),
     Family(model_type="qwen3_vl_moe", name="Qwen3-VL-MoE (e.g. Qwen3-VL-30B-A3B)", text_model_types=("qwen3_vl_moe_text",),
            # the hub's config.json says num_experts; transformers 5 saves it as num_local_experts
            experts_keys=("num_experts", "num_local_experts"),
@@ -91,7 +95,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            tier_setting="image processor size.longest_edge (max pixels per image)", pixels_per_token=32 * 32,
            deepstack=True, model_class="Qwen3VLMoeForConditionalGeneration",
            image_processor_class="Qwen2VLImageProcessorPil",
-           image_markers=("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")),
+           image_markers=("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"), short_name="Qwen3-VL-MoE"),
     Family(model_type="glm4v_moe", name="GLM-4.5V (glm4v_moe)", text_model_types=("glm4v_moe_text",),
            experts_keys=("n_routed_experts",),
            renormalises="with norm_topk_prob (GLM-4.5V: true), then times routed_scaling_factor; one shared "
@@ -100,7 +104,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            tier_setting="image processor size.longest_edge (twice the max pixels per image)",
            pixels_per_token=2 * 28 * 28,  # block 0 is dense (first_k_dense_replace): it has no router
            model_class="Glm4vMoeForConditionalGeneration", image_processor_class="Glm4vImageProcessorPil",
-           image_markers=("<|begin_of_image|>", "<|image|>", "<|end_of_image|>")),
+           image_markers=("<|begin_of_image|>", "<|image|>", "<|end_of_image|>"), short_name="GLM-4.5V"),
 )}
 
 
@@ -182,37 +186,19 @@ def knobs_applied(model: nn.Module, family: Family, blocks: Iterable[int], top_k
         raise ValueError(f"top_k={top_k} is outside 1..{limit} (the model's experts)")
     saved_k = [r.top_k for r in flat]
     saved_layers = lm.layers
-    hook = None
-    try:
-        for i, rs in enumerate(routers):
-            for r in rs:
-                if i != DECISION_BLOCK:
-                    r.top_k = top_k
-        if len(order) < len(full):
-            lm.layers = nn.ModuleList([full[i] for i in order])
-            if family.deepstack:
-                hook = lm.register_forward_pre_hook(_deepstack_by_original_index(order), with_kwargs=True)
-        yield
-    finally:
-        if hook is not None:
-            hook.remove()
-        lm.layers = saved_layers
-        for r, k in zip(flat, saved_k):
-            r.top_k = k
+    with contextlib.ExitStack() as scope:
+        try:
+            for i, rs in enumerate(routers):
+                for r in rs:
+                    if i != DECISION_BLOCK:
+                        r.top_k = top_k
+            if len(order) < len(full):
+                lm.layers = nn.ModuleList([full[i] for i in order])
+                if family.deepstack:
+                    scope.enter_context(deepstack_rerouted(lm, full))
+            yield
+        finally:
+            lm.layers = saved_layers
+            for r, k in zip(flat, saved_k):
+                r.top_k = k
 
-
-def _deepstack_by_original_index(kept: Sequence[int]):
-    """A forward pre-hook on the text decoder that re-lists DeepStack features by loop position over the
-    kept layers: feature j goes after the last kept layer whose original index is <= j."""
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        features = kwargs.get("deepstack_visual_embeds")
-        if not features:
-            return None
-        position = [max(p for p, original in enumerate(kept) if original <= j) for j in range(len(features))]
-        moved: list[torch.Tensor] = [torch.zeros_like(features[0]) for _ in range(max(position) + 1)]
-        for j, p in enumerate(position):
-            moved[p] = moved[p] + features[j]  # [visual tokens, H]
-        return args, {**kwargs, "deepstack_visual_embeds": moved}
-
-    return hook

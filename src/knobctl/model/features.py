@@ -22,7 +22,7 @@ own top-k, so neither feature depends on the knobs being chosen.
 :data:`FEATURE_DEFINITIONS` states both features; the accuracy table records it in its metadata.
 Stage 1 runs on every request before anything else, so its feature must cost next to nothing:
 an embedding lookup, where running the decision block over the question alone cost several
-times the controller's whole budget (docs/BENCHMARKS.md has the figures).
+times the controller's whole budget (docs/LOG.md, "After issue 6's controller changes").
 
 The accuracy table caches both, batched, with :func:`language_features` and
 :func:`vision_features`. The live two-stage flow computes them for one request with

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from knobctl.model.presets import TierSpec
+from knobctl.model.spec import TierSpec
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor | bytes | str | Path
 Images = Sequence[ImageLike] | torch.Tensor

@@ -1,11 +1,11 @@
-"""Model presets: the embedded ``tiny`` default, ``molmoe-1b-shape``, and the knob spec.
+"""Model presets: the embedded ``tiny`` default, ``molmoe-1b-shape``, ``qwen3-vl-30b-a3b-shape``, and the
+``model:`` section of params.yaml.
 
-Every preset is a stock HF ``LlavaForConditionalGeneration`` composing a CLIP vision
-tower with an OLMoE language model; nothing here is a hand-written transformer.
-What knobctl adds on top of a HF config is a :class:`ModelSpec`: what each tier
-means (pixels, crops, pooling), which blocks run for a given count, and the prompt
-layout. It is saved as ``knobctl.json`` beside the weights so a checkpoint carries
-its own knob semantics.
+:data:`PRESETS` is the registry :func:`knobctl.model.runtime.load_runtime` builds a preset from. The
+knobctl-format presets are a stock HF ``LlavaForConditionalGeneration`` composing a CLIP vision tower with an
+OLMoE language model (nothing here is a hand-written transformer) plus their :class:`ModelSpec`
+(:mod:`knobctl.model.spec`: what each tier means, saved as ``knobctl.json``); a hub-family preset is the
+family's own config at its published shape.
 
 Tier semantics
 --------------
@@ -26,183 +26,15 @@ pooled 2x2 to 12x12 = 144 tokens per image, as Molmo does):
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import CLIPVisionConfig, LlavaConfig, OlmoeConfig, Qwen3VLMoeConfig
 
 from knobctl.knobs import TIER_ORDER
-from knobctl.params import ParamsError, build, fail, require, require_choice, require_int
-
-SPEC_FILE = "knobctl.json"
-
-#: Special tokens of knobctl's word-level tokenizers, in id order.
-PAD, UNK, BOS, EOS, SEP, IMAGE = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]", "<image>"
-SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, BOS, EOS, SEP, IMAGE)
-
-
-@dataclass(frozen=True)
-class TierSpec:
-    """What one vision tier feeds the LLM.
-
-    ``image_size``: side in pixels of every image the vision tower sees at this tier.
-    ``crop_grid``: (rows, cols) of crops cut from the image resized to
-    (rows * image_size, cols * image_size), seen besides one global image; (0, 0) = global only.
-    ``pool``: average pooling factor over the patch grid before the projector.
-    """
-
-    image_size: int
-    crop_grid: tuple[int, int] = (0, 0)
-    pool: int = 1
-
-    @property
-    def num_images(self) -> int:
-        return 1 + self.crop_grid[0] * self.crop_grid[1]
-
-    def tokens_per_image(self, patch_size: int) -> int:
-        side = self.image_size // patch_size
-        if side < 1 or side % self.pool:
-            raise ValueError(
-                f"tier image_size={self.image_size} with patch {patch_size} gives a {side}x{side} grid "
-                f"that pool={self.pool} does not divide"
-            )
-        return (side // self.pool) ** 2
-
-    def num_tokens(self, patch_size: int) -> int:
-        return self.num_images * self.tokens_per_image(patch_size)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """knobctl's side of a checkpoint: tier meanings, block policy, prompt and image layout.
-
-    ``block_order`` is ``"first"`` (run blocks 0..N-1) or a ranked list of block indices,
-    most important first; N blocks run the first N of that list, in model order. (Params may
-    name a JSON file holding the list instead; :func:`parse_block_order` reads it.) Block 0
-    must lead the list: it is the decision block (Stage 2 of the controller decides after it), so it always runs.
-    """
-
-    tiers: Mapping[str, TierSpec]
-    block_order: str | tuple[int, ...] = "first"
-    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    max_new_tokens: int = 4
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def full_tier(self) -> str:
-        """The most expensive tier defined, the one of the full configuration."""
-        defined = [t for t in TIER_ORDER if t in self.tiers]
-        if not defined:
-            raise ValueError(f"{SPEC_FILE} defines no tiers; allowed names: {', '.join(TIER_ORDER)}")
-        return defined[-1]
-
-    def blocks_for(self, num_blocks: int, num_layers: int) -> list[int]:
-        """Indices of the blocks that run for a count, in execution order."""
-        if not 1 <= num_blocks <= num_layers:
-            raise ValueError(f"num_blocks={num_blocks} is outside 1..{num_layers} (the model's number of blocks)")
-        if self.block_order == "first":
-            return list(range(num_blocks))
-        return sorted(self.block_order[:num_blocks])
-
-    def validate(self, num_layers: int) -> None:
-        if set(self.tiers) - set(TIER_ORDER):
-            raise ValueError(f"{SPEC_FILE}: tiers {sorted(self.tiers)}; allowed names: {', '.join(TIER_ORDER)}")
-        order = self.block_order
-        if order == "first":
-            return
-        ranked = not isinstance(order, str) and sorted(order) == list(range(num_layers))
-        if not ranked:
-            raise ValueError(f"block_order must be 'first' or a ranked list of every block 0..{num_layers - 1} "
-                             f"exactly once, got {order!r}")
-        if order[0] != 0:
-            raise ValueError(f"block_order must start with block 0, the decision block, got {list(order)}")
-
-    @property
-    def block_order_json(self) -> str | list[int]:
-        """``block_order`` as JSON holds it: "first" or the resolved list (never a file's path)."""
-        return self.block_order if isinstance(self.block_order, str) else list(self.block_order)
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["tiers"] = {k: asdict(v) for k, v in self.tiers.items()}
-        d["block_order"] = self.block_order_json
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ModelSpec:
-        tiers = {
-            k: TierSpec(int(v["image_size"]), tuple(v.get("crop_grid", (0, 0))), int(v.get("pool", 1)))
-            for k, v in d["tiers"].items()
-        }
-        order = d.get("block_order", "first")
-        return cls(
-            tiers=tiers,
-            block_order=order if isinstance(order, str) else tuple(int(i) for i in order),
-            image_mean=tuple(d.get("image_mean", cls.image_mean)),
-            image_std=tuple(d.get("image_std", cls.image_std)),
-            max_new_tokens=int(d.get("max_new_tokens", 4)),
-            extra=dict(d.get("extra", {})),
-        )
-
-    def save(self, directory: str | Path) -> None:
-        from knobctl.io import write_json_atomic
-
-        write_json_atomic(Path(directory) / SPEC_FILE, self.to_json())
-
-    @classmethod
-    def load(cls, directory: str | Path) -> ModelSpec | None:
-        path = Path(directory) / SPEC_FILE
-        if not path.exists():
-            return None
-        try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (KeyError, TypeError, ValueError) as exc:
-            # json and from_json errors alone do not say which file of a checkpoint is at fault.
-            raise ValueError(f"{path} is not a valid knob spec ({type(exc).__name__}: {exc}); rewrite it "
-                             f"(models/base: `dvc repro train_base`) or copy one from a preset") from exc
-
-
-#: How to (re)write the file a ``block_order`` path names.
-BLOCK_ORDER_FIX = "run `dvc repro block_importance` (it writes data/block_importance/importance.json)"
-_ORDER_ALLOWED = ("use 'first', a ranked list of block indices (most important first, starting with 0) or the path "
-                  "of a JSON file with an `order` key")
-
-
-def parse_block_order(value: Any) -> str | tuple[int, ...]:
-    """Params value -> block policy: 'first', a list of ints, or the path of a JSON file whose
-    ``order`` key holds that list (the block_importance stage's output), read now."""
-    if value == "first":
-        return "first"
-    if isinstance(value, (str, Path)):
-        return read_block_order(value)
-    if isinstance(value, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
-        return tuple(value)
-    raise fail("model.block_order", value, _ORDER_ALLOWED)
-
-
-def read_block_order(path: str | Path) -> tuple[int, ...]:
-    """The ``order`` list of a JSON file such as data/block_importance/importance.json.
-
-    Whether it fits the model (every block once, block 0 first) is checked where the model
-    is known (:meth:`ModelSpec.validate`, :func:`knobctl.model.runtime.load_runtime`)."""
-    file = Path(path)
-    if not file.is_file():
-        raise fail("model.block_order", str(path), f"{_ORDER_ALLOWED}; there is no file {file}: {BLOCK_ORDER_FIX}")
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParamsError(f"model.block_order: {file} is not valid JSON ({type(exc).__name__}: {exc}); "
-                          f"{BLOCK_ORDER_FIX}") from exc
-    order = data.get("order") if isinstance(data, dict) else None
-    if not (isinstance(order, list) and order and all(isinstance(i, int) and not isinstance(i, bool) for i in order)):
-        raise ParamsError(f"model.block_order: {file} has no `order` key holding a list of block indices "
-                          f"(found {order!r}); {BLOCK_ORDER_FIX}")
-    return tuple(order)
-
+from knobctl.model.spec import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, ModelSpec, TierSpec
+from knobctl.params import build, require, require_choice, require_int
 
 # --------------------------------------------------------------------------- tiny
 
@@ -376,7 +208,7 @@ def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
     """Qwen3-VL-30B-A3B's published dimensions (48 layers, 128 experts, 8 active, DeepStack after vision
     blocks 8/16/24), for random-weight latency: about 30.5 B parameters in the language model, 3.3 B
     active per token. Qwen3VLMoeConfig's own defaults are another model (24 layers, 60 experts).
-    The preset ``qwen3-vl-30b-a3b-shape`` (:data:`FAMILY_PRESETS`)."""
+    The preset ``qwen3-vl-30b-a3b-shape`` (:data:`PRESETS`)."""
     rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
     return Qwen3VLMoeConfig(
         text_config={"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
@@ -390,13 +222,6 @@ def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
                        "hidden_act": "gelu_pytorch_tanh"},
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
         tie_word_embeddings=False)
-
-
-#: True-size shapes of HF families with random weights, for latency: preset name -> (config, end-of-turn token, id).
-FAMILY_PRESETS: dict[str, tuple[Callable[[], Any], str, int]] = {
-    "qwen3-vl-30b-a3b-shape": (qwen3_vl_30b_a3b_shape_config, "<|im_end|>", 151645),
-}
-PRESETS: tuple[str, ...] = ("tiny", "molmoe-1b-shape", *FAMILY_PRESETS)
 
 
 def full_tier_tokens(config: LlavaConfig, spec: ModelSpec) -> int:
@@ -413,13 +238,39 @@ def _with_seq_length(config: LlavaConfig, spec: ModelSpec) -> tuple[LlavaConfig,
     return config, spec
 
 
+def _tiny(vocab_size: int | None, dims: TinyDims | None) -> tuple[LlavaConfig, ModelSpec]:
+    if vocab_size is None:
+        raise ValueError("the tiny preset needs vocab_size (its tokenizer is built from the training data)")
+    dims = dims or TinyDims()
+    return _with_seq_length(tiny_config(vocab_size, dims), ModelSpec(tiers=tiny_tiers(dims)))
+
+
+def _molmoe_1b_shape(vocab_size: int | None, dims: TinyDims | None) -> tuple[LlavaConfig, ModelSpec]:
+    return _with_seq_length(molmoe_1b_shape_config(), ModelSpec(tiers=dict(MOLMOE_TIERS), max_new_tokens=16))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model with random weights, built by the backend of its format
+    (:data:`knobctl.model.backends.BACKENDS`, keyed like :attr:`knobctl.model.families.Family.backend`)."""
+
+    backend: str  # "knobctl" (knobctl's own format) or "hub" (an HF family as the hub lays it out)
+    # knobctl: (vocab_size, dims) -> (LlavaConfig, ModelSpec); hub: () -> the family's config at its published shape
+    make: Callable[..., Any]
+    eos: tuple[str, int] = ("", 0)  # hub: the end-of-turn token of its word tokenizer and the id the config gives it
+
+
+#: Every preset ``load_runtime`` builds: the embedded default, and true-size shapes with random weights for latency.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("knobctl", _tiny),
+    "molmoe-1b-shape": Preset("knobctl", _molmoe_1b_shape),
+    "qwen3-vl-30b-a3b-shape": Preset("hub", qwen3_vl_30b_a3b_shape_config, ("<|im_end|>", 151645)),
+}
+
+
 def preset_config(name: str, vocab_size: int | None = None, dims: TinyDims | None = None) -> tuple[LlavaConfig, ModelSpec]:
-    """HF config and knob spec of a named preset."""
-    if name == "tiny":
-        if vocab_size is None:
-            raise ValueError("the tiny preset needs vocab_size (its tokenizer is built from the training data)")
-        dims = dims or TinyDims()
-        return _with_seq_length(tiny_config(vocab_size, dims), ModelSpec(tiers=tiny_tiers(dims)))
-    if name == "molmoe-1b-shape":
-        return _with_seq_length(molmoe_1b_shape_config(), ModelSpec(tiers=dict(MOLMOE_TIERS), max_new_tokens=16))
-    raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (or a local checkpoint directory)")
+    """HF config and knob spec of a preset in knobctl's own format."""
+    preset = PRESETS.get(name)
+    if preset is None or preset.backend != "knobctl":
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)} (or a local checkpoint directory)")
+    return preset.make(vocab_size, dims)

@@ -1,10 +1,12 @@
-"""The knob-aware runtime: a model of a supported family, its tokenizer and its knob spec.
+"""The knob-aware runtime: a model, its knob spec and the layout of its backend.
 
 A runtime holds knobctl's own Llava + OLMoE format (the tiny default, molmoe-1b-shape) or a checkpoint of
-an HF MoE VLM family as it comes from the hub (Qwen3-VL-MoE, GLM-4.5V): :func:`load_runtime` reads the
-folder's config.json first and refuses an unsupported family before building anything. What differs per
-family (prompt layout, image processing, positions) is :class:`knobctl.model.family_runtime.FamilyLayout`;
-the knobs, the decoding loop and every stage are shared.
+an HF MoE VLM family as it comes from the hub (Qwen3-VL-MoE, GLM-4.5V). What differs per format (tiers,
+the vision path, the prompt, positions, token ids) is its :class:`knobctl.model.layout.ModelLayout`
+(:mod:`knobctl.model.llava_layout`, :mod:`knobctl.model.family_layout`); the knobs, the embedding of a
+prompt, the decoding loop and every stage are shared. :func:`load_runtime` finds the layout through the
+registry of :mod:`knobctl.model.backends`, from the folder's config.json or the preset's name, and refuses
+an unsupported family before building anything.
 
 Knobs change the computation itself:
 
@@ -16,7 +18,7 @@ Knobs change the computation itself:
   so the others are never called; the final norm and LM head follow the last block run;
 * ``tier``: images are resized/cropped to the tier's layout before the vision tower,
   so both the vision tower's input and the visual tokens entering the LLM shrink (an HF family:
-  the family's image processor at the tier's visual-token budget, :mod:`knobctl.model.family_runtime`).
+  the family's image processor at the tier's visual-token budget).
 
 Knobs are applied inside :meth:`Runtime.knobs_applied` and restored on exit.
 """
@@ -31,45 +33,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-import transformers
 from torch import nn
-from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
 
 from knobctl.knobs import KnobConfig, KnobGrid
-from knobctl.model.checkpoint import (
-    REBUILD,
-    TOKENIZER_FILE,
-    CheckpointError,
-    check_checkpoint,
-    load_weights,
-    model_card,
-    resolve_source,
-)
+from knobctl.model.backends import load_source
+from knobctl.model.checkpoint import model_card
 from knobctl.model.decoding import generate
-from knobctl.model.families import FAMILIES, Family, check_top_k, knobs_applied, layer_routers, max_top_k
-from knobctl.model.family_runtime import MAX_NEW_TOKENS, FamilyLayout, load_family, shape_layout
-from knobctl.model.images import ImageLike, Images, Visual, as_batch, batch_pixels, tier_pixels
-from knobctl.model.presets import (
-    BOS,
-    EOS,
-    FAMILY_PRESETS,
-    IMAGE,
-    PAD,
-    PRESETS,
-    SEP,
-    SPEC_FILE,
-    ModelSpec,
-    TierSpec,
-    TinyDims,
-    full_tier_tokens,
-    preset_config,
-)
+from knobctl.model.families import Family, knobs_applied, layer_routers, max_top_k
+from knobctl.model.images import ImageLike, Images, Visual, as_batch
+from knobctl.model.layout import LoadOptions, ModelLayout
+from knobctl.model.presets import TinyDims, full_tier_tokens
+from knobctl.model.spec import EOS, IMAGE, PAD, ModelSpec, parse_block_order
 from knobctl.weights import check_finite
 
 #: dtype names accepted in params.yaml.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 
 @dataclass(frozen=True)
@@ -85,10 +63,9 @@ class Runtime:
     """A loaded model ready to answer with any knob configuration of its grid."""
 
     model: nn.Module  # LlavaForConditionalGeneration, or the family's class (Family.model_class)
-    tokenizer: Any
     spec: ModelSpec
     source: str
-    layout: FamilyLayout | None = None  # None: knobctl's own Llava format
+    layout: ModelLayout  # the backend: tiers, vision path, prompt, positions and token ids
 
     def __post_init__(self) -> None:
         self.spec.validate(self.num_layers)
@@ -97,27 +74,11 @@ class Runtime:
         self._routers = [r for routers in self._block_routers for r in routers]
         if not self._routers:
             raise ValueError(f"{self.source}: the language model has no top-k MoE routers; knobctl needs an MoE LM")
-        if self.layout is not None:
-            # Once: validate() reads it on every request, and a family's config.to_dict() is not free.
-            self._top_k_limit = min(max_top_k(self.config.to_dict(), self.family),
-                                    min(r.num_experts for r in self._routers))
-            # The family's own tokens; PAD, EOS and IMAGE are the keys the decoding loop and features use.
-            eos = self.model.generation_config.eos_token_id
-            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-            eos = self.tokenizer.eos_token_id if eos is None else eos
-            if eos is None:
-                raise ValueError(f"{self.source}: neither generation_config.json nor the tokenizer names an end "
-                                 "token; add the model's eos_token_id to generation_config.json")
-            pad = self.tokenizer.pad_token_id
-            self.ids = {PAD: eos if pad is None else pad, EOS: eos, IMAGE: self.layout.image_token_id}
-            return
-        vocab = self.tokenizer.get_vocab()
-        self.ids = {tok: vocab[tok] for tok in (PAD, BOS, EOS, SEP, IMAGE)}
-        if self.ids[IMAGE] != self.config.image_token_id:
-            raise ValueError(
-                f"{self.source}: tokenizer id of {IMAGE} is {self.ids[IMAGE]} but config.image_token_id is "
-                f"{self.config.image_token_id}"
-            )
+        # Once: validate() reads it on every request, and a config's to_dict() is not free.
+        self._top_k_limit = min(max_top_k(self.config.to_dict(), self.family),
+                                min(r.num_experts for r in self._routers))
+        # PAD, EOS and IMAGE are the keys the decoding loop and features use.
+        self.ids = self.layout.token_ids(self.model)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -125,8 +86,12 @@ class Runtime:
         return self.model.config
 
     @property
+    def tokenizer(self) -> Any:
+        return self.layout.tokenizer
+
+    @property
     def family(self) -> Family:
-        return FAMILIES["llava"] if self.layout is None else self.layout.family
+        return self.layout.family
 
     @property
     def lm(self) -> nn.Module:
@@ -139,16 +104,16 @@ class Runtime:
     @property
     def num_experts(self) -> int:
         """The largest top_k every router honours (a group-limited router keeps fewer than all experts)."""
-        return self.config.text_config.num_experts if self.layout is None else self._top_k_limit
+        return self._top_k_limit
 
     @property
     def tier_names(self) -> list[str]:
-        return list(self.spec.tiers if self.layout is None else self.layout.tiers)
+        return list(self.layout.tiers)
 
     @property
     def image_size(self) -> int:
         """Side at which the stages decode dataset images before the tier's own resize."""
-        return self.config.vision_config.image_size if self.layout is None else self.layout.image_size
+        return self.layout.image_size
 
     @property
     def all_layers(self) -> nn.ModuleList:
@@ -164,42 +129,23 @@ class Runtime:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @property
-    def patch_size(self) -> int:
-        return self.config.vision_config.patch_size
-
     def visual_tokens(self, tier: str) -> int:
         """Visual tokens that enter the LLM at a tier (an HF family: for a square image of :attr:`image_size`)."""
-        if self.layout is not None:
-            return self.layout.visual_tokens(tier, self.image_size)
-        return self.tier(tier).num_tokens(self.patch_size)
-
-    def tier(self, name: str) -> TierSpec:
-        if name not in self.spec.tiers:
-            raise ValueError(f"tier {name!r} is not defined for {self.source}; it has: {', '.join(self.spec.tiers)}")
-        return self.spec.tiers[name]
+        return self.layout.visual_tokens(tier)
 
     def tier_table(self) -> dict[str, dict[str, int]]:
         """What each tier costs in inputs: visual tokens, images (global + crops), pixels per side,
         and the prompt's length without the question (visual tokens plus the special tokens)."""
-        if self.layout is not None:
-            return {name: {"visual_tokens": self.visual_tokens(name), "max_visual_tokens": tokens, "num_images": 1,
-                           "image_size": self.image_size,
-                           "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
-                    for name, tokens in self.layout.tiers.items()}
-        return {
-            name: {"visual_tokens": self.visual_tokens(name), "num_images": t.num_images, "image_size": t.image_size,
-                   "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
-            for name, t in self.spec.tiers.items()
-        }
+        return {name: {"visual_tokens": self.visual_tokens(name), **self.layout.tier_inputs(name),
+                       "prompt_tokens": len(self.prompt_from_ids([[]], self.visual_tokens(name))[0])}
+                for name in self.layout.tiers}
 
     def validate(self, knobs: KnobConfig) -> None:
         knobs.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.tier_names)
 
     def validate_grid(self, grid: KnobGrid) -> None:
         """Raise a ParamsError naming the first value of the ``knobs:`` grid this model cannot run."""
-        if self.layout is not None:  # a group-limited router: say why top_k stops below the experts
-            check_top_k(self.config.to_dict(), self.family, grid.top_k, self.source)
+        self.layout.check_grid(self.model, grid.top_k, self.source)
         grid.validate_for(num_experts=self.num_experts, num_layers=self.num_layers, tiers=self.tier_names,
                           source=self.source)
 
@@ -260,68 +206,35 @@ class Runtime:
         """Final norm + LM head on block outputs [..., H] -> logits [..., V] (an early exit)."""
         return self.model.lm_head(self.lm.norm(hidden))
 
-    # ------------------------------------------------------------------ vision
-    def pixel_values(self, images: ImageLike | Images, tier: str) -> torch.Tensor:
-        """Normalised pixels for the vision tower: [B * num_images, 3, S, S] (one image or a batch:
-        :func:`knobctl.model.images.as_batch`)."""
-        spec = self.tier(tier)
-        batch = batch_pixels(images)
-        if isinstance(batch, torch.Tensor):
-            pix = tier_pixels(batch, spec)
-        else:
-            pix = torch.cat([tier_pixels(im, spec) for im in batch])
-        mean = torch.tensor(self.spec.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.image_std).view(1, 3, 1, 1)
-        return ((pix - mean) / std).to(self.device, self.model.dtype)
-
+    # ------------------------------------------------------------------ vision and text
     def encode_images(self, images: ImageLike | Images, tier: str) -> Visual:
-        """Vision tower + optional pooling + projector: embeds [B, T_visual, H_llm]."""
-        if self.layout is not None:
-            return self.layout.encode(self.model, images, tier)
-        spec = self.tier(tier)
-        pix = self.pixel_values(images, tier)  # [B*n, 3, S, S]
-        inner = self.model.model
-        layer = self.config.vision_feature_layer
-        out = inner.vision_tower(pix, output_hidden_states=layer != -1, interpolate_pos_encoding=True)
-        feats = out.last_hidden_state if layer == -1 else out.hidden_states[layer]  # [B*n, 1+P, Dv]
-        if self.config.vision_feature_select_strategy == "default":
-            feats = feats[:, 1:]
-        if spec.pool > 1:
-            n, p, d = feats.shape
-            side = round(p**0.5)
-            grid = feats.transpose(1, 2).reshape(n, d, side, side)
-            feats = F.avg_pool2d(grid, spec.pool).flatten(2).transpose(1, 2)  # [B*n, P/pool^2, Dv]
-        proj = inner.multi_modal_projector(feats)  # [B*n, t, H]
-        return Visual(proj.reshape(-1, spec.num_images * proj.shape[1], proj.shape[-1]))  # [B, T, H]
+        """The vision path at a tier (one image or a batch: :func:`knobctl.model.images.as_batch`): embeds
+        [B, T_visual, H_llm]."""
+        return self.layout.encode(self.model, images, tier)
 
-    # ------------------------------------------------------------------ text
     def prompt_ids(self, questions: Sequence[str], num_visual: int) -> list[list[int]]:
-        """[BOS] <image> x num_visual question-words [SEP], one list per question."""
+        """The prompt of each question with ``num_visual`` image slots (:meth:`prompt_from_ids`)."""
         words = self.tokenizer(list(questions), add_special_tokens=False)["input_ids"]
         return self.prompt_from_ids(words, num_visual)
 
     def prompt_from_ids(self, questions: Sequence[Sequence[int]], num_visual: int) -> list[list[int]]:
-        """The prompt layout of :meth:`prompt_ids` around already-tokenized questions (an HF family: its
-        chat template)."""
-        if self.layout is not None:
-            return self.layout.prompt_from_ids(questions, num_visual)
-        head = [self.ids[BOS]] + [self.ids[IMAGE]] * num_visual
-        return [head + list(q) + [self.ids[SEP]] for q in questions]
+        """The prompt around already-tokenized questions: ``[BOS] <image> x num_visual question [SEP]`` in
+        knobctl's own format, the chat template in an HF family's."""
+        return self.layout.prompt_from_ids(questions, num_visual)
 
     def embed(self, visual: Visual, sequences: Sequence[Sequence[int]]) -> dict[str, Any]:
-        """Left-padded embeddings with visual features scattered into the image slots."""
-        if self.layout is not None:
-            return self.layout.embed(self.model, visual, sequences, self.ids[PAD])
+        """Left-padded embeddings with the visual tokens scattered into the image slots, the mask, and the
+        positions (and what else the forward needs of the images) of the layout."""
         width = max(len(s) for s in sequences)
         pad = self.ids[PAD]
         ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=self.device)  # [B, L]
         lengths = torch.tensor([len(s) for s in sequences], device=self.device)  # [B]
         mask = (torch.arange(width, device=self.device) >= width - lengths[:, None]).long()  # [B, L]
-        embeds = self.lm.embed_tokens(ids)  # [B, L, H]
-        slots = (ids == self.ids[IMAGE]).unsqueeze(-1)  # [B, L, 1]
-        embeds = embeds.masked_scatter(slots, visual.embeds.to(embeds.dtype))
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, L]
-        return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions}
+        image = ids == self.ids[IMAGE]  # [B, L]
+        table = self.lm.embed_tokens
+        embeds = table(ids).masked_scatter(image[..., None], visual.embeds.to(table.weight.dtype))  # [B, L, H]
+        return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask,
+                **self.layout.position_inputs(self.model, ids, mask, image, visual)}
 
     def decode(self, tokens: torch.Tensor) -> list[str]:
         texts = []
@@ -398,8 +311,8 @@ def load_runtime(
 
     A checkpoint never runs code of its own: one whose config asks for remote code
     (``auto_map``) is refused, and there is no ``trust_remote_code`` switch to allow it.
-    A missing, truncated or unreadable file raises :class:`CheckpointError` naming it,
-    before any weights load. ``block_order`` overrides
+    A missing, truncated or unreadable file raises :class:`knobctl.model.checkpoint.CheckpointError`
+    naming it, before any weights load. ``block_order`` overrides
     the checkpoint's block policy ('first', a ranked list of block indices, or the path of a
     JSON file with an ``order`` key such as block_importance's output).
     ``experts_implementation`` picks HF's MoE experts kernel (eager, grouped_mm,
@@ -412,41 +325,12 @@ def load_runtime(
     (:attr:`knobctl.model.families.Family.tier_tokens`). knobctl's own format sets its tiers in knobctl.json.
     A folder holding only train_base's ``knobctl_source.json`` (``model.source``) loads the folder it names.
     """
-    from knobctl.model.tokenizer import build_word_tokenizer
-
     dev = resolve_device(device)
-    path = resolve_source(Path(source)) if Path(source).is_dir() else Path(source)
-    layout: FamilyLayout | None = None
-    if str(source) in FAMILY_PRESETS and not path.is_dir():
-        make_config, *eos = FAMILY_PRESETS[str(source)]
-        config = make_config()
-        layout = shape_layout(str(source), config, tuple(eos), tier_tokens)
-        model = _build(getattr(transformers, layout.family.model_class), config, dev, dtype)
-        model.generation_config.eos_token_id = layout.tokenizer.eos_token_id
-        tokenizer = layout.tokenizer
-        spec = ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS)
-    elif str(source) in PRESETS and not path.is_dir():
-        tokenizer = build_word_tokenizer(vocab)
-        config, spec = preset_config(str(source), vocab_size=len(tokenizer), dims=dims)
-        model = _build(LlavaForConditionalGeneration, config, dev, dtype)
-    elif path.is_dir() and (family := check_checkpoint(path)).model_class:
-        model, layout = load_family(path, family, tier_tokens, dtype)
-        tokenizer = layout.tokenizer
-        spec = ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS)
-    elif path.is_dir():
-        spec = ModelSpec.load(path)
-        if spec is None:
-            raise CheckpointError(f"{path} has no {SPEC_FILE} (tier layout); copy one from a preset and edit it")
-        try:
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-        except Exception as exc:  # the tokenizers library raises bare Exceptions that name no file
-            raise CheckpointError(f"{path / TOKENIZER_FILE} does not load ({exc}); {REBUILD}") from exc
-        model = load_weights(LlavaForConditionalGeneration, path, dtype or torch.float32)
-    else:
-        raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    options = LoadOptions(source=str(source), device=dev, dtype=dtype, vocab=vocab, dims=dims,
+                          tier_tokens=tier_tokens)
+    loaded = load_source(source, options)
+    model, spec = loaded.model, loaded.spec
     if block_order is not None:
-        from knobctl.model.presets import parse_block_order
-
         spec = ModelSpec(**{**spec.__dict__, "block_order": parse_block_order(block_order)})
         if isinstance(block_order, (str, Path)) and block_order != "first":
             try:  # Runtime checks it too, but could not name the file the order came from
@@ -460,24 +344,12 @@ def load_runtime(
     if experts_implementation is not None:
         model.model.language_model.set_experts_implementation(experts_implementation)
     model.eval()
-    return Runtime(model=model, tokenizer=tokenizer, spec=spec, source=str(source), layout=layout)
-
-
-def _build(model_class: type, config: Any, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
-    """Random weights built directly on the device in ``dtype``: a true-size preset never initialises
-    billions of float32 parameters on the CPU first."""
-    saved_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype or torch.float32)
-    try:
-        with device:
-            return model_class(config)
-    finally:
-        torch.set_default_dtype(saved_dtype)
+    return Runtime(model=model, spec=spec, source=str(source), layout=loaded.layout)
 
 
 def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:
     """save_pretrained (safetensors + config), tokenizer.json, knobctl.json and a model card
-    (README.md: what stock transformers can do with the checkpoint), atomically.
+    (README.md: what stock transformers can do with the checkpoint), atomically: knobctl's own format.
 
     config.json's ``image_seq_length`` is set to the visual tokens of the full tier first, so
     the file states the true image length rather than LlavaConfig's default of 576."""
@@ -487,7 +359,7 @@ def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any]
     check_finite(rt.model.state_dict(), directory, "Lower train_base.lr or train_base.grad_clip, or check the "
                  "training data (`python stages/prepare_data.py`).")
     with atomic_dir(directory) as tmp:
-        (tmp / "README.md").write_text(model_card(rt))
+        (tmp / "README.md").write_text(model_card(rt.config, rt.spec))
         rt.model.save_pretrained(tmp, safe_serialization=True)
         rt.tokenizer.save_pretrained(tmp)
         rt.spec.save(tmp)

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from knobctl.model.presets import BOS, EOS, IMAGE, PAD, SEP, SPECIAL_TOKENS, UNK
+from knobctl.model.spec import BOS, EOS, IMAGE, PAD, SEP, SPECIAL_TOKENS, UNK
 
 
 def words_of(texts: Iterable[str]) -> Counter[str]:

@@ -1,4 +1,4 @@
-"""The accuracy table on disk: sharded, resumable part files, their merge and its summary.
+"""The accuracy table on disk: sharded, resumable part files and their merge (its summary: table/summary.py).
 
 The selected samples are cut into parts of ``part_size`` in a fixed order; part ``i``
 belongs to shard ``i % num_shards``. A part is two atomic files in the run's cache
@@ -26,9 +26,8 @@ import pyarrow.parquet as pq
 
 from knobctl.contracts import FEATURES, ROLLOUTS, read_table
 from knobctl.execution import progress_bar
-from knobctl.io import round4 as _r
 from knobctl.io import write_parquet_atomic
-from knobctl.knobs import TIER_ORDER, KnobConfig, KnobGrid, check_configs_in_grid
+from knobctl.knobs import KnobConfig, KnobGrid, check_configs_in_grid
 from knobctl.model.runtime import Runtime, device_name
 from knobctl.params import InputError
 from knobctl.table.rollouts import RolloutParams, rollout_part
@@ -120,7 +119,7 @@ def table_info(rt: Runtime, grid: KnobGrid, p: RolloutParams) -> dict[str, Any]:
     # A CPU's torch threads time a profile but change no rollout: a Ray worker runs fewer threads than the
     # local process, and the table must be the same bytes either way.
     return {"device": device_name(rt.device, threads=False), "device_type": rt.device.type, "tiers": rt.tier_table(),
-            "tier_tokens": None if rt.layout is None else dict(rt.layout.tiers),
+            "tier_tokens": rt.layout.tier_tokens,
             "block_order": rt.spec.block_order_json,  # resolved: a file's list, not its path
             "max_new_tokens": p.max_new_tokens or rt.spec.max_new_tokens,
             "feature_dim": int(2 * rt.config.text_config.hidden_size),
@@ -248,61 +247,3 @@ class AccuracyTable:
         directory = Path(directory)
         return cls.from_frames(read_table(directory / "rollouts.parquet", ROLLOUTS),
                                read_table(directory / "features.parquet", FEATURES))
-
-
-def summarize(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> dict[str, Any]:
-    """metrics/accuracy_table.json: a headline block (full, smallest, best static configuration, per-sample
-    oracle: each sample's best configuration), the table's size and accuracy per question type. Accuracy per
-    configuration is in :func:`per_config_table`'s CSV."""
-    ok = rows[rows["error"].isna()]
-    labels = [k.label for k in configs]
-    per_config = ok.groupby("config")["score"].mean().reindex(labels)
-    oracle = ok.groupby("sample_id")["score"].max()
-    full, smallest = max(configs, key=_size), min(configs, key=_size)
-    by_type: dict[str, Any] = {}
-    for qtype, group in ok.groupby("question_type"):
-        accs = group.groupby("config")["score"].mean().reindex(labels)
-        by_type[str(qtype)] = {
-            "samples": int(group["sample_id"].nunique()),
-            "full": _r(accs[full.label]), "smallest": _r(accs[smallest.label]),
-            "mean_over_configs": _r(accs.mean()), "oracle": _r(group.groupby("sample_id")["score"].max().mean()),
-        }
-    best = per_config.idxmax()
-    return {
-        "headline": {"full_accuracy": _r(per_config[full.label]), "smallest_accuracy": _r(per_config[smallest.label]),
-                     "best_static_accuracy": _r(per_config[best]), "oracle_accuracy": _r(oracle.mean())},
-        "samples": int(rows["sample_id"].nunique()),
-        "configurations": len(configs),
-        "rollouts": len(rows),
-        "error_rows": int(rows["error"].notna().sum()),
-        "error_samples": int(rows.loc[rows["error"].notna(), "sample_id"].nunique()),
-        "full_config": full.label,
-        "full_accuracy": _r(per_config[full.label]),
-        "smallest_config": smallest.label,
-        "smallest_accuracy": _r(per_config[smallest.label]),
-        "best_static": {"config": str(best), "accuracy": _r(per_config[best])},
-        "oracle_accuracy": _r(oracle.mean()),
-        "oracle_gain_over_full": _r(oracle.mean() - per_config[full.label]),
-        "mean_output_tokens": _r(ok["output_tokens"].mean()),
-        "per_question_type": by_type,
-    }
-
-
-def table_metrics(full: dict[str, Any]) -> dict[str, Any]:
-    """metrics/accuracy_table.json from :func:`summarize`'s result: its headline and the table's size. The
-    accuracy per question type stays in data/rollouts/summary.json, per configuration in per_config.csv."""
-    return {"headline": full["headline"], "best_static_config": full["best_static"]["config"],
-            **{k: full[k] for k in ("samples", "rollouts", "error_samples", "mean_output_tokens")}}
-
-
-def per_config_table(rows: pd.DataFrame, configs: Sequence[KnobConfig]) -> pd.DataFrame:
-    """Accuracy per configuration, for ``dvc plots``."""
-    ok = rows[rows["error"].isna()]
-    acc = ok.groupby("config")["score"].mean()
-    return pd.DataFrame([{**k.as_dict(), "config": k.label, "accuracy": _r(acc.get(k.label, float("nan")))}
-                         for k in configs])
-
-
-def _size(k: KnobConfig) -> tuple[int, int, int]:
-    return TIER_ORDER.index(k.tier), k.top_k, k.num_blocks
-

@@ -20,8 +20,8 @@ from knobctl.model.timing import answer_fixed
 from knobctl.vqa.metric import vqa_score
 
 
-class OnlineOracle:
-    """``oracle(sample_rows, config_indices) -> (scores, latency_ms)`` against the real model.
+class OnlineCells:
+    """``cells(sample_rows, config_indices) -> (scores, latency_ms)``: cells answered and timed by the real model.
 
     ``samples`` are the table's samples in its row order (columns image, question, answers);
     ``configs`` is the lookup tables' configuration order.

@@ -5,7 +5,7 @@ Methods, at every budget, on the same held-out test samples:
 * ``controller``: the two-stage flow inside the model (:mod:`knobctl.controller.two_stage`), one
   request per (sample, budget), controller included in the latency;
 * ``static``: one configuration per budget for the whole run, chosen on the *val* tables with
-  estimated latency (:func:`knobctl.controller.evaluation.best_static`: the most accurate one that
+  estimated latency (:func:`knobctl.table.measures.best_static`: the most accurate one that
   fits 95% of val samples, at the speed scale of the calibration burst); a budget where none
   fits has no static baseline;
 * ``lookup``: the fair non-adaptive baseline. At every request, the best single configuration for
@@ -20,10 +20,11 @@ Methods, at every budget, on the same held-out test samples:
   ``probe.safetensors`` in the controller's folder): per (sample, budget), the fitting configuration
   it rates most likely right, from the sample's features in the test tables. Only its chosen
   configuration is timed, not the features of every tier it reads (a live request would pay those);
-* ``oracle``: measured (:func:`knobctl.validate.summary.oracle_rows`): the best of all the
+* ``best_measured`` (:func:`knobctl.validate.summary.best_measured_rows`): the best of all the
   sample's measured requests that met the budget on the clock; an upper bound on accuracy within
-  budget, not a method. To give it its likeliest candidate, ``oracle_estimate`` (the most accurate
-  configuration on the test rollouts whose scaled estimate fits) is measured too.
+  budget, not a method. To give it its likeliest candidate, the per-sample ``oracle``'s configuration
+  (:mod:`knobctl.table.measures`: the most accurate on the test rollouts whose scaled estimate fits)
+  is measured too.
 
 Baselines are fixed configurations, so each distinct (sample, configuration) is measured
 once and shared between the methods and budgets that use it; a sample's requests run in a
@@ -41,7 +42,7 @@ controller times. A high quantile plans for a slow request rather than a typical
 request-to-request jitter on a shared CPU is large, and planning with the median puts a
 configuration chosen at the edge of its budget over it about half the time. The controller is given
 ``(budget - overhead_ms) / scale`` as its budget in the estimator's milliseconds; the
-static, random and oracle baselines of a sample are chosen with the same current ``scale``
+static, random and oracle choices of a sample are made with the same current ``scale``
 (a configuration fits when ``scale`` x its estimate does). Default budgets span the
 *measured* range: the burst's ``scale`` (at the same quantile) times the estimated one. ``calibrate: false``
 uses the estimates as they are. The metrics report both numbers.
@@ -59,7 +60,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.controller.evaluation import best_static, mean_accuracy
 from knobctl.controller.policy import Controller, NumpyPolicy
 from knobctl.controller.probe import Probe, probe_choices
 from knobctl.controller.tables import CacheTables, budgets_between
@@ -70,6 +70,7 @@ from knobctl.model.runtime import Runtime
 from knobctl.model.timing import answer_fixed
 from knobctl.params import build, require, require_device, require_int
 from knobctl.parts import PartStore
+from knobctl.table.measures import best_static, config_accuracy, full_index, oracle_choice, smallest_index
 from knobctl.validate.summary import BASELINES
 from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import decode_images
@@ -174,10 +175,9 @@ class Baselines:
                  static_scale: float = 1.0, probe: torch.Tensor | None = None):
         """``probe``: the probe's P(right) for every test sample and configuration [S, C] (None: no probe)."""
         self.test, self.budgets, self.seed, self.probe = test, tuple(float(b) for b in budgets), seed, probe
-        self.val_latency, self.val_acc = val.latency_ms, mean_accuracy(val.scores)  # [S, C], [C]
-        self.static = [best_static(val.latency_ms * static_scale, self.val_acc, b) for b in self.budgets]
-        self.scores = torch.nan_to_num(test.scores, nan=-1.0)  # [S, C]; an error cell never wins
-        self.cheapest, self.full = int(test.complexity.argmin()), int(test.complexity.argmax())
+        self.val_latency, self.val_acc = val.latency_ms, config_accuracy(val.scores)  # [S, C], [C]
+        self.static = [best_static(self.val_acc, val.latency_ms * static_scale, b) for b in self.budgets]
+        self.cheapest, self.full = smallest_index(test.configs), full_index(test.configs)
 
     def choose(self, row: int, scale: float, overhead_ms: float = 0.0) -> dict[str, list[int]]:
         """baseline -> one column per budget (-1 where the baseline has none). ``scale`` and ``overhead_ms`` are
@@ -187,13 +187,14 @@ class Baselines:
         out: dict[str, list[int]] = {m: [] for m in BASELINES if m != "probe" or self.probe is not None}
         for b, static in zip(self.budgets, self.static):
             ok = torch.nonzero(lat <= b).flatten()  # [F]
-            lookup = best_static(self.val_latency, self.val_acc, (b - overhead_ms) / scale)
+            lookup = best_static(self.val_acc, self.val_latency, (b - overhead_ms) / scale)
             out["lookup"].append(self.cheapest if lookup is None else lookup)
             out["static"].append(-1 if static is None else static)
             out["full"].append(self.full)
             out["smallest"].append(self.cheapest)
             out["random"].append(int(ok[gen.integers(len(ok))]) if len(ok) else self.cheapest)
-            out["oracle_estimate"].append(int(ok[self.scores[row, ok].argmax()]) if len(ok) else self.cheapest)
+            oracle = int(oracle_choice(self.test.scores[row : row + 1], lat[None], b)[0])
+            out["oracle"].append(oracle if oracle >= 0 else self.cheapest)
             if self.probe is not None:
                 out["probe"].append(int(probe_choices(self.probe[row : row + 1], lat[None], b, self.test.complexity)[0]))
         return out

@@ -3,26 +3,31 @@
 * ``accuracy.csv`` / ``accuracy.png``: accuracy against budget, one column/line per method;
 * ``violations.csv``: violation rate against budget, per method;
 * ``accuracy_within_budget.csv`` (second panel of ``accuracy.png``): accuracy with every late answer
-  counted wrong, per method; the measured oracle bounds every method here;
+  counted wrong, per method; best_measured (the best request measured that met the budget) bounds every
+  method here;
 * ``latency.csv`` / ``latency.png``: every controller and static request's measured
   latency with its budget (the PNG: one box per budget, the budget marked);
-* ``choices.csv`` / ``choices.png``: the controller's knob choices per budget and per
-  question type (tier shares, mean top_k, mean block count);
+* ``choices.csv`` / ``choices.png``: the controller's knob choices per budget (tier shares, mean
+  top_k, mean block count); ``choices_by_type.csv`` the same per question type;
+* ``gain_over_lookup.csv``: the controller's gain over lookup in accuracy within budget per budget, with
+  its paired 95% interval (from the summary);
 * ``pareto.csv`` / ``pareto.png``: each static configuration's test accuracy against its
   median measured latency, and which lie on the accuracy/latency Pareto front.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from knobctl.controller.evaluation import mean_accuracy
 from knobctl.controller.tables import CacheTables
 from knobctl.io import atomic_path, write_csv_atomic
 from knobctl.knobs import TIER_ORDER
+from knobctl.table.measures import config_accuracy
 from knobctl.validate.summary import METHODS, method_rows
 
 
@@ -39,8 +44,19 @@ def tables(requests: pd.DataFrame, chosen: pd.DataFrame, test: CacheTables) -> d
     ctrl = requests[requests["kind"] == "controller"]
     choices = _choices(ctrl.assign(question_type="all")) if len(ctrl) else pd.DataFrame()
     by_type = _choices(ctrl) if len(ctrl) else pd.DataFrame()
-    return {**wide, "latency": latency.round(3).reset_index(drop=True),
-            "choices": pd.concat([choices, by_type], ignore_index=True), "pareto": pareto(requests, test)}
+    return {**wide, "latency": latency.round(3).reset_index(drop=True), "choices": choices,
+            "choices_by_type": by_type, "pareto": pareto(requests, test)}
+
+
+def gain_frame(full: Mapping[str, Any]) -> pd.DataFrame:
+    """Per budget, the controller's gain over lookup in accuracy within budget and its paired 95% interval, from
+    :func:`knobctl.validate.summary.summarize`'s result (empty cells where lookup has no rows)."""
+    rows = []
+    for e in full["per_budget"].values():
+        vs = e.get("controller_vs_lookup") or {}
+        low, high = vs.get("ci95") or (None, None)
+        rows.append({"budget_ms": e["budget_ms"], "gain": vs.get("gain"), "ci95_low": low, "ci95_high": high})
+    return pd.DataFrame(rows, columns=["budget_ms", "gain", "ci95_low", "ci95_high"])
 
 
 def _choices(ctrl: pd.DataFrame) -> pd.DataFrame:
@@ -57,7 +73,7 @@ def pareto(requests: pd.DataFrame, test: CacheTables) -> pd.DataFrame:
     measured = requests[requests["kind"] == "fixed"].groupby("config")["latency_ms"].median()
     df = pd.DataFrame({
         "config": [k.label for k in test.configs],
-        "accuracy": mean_accuracy(test.scores).numpy().round(4),
+        "accuracy": config_accuracy(test.scores).round(4),
         "estimated_ms": test.latency_ms.median(0).values.numpy().round(3),
     })
     df["measured_ms"] = df["config"].map(measured).round(3)
@@ -69,9 +85,12 @@ def pareto(requests: pd.DataFrame, test: CacheTables) -> pd.DataFrame:
     return df
 
 
-def write_plots(requests: pd.DataFrame, chosen: pd.DataFrame, test: CacheTables,
-                directory: Path) -> dict[str, pd.DataFrame]:
+def write_plots(requests: pd.DataFrame, chosen: pd.DataFrame, test: CacheTables, directory: Path,
+                full: Mapping[str, Any] | None = None) -> dict[str, pd.DataFrame]:
+    """Every CSV and PNG into ``directory``; with the summary ``full``, the gain over lookup per budget too."""
     data = tables(requests, chosen, test)
+    if full is not None:
+        data["gain_over_lookup"] = gain_frame(full)
     for name, df in data.items():
         write_csv_atomic(directory / f"{name}.csv", df)
     _pngs(data, directory)
@@ -113,7 +132,6 @@ def _pngs(data: dict[str, pd.DataFrame], directory: Path) -> None:
     save(fig, "latency")
 
     ch = data["choices"]
-    ch = ch[ch["question_type"] == "all"] if len(ch) else ch
     fig, ax = plt.subplots(figsize=(6.4, 4))
     bottom = np.zeros(len(ch))
     for t in TIER_ORDER:

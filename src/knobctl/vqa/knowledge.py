@@ -1,7 +1,7 @@
 """Knowledge questions: answers the model can only hold in its weights, as a pretrained VLM holds world knowledge.
 
 Why they exist: on easy-VQA alone the tiny model answers every question from its first three blocks
-(docs/BENCHMARKS.md, "A default whose knobs trade"), so its later blocks and half its experts are spare
+(docs/LOG.md, "A half-width model at the full configuration only"), so its later blocks and half its experts are spare
 capacity and no training recipe makes the top_k or blocks knob cost accuracy. A pretrained MoE VLM is the
 opposite: much of what it answers (what a sport is called, what a food tastes like) is recall of facts
 spread over its experts and blocks, so running fewer of them forgets some. A knowledge question,

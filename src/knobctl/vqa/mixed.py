@@ -22,7 +22,7 @@ asked, a dark 5x7 px digit, both on a ``text_grid`` px grid apart from the shape
   seeded fact about the picture's kind: the large shape's colour *and* the background's tint (``colors`` x
   ``tints`` kinds, x ``relations`` facts, each one of ``values`` answer words). Both survive every tier; the
   fact lives only in the weights. A key that binds two attributes is what sent recall to the late blocks
-  (docs/BENCHMARKS.md, "The mixed source": colour-keyed facts stayed in the early blocks).
+  (docs/LOG.md, "Designs tried": colour-keyed facts stayed in the early blocks).
 * ``color`` (needs neither): "what color is the large shape?".
 * ``text`` (needs resolution, and depth on the models trained so far): "what number is written?", the digit.
 

@@ -1,8 +1,8 @@
 """How a checkpoint of a supported HF MoE VLM family, loaded as it comes from the hub, lays out a request.
 
-:class:`FamilyLayout` is what :class:`knobctl.model.runtime.Runtime` does differently for a Qwen3-VL-MoE or
-GLM-4.5V folder than for knobctl's own Llava format: the prompt comes from the checkpoint's chat template
-and tokenizer, the image goes through the family's own (PIL) image processor at the tier's visual-token
+:class:`FamilyLayout` is the backend (:class:`knobctl.model.layout.ModelLayout`) of a Qwen3-VL-MoE or
+GLM-4.5V folder, beside :class:`knobctl.model.llava_layout.LlavaLayout` for knobctl's own format: the prompt
+comes from the checkpoint's chat template and tokenizer, the image goes through the family's own (PIL) image processor at the tier's visual-token
 budget and through the model's own vision tower and merger, positions are the family's M-RoPE positions
 (``get_rope_index``), and Qwen3-VL's DeepStack features are added at the image's positions after the early
 layers. Everything after that (prefill, greedy decoding with a KV cache, cache forks, the decision block's
@@ -19,7 +19,7 @@ work across configurations and requests:
   few tokens in every tier);
 * decoding stops at one token, the first of the checkpoint's end-of-turn ids (``generation_config``);
 * DeepStack features are added by hooks on the layers rather than by loop position
-  (:func:`deepstack_injected`), so they stay where they belong when blocks are skipped or a prefill is
+  (:mod:`knobctl.model.deepstack`), so they stay where they belong when blocks are skipped or a prefill is
   split at the decision block.
 
 The tests hold :meth:`Runtime.answer` on a tiny random checkpoint equal to the stock processor and ``generate``.
@@ -27,9 +27,8 @@ The tests hold :meth:`Runtime.answer` on a tiny random checkpoint equal to the s
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,11 @@ from PIL import Image
 from torch import nn
 
 from knobctl.model.checkpoint import load_weights
-from knobctl.model.families import Family, family_of
+from knobctl.model.families import Family, check_top_k, family_of
 from knobctl.model.images import ImageLike, Images, Visual, batch_pixels
+from knobctl.model.layout import Loaded, LoadOptions, random_weights
+from knobctl.model.presets import Preset
+from knobctl.model.spec import EOS, IMAGE, PAD, ModelSpec
 
 #: Stands in for the question while the chat template is rendered, to split the template around it.
 QUESTION_MARK = "\x00knobctl-question\x00"
@@ -64,6 +66,34 @@ class FamilyLayout:
 
     def __post_init__(self) -> None:
         self.head, self.tail, self.after = self._template_pieces()
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def tier_tokens(self) -> dict[str, int] | None:
+        return dict(self.tiers)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """The chat and image tokens: added tokens of the checkpoint's tokenizer."""
+        return frozenset(self.tokenizer.all_special_ids) | frozenset(self.tokenizer.get_added_vocab().values())
+
+    def token_ids(self, model: nn.Module) -> dict[str, int]:
+        """The family's own tokens under knobctl's names: the first end-of-turn id of ``generation_config``."""
+        eos = model.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        if eos is None:
+            raise ValueError(f"{self.source}: neither generation_config.json nor the tokenizer names an end "
+                             "token; add the model's eos_token_id to generation_config.json")
+        pad = self.tokenizer.pad_token_id
+        return {PAD: eos if pad is None else pad, EOS: eos, IMAGE: self.image_token_id}
+
+    def check_grid(self, model: nn.Module, top_k: Sequence[int], source: str) -> None:
+        """A group-limited router keeps fewer than all experts: say so where the grid asks for more."""
+        check_top_k(model.config.to_dict(), self.family, top_k, source)
+
+    def tier_inputs(self, tier: str) -> dict[str, int]:
+        return {"max_visual_tokens": self.tiers[tier], "num_images": 1, "image_size": self.image_size}
 
     # ------------------------------------------------------------------ text
     def _template_pieces(self) -> tuple[list[int], list[int], list[int]]:
@@ -114,11 +144,11 @@ class FamilyLayout:
         pil = [Image.fromarray((f.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()) for f in frames]
         return self.image_processor(images=pil, size=self.processor_size(tier), return_tensors="pt")
 
-    def visual_tokens(self, tier: str, image_size: int) -> int:
-        """Visual tokens a square image of ``image_size`` pixels takes at a tier (the processor's own resize)."""
-        key = (tier, image_size)
+    def visual_tokens(self, tier: str) -> int:
+        """Visual tokens a square image of :attr:`image_size` pixels takes at a tier (the processor's own resize)."""
+        key = (tier, self.image_size)
         if key not in self._counts:
-            blank = np.zeros((image_size, image_size, 3), np.uint8)
+            blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
             grid = self.pixels([blank], tier)["image_grid_thw"]
             self._counts[key] = int(grid.prod(-1).sum()) // int(getattr(self.image_processor, "merge_size", 2)) ** 2
         return self._counts[key]
@@ -138,21 +168,12 @@ class FamilyLayout:
                       deepstack=tuple(torch.stack(list(f)) for f in deepstack))  # each [B, T, H]
 
     # ------------------------------------------------------------------ inputs
-    def embed(self, model: nn.Module, visual: Visual, sequences: Sequence[Sequence[int]], pad: int
-              ) -> dict[str, Any]:
-        """Left-padded embeddings with the visual tokens in the image slots, and M-RoPE positions [3, B, L]."""
-        lm = model.model.language_model
-        device = lm.embed_tokens.weight.device
-        width = max(len(s) for s in sequences)
-        ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences], device=device)  # [B, L]
-        lengths = torch.tensor([len(s) for s in sequences], device=device)  # [B]
-        mask = (torch.arange(width, device=device) >= width - lengths[:, None]).long()  # [B, L]
-        image = ids == self.image_token_id  # [B, L]
-        embeds = lm.embed_tokens(ids).masked_scatter(image[..., None], visual.embeds.to(lm.embed_tokens.weight.dtype))
+    def position_inputs(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
+                        visual: Visual) -> dict[str, Any]:
+        """M-RoPE positions [3, B, L], and the image slots with the DeepStack features they take."""
         positions, _ = model.model.get_rope_index(ids, image.int(), image_grid_thw=visual.grid,
                                                   attention_mask=mask)  # [3, B, L]
-        return {"input_ids": ids, "inputs_embeds": embeds, "attention_mask": mask, "position_ids": positions,
-                "visual_mask": image, "deepstack": visual.deepstack}
+        return {"position_ids": positions, "visual_mask": image, "deepstack": visual.deepstack}
 
 
 def shape_layout(name: str, config: Any, eos: tuple[str, int], tier_tokens: Mapping[str, int] | None = None,
@@ -180,72 +201,22 @@ def shape_layout(name: str, config: Any, eos: tuple[str, int], tier_tokens: Mapp
                         tiers=dict(tier_tokens or dict(family.tier_tokens)), source=name)
 
 
-def load_family(path: Path, family: Family, tier_tokens: Mapping[str, int] | None, dtype: torch.dtype | None
-                ) -> tuple[nn.Module, FamilyLayout]:
+def load_folder(path: Path, family: Family, options: LoadOptions) -> Loaded:
     """A hub-layout folder of an HF family: its model class, tokenizer and PIL image processor (the stock
     processors also build a video processor, which needs torchvision), and the layout they make."""
-    model = load_weights(getattr(transformers, family.model_class), path, dtype or torch.float32)
+    model = load_weights(getattr(transformers, family.model_class), path, options.dtype or torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     processor = getattr(transformers, family.image_processor_class).from_pretrained(path, local_files_only=True)
     layout = FamilyLayout(family=family, tokenizer=tokenizer, image_processor=processor,
                           image_token_id=int(model.config.image_token_id),
-                          tiers=dict(tier_tokens or dict(family.tier_tokens)), source=str(path))
-    return model, layout
+                          tiers=dict(options.tier_tokens or dict(family.tier_tokens)), source=str(path))
+    return Loaded(model=model, spec=ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS), layout=layout)
 
 
-@contextlib.contextmanager
-def deepstack_injected(all_layers: Sequence[nn.Module], running: Sequence[nn.Module], inputs: Mapping[str, Any],
-                       after: int = -1) -> Iterator[None]:
-    """Within the scope, DeepStack feature ``j`` enters the residual stream at the prompt's image positions
-    (``inputs['visual_mask']``) right after original layer ``j``: added to that layer's output when it is
-    among the ``running`` layers, else to the input of the first running layer after it, which is where
-    the stock model puts it when the skipped layers are identities. The forward starts from the residual
-    stream after original layer ``after`` (-1: the token embeddings; the two-stage flow continues from the
-    decision block's output), which holds every feature ``j <= after`` already: those are not added again.
-
-    The output hooks run before any other forward hook of the layer (``prepend``), so a recorded block
-    output (:meth:`Runtime.block_outputs`) is the residual stream the next layer reads, DeepStack included;
-    a forward over a longer sequence (decoding without a cache) adds to the prompt's positions only."""
-    features = inputs.get("deepstack") or ()
-    if not features:
-        yield
-        return
-    mask = inputs["visual_mask"]  # [B, L]
-    index = {id(m): i for i, m in enumerate(all_layers)}
-    order = [index[id(m)] for m in running]  # original indices, loop order
-
-    def added(hidden: torch.Tensor, feature: torch.Tensor) -> torch.Tensor | None:
-        width = mask.shape[1]
-        if hidden.shape[1] < width:  # a decoding step: no image positions
-            return None
-        extra = torch.zeros_like(hidden[:, :width])  # [B, L, H]
-        extra[mask] = feature.reshape(-1, feature.shape[-1]).to(hidden.dtype)
-        return torch.cat([hidden[:, :width] + extra, hidden[:, width:]], dim=1)  # [B, L', H]
-
-    def behind(feature: torch.Tensor):
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            hidden = added(output[0] if isinstance(output, tuple) else output, feature)
-            if hidden is None:
-                return None
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-        return hook
-
-    def ahead(feature: torch.Tensor):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            hidden = added(args[0], feature)
-            return None if hidden is None else (hidden, *args[1:])
-        return hook
-
-    handles = []
-    for j, feature in enumerate(features):
-        if j <= after:
-            continue
-        if j in order:
-            handles.append(all_layers[j].register_forward_hook(behind(feature), prepend=True))
-        elif later := [i for i in order if i > j]:
-            handles.append(all_layers[later[0]].register_forward_pre_hook(ahead(feature)))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def build_preset(name: str, preset: Preset, options: LoadOptions) -> Loaded:
+    """A family's published shape with random weights and a word tokenizer (:func:`shape_layout`), for latency."""
+    config = preset.make()
+    layout = shape_layout(name, config, preset.eos, options.tier_tokens)
+    model = random_weights(getattr(transformers, layout.family.model_class), config, options.device, options.dtype)
+    model.generation_config.eos_token_id = layout.tokenizer.eos_token_id
+    return Loaded(model=model, spec=ModelSpec(tiers={}, max_new_tokens=MAX_NEW_TOKENS), layout=layout)
