@@ -6,6 +6,7 @@ and runs the stage that reads it, as DVC would (``python stages/<stage>.py``). A
 
 * ``named error``: exit 2, no traceback, every output of the stage as it was before (nothing half-written);
 * ``correct result``: exit 0 where the input is legal (an unknown extra column, say);
+* ``named warning``: exit 0 where the input is allowed with a warning that names it (a table of part of the grid);
 * ``SILENT``: exit 0 on an input that must be refused;
 * ``TRACEBACK``: a Python traceback or another exit status (a crash, an abort);
 * ``HALF-WRITTEN``: a refusal that changed some of the stage's outputs.
@@ -49,6 +50,7 @@ class Case:
     name: str
     mutate: Mutate
     legal: bool = False  # True: the input is allowed and the stage must complete
+    warns: str = ""  # allowed with a warning: the stage completes and says this on stderr
 
 
 # --- damaging inputs -------------------------------------------------------------------------------------
@@ -103,11 +105,13 @@ def edit_json(rel: str, change: Callable[[dict], None]) -> Mutate:
 
 
 def block_output(rel: str) -> Mutate:
-    """An output folder replaced by a plain file: writing under it fails (ENOTDIR) even for root."""
+    """An output folder replaced by a plain file (for an output file: its folder), so that writing under it fails
+    (ENOTDIR or EEXIST) even for root, who ignores permissions."""
     def go(repo: Path) -> None:
         path = repo / rel
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        path.write_text("not a folder\n")
+        target = path if path.is_dir() else path.parent
+        shutil.rmtree(target)
+        target.write_text("not a folder\n")
     return go
 
 
@@ -118,6 +122,13 @@ def poison_weights(rel: str) -> Mutate:
         name = next(k for k, v in tensors.items() if v.is_floating_point())
         tensors[name] = tensors[name].clone().fill_(float("nan"))
         save_file(tensors, repo / rel)
+    return go
+
+
+def both(*steps: Mutate) -> Mutate:
+    def go(repo: Path) -> None:
+        for step in steps:
+            step(repo)
     return go
 
 
@@ -140,6 +151,10 @@ def first(change: Callable[[pd.DataFrame], None]) -> Callable[[pd.DataFrame], pd
         change(df)
         return df
     return go
+
+
+# Damage every row where the stage reads only some (a stage's sample selection must not dodge the case).
+EVERY = slice(0, None)
 
 
 def set_cell(column: str, value: object, rows: slice = slice(0, 1)) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -215,9 +230,9 @@ def vqa_cases() -> list[Case]:
             ("null answers", rewrite_table(rel, set_cell("answers", None)), False),
             ("null question", rewrite_table(rel, set_cell("question", None)), False),
             ("duplicate sample ids", rewrite_table(rel, lambda d: pd.concat([d, d.iloc[:1]], ignore_index=True)), False),
-            ("undecodable image", rewrite_table(rel, set_cell("image", b"not an image")), False),
-            ("truncated image", rewrite_table(rel, lambda d: set_cell("image", d["image"].iloc[0][:40])(d)), False),
-            ("decompression-bomb image", rewrite_table(rel, set_cell("image", png_bomb())), False),
+            ("undecodable images", rewrite_table(rel, set_cell("image", b"not an image", EVERY)), False),
+            ("truncated images", rewrite_table(rel, lambda d: set_cell("image", d["image"].iloc[0][:40], EVERY)(d)), False),
+            ("decompression-bomb images", rewrite_table(rel, set_cell("image", png_bomb(), EVERY)), False),
             ("100k-character question", rewrite_table(rel, set_cell("question", "what " * 20_000)), False),
             ("an extra column", rewrite_table(rel, lambda d: d.assign(note="x")), True),
         ]
@@ -255,20 +270,21 @@ def table_cases() -> list[Case]:
             Case(stage, "rollouts: input_tokens -1", rewrite_table(rolls, set_cell("input_tokens", -1))),
             Case(stage, "rollouts: duplicate rows", rewrite_table(rolls, lambda d: pd.concat([d, d.iloc[:1]],
                                                                                           ignore_index=True))),
-            Case(stage, "rollouts: one configuration missing",
-                 rewrite_table(rolls, lambda d: d[d["config"] != d["config"].iloc[0]])),
+            Case(stage, "rollouts: one configuration missing",  # a subset of the grid is allowed, and named
+                 rewrite_table(rolls, lambda d: d[d["config"] != d["config"].iloc[0]]),
+                 warns="configurations of the knobs grid are not in"),
             Case(stage, "rollouts: no score column", rewrite_table(rolls, lambda d: d.drop(columns=["score"]))),
             Case(stage, "features: truncated", truncate(feats)),
             Case(stage, "features: NaN in a vector",
                  rewrite_table(feats, lambda d: set_cell("language", [float("nan")] * len(d["language"].iloc[0]))(d))),
             Case(stage, "features: a sample missing", rewrite_table(feats, lambda d: d.iloc[1:])),
         ]
-    cases += [Case("report", "validate requests: truncated", truncate("data/validate/requests.parquet")),
-              Case("report", "validate requests: no latency_ms column",
-                   rewrite_table("data/validate/requests.parquet", lambda d: d.drop(columns=["latency_ms"]))),
-              Case("report", "validate requests: NaN latency",
-                   rewrite_table("data/validate/requests.parquet", set_cell("latency_ms", float("nan")))),
-              Case("report", "validate summary: not JSON", replace_bytes("data/validate/summary.json", b"{oops"))]
+    # report reads the summaries, never the requests table
+    cases += [Case("report", "validate summary: not JSON", replace_bytes("data/validate/summary.json", b"{oops")),
+              Case("report", "validate summary: missing", delete("data/validate/summary.json")),
+              Case("report", "training summary: not JSON", replace_bytes("plots/train/training.json", b"[1,")),
+              Case("report", "tradeoff section: a list, not an object", replace_bytes("plots/tradeoff/tradeoff.json",
+                                                                                    b"[]"))]
     return cases
 
 
@@ -302,12 +318,14 @@ def artifact_cases() -> list[Case]:
             Case(stage, "base model: knobctl.json not JSON", replace_bytes(f"{base}/knobctl.json", b"nope")),
             Case(stage, "base model: tokenizer.json missing", delete(f"{base}/tokenizer.json")),
         ]
+    ranked = set_param("model", "block_order", "data/block_importance/importance.json")  # the file is read then
+    importance = "data/block_importance/importance.json"
     cases += [
-        Case("accuracy_table", "block importance: not JSON", replace_bytes("data/block_importance/importance.json", b"{")),
+        Case("accuracy_table", "block importance: not JSON", both(ranked, replace_bytes(importance, b"{"))),
         Case("accuracy_table", "block importance: order repeats a block",
-             edit_json("data/block_importance/importance.json", lambda d: d.__setitem__("order", [0] * len(d["order"])))),
+             both(ranked, edit_json(importance, lambda d: d.__setitem__("order", [0] * len(d["order"]))))),
         Case("eval_base", "block importance: order too short",
-             edit_json("data/block_importance/importance.json", lambda d: d.__setitem__("order", d["order"][:3]))),
+             both(ranked, edit_json(importance, lambda d: d.__setitem__("order", d["order"][:3])))),
     ]
     return cases
 
@@ -376,6 +394,8 @@ def judge(case: Case, base: Path, scratch: Path) -> tuple[str, str, float]:
     if "Traceback" in proc.stderr or proc.returncode not in (0, 2):
         return "TRACEBACK", f"exit {proc.returncode}: {message}", took
     if proc.returncode == 0:
+        if case.warns and case.warns in proc.stderr:
+            return "named warning", next(ln for ln in lines if case.warns in ln), took
         return ("correct result", "", took) if case.legal else ("SILENT", "exit 0", took)
     if fingerprint(outputs) != before:
         return "HALF-WRITTEN", message, took
@@ -385,12 +405,12 @@ def judge(case: Case, base: Path, scratch: Path) -> tuple[str, str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/knobctl-bad-inputs", help="where the tiny repository is built and kept")
-    ap.add_argument("--only", default="", help="run only cases whose stage or name contains this")
+    ap.add_argument("--only", nargs="*", default=[], help="run only cases whose stage and name contain one of these")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     args = ap.parse_args()
     work = Path(args.work)
     base = build(work)
-    cases = [c for c in all_cases() if args.only in f"{c.stage} {c.name}"]
+    cases = [c for c in all_cases() if not args.only or any(o in f"{c.stage} {c.name}" for o in args.only)]
     rows, good = [], 0
     try:
         from tqdm import tqdm
@@ -399,13 +419,13 @@ def main() -> None:
         it = cases
     for case in it:
         outcome, message, took = judge(case, base, work)
-        good += outcome in ("named error", "correct result")
+        good += outcome in ("named error", "named warning", "correct result")
         rows.append(f"| {case.stage} | {case.name} | {outcome} | {message[:140].replace('|', '/')} | {took:.1f} |")
-        if outcome not in ("named error", "correct result"):  # visible while the run goes on
+        if outcome not in ("named error", "named warning", "correct result"):  # visible while the run goes on
             it.write(rows[-1]) if hasattr(it, "write") else print(rows[-1], flush=True)
     table = "\n".join(["| stage | bad input | outcome | message | s |", "|---|---|---|---|---|", *rows])
     print(table)
-    summary = f"{good} of {len(cases)} cases end in a named error or a correct result"
+    summary = f"{good} of {len(cases)} cases end in a named error, a named warning or a correct result"
     print(summary)
     if args.out:
         Path(args.out).write_text(table + "\n\n" + summary + "\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,9 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     from knobctl.io import atomic_path
     from knobctl.validate.report import render
+    from knobctl.weights import load_json
 
     def load(path: str) -> dict | None:
-        return json.loads(Path(path).read_text()) if Path(path).exists() else None
+        return load_json(path, "rerun the stage that writes it (`dvc repro`)") if Path(path).exists() else None
 
     validation = load(args.validation)
     if validation is None:

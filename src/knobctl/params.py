@@ -51,11 +51,14 @@ class ParamsError(InputError):
 
 
 def run_stage(main: Callable[[], None], name: str | None = None) -> None:
-    """Run a stage's ``main``; bad input (:class:`InputError`, a missing file) ends it with the message alone and
-    exit status 2, while anything else keeps its traceback (a bug to report)."""
+    """Run a stage's ``main``; bad input (:class:`InputError`, a missing file) and a path the system refuses (an
+    output folder that is a file, a full disk, no permission: the OS error names the path and the errno) end it
+    with the message alone and exit status 2, while anything else keeps its traceback (a bug to report). Stages
+    write their outputs as one set (:func:`knobctl.io.output_set`), so a refused path leaves the previous
+    outputs whole."""
     try:
         main()
-    except (InputError, FileNotFoundError) as exc:
+    except (InputError, OSError) as exc:
         stage = name or Path(sys.argv[0]).stem
         print(f"{stage}: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -50,12 +50,15 @@ def load_json(path: str | Path, fix: str) -> dict:
     return data
 
 
-def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, fix: str) -> None:
-    """Refuse to save weights holding NaN or infinity, naming the first bad tensor and how many values it has."""
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, fix: str, loading: bool = False) -> None:
+    """Refuse weights holding NaN or infinity (before saving them, or, with ``loading``, after reading them),
+    naming the first bad tensor and how many values it has."""
     bad = [(name, int((~torch.isfinite(t)).sum()), t.numel()) for name, t in tensors.items()
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         name, n, total = bad[0]
-        raise NonFiniteWeights(f"{where}: training produced non-finite weights in {len(bad)} of {len(tensors)} tensors "
-                               f"(first: {name}, {n} of {total} values NaN or infinite); nothing was saved and the "
+        what = f"in {len(bad)} of {len(tensors)} tensors (first: {name}, {n} of {total} values NaN or infinite)"
+        if loading:
+            raise NonFiniteWeights(f"{where} holds non-finite weights {what}; {fix}")
+        raise NonFiniteWeights(f"{where}: training produced non-finite weights {what}; nothing was saved and the "
                                f"previous one is kept. {fix}")

@@ -67,7 +67,7 @@ from torch import nn
 from knobctl.io import atomic_dir
 from knobctl.knobs import KnobConfig, KnobGrid, describe_configs
 from knobctl.params import ParamsError
-from knobctl.weights import check_finite, load_json, load_tensors
+from knobctl.weights import UnreadableWeights, check_finite, load_json, load_tensors
 
 WEIGHTS, CONFIG = "controller.safetensors", "controller.json"
 #: Written by train_controller beside the weights: the reward weights, seed and training params that made them.
@@ -284,7 +284,13 @@ class Controller(nn.Module):
         state = load_tensors(directory / WEIGHTS, rebuild)
         if not model.config.fit_mask:  # saved before the fit mask existed
             state.setdefault("fit_latency_ms", model.fit_latency_ms)
-        model.load_state_dict(state)
+        check_finite(state, directory / WEIGHTS, rebuild, loading=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:  # the config and the weights disagree: missing, unexpected or reshaped tensors
+            first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+            raise UnreadableWeights(f"{directory}: {CONFIG} does not match {WEIGHTS} ({first[0].strip()}); "
+                                    f"{rebuild}") from exc
         return model.eval()
 
 

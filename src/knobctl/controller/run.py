@@ -9,7 +9,6 @@ point elsewhere since the table was built.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,11 +66,8 @@ def load_tables(inputs: TrainInputs, grid: KnobGrid) -> CacheTables:
     """The cache as lookup tensors over the knobs grid, with each configuration's profiled spread. A table of some
     of the grid's configurations is allowed; the rest is named on stderr, since it is answered online (slowly)."""
     table = AccuracyTable.load(inputs.rollouts)
-    table.check_grid(grid, inputs.rollouts)
-    absent = [k.label for k in grid.configs() if k not in set(table.configs)]
-    if absent:
-        print(f"train_controller: {len(absent)} configurations of the knobs grid are not in {inputs.rollouts} (first: "
-              f"{absent[0]}); the cells the policy samples there are answered online by the real model", file=sys.stderr)
+    table.check_grid(grid, inputs.rollouts, "train_controller", "the cells the policy samples there are answered "
+                     "online by the real model")
     spread = latency_spread(read_table(Path(inputs.profile) / "summary.parquet", PROFILE_SUMMARY), grid.configs())
     return build_tables(table, LatencyEstimator.load(inputs.estimator), grid.configs(), spread)
 

@@ -301,7 +301,7 @@ def run_tradeoff(own: Mapping[str, Any], grid: KnobGrid, seed: int, rollouts: st
     p = TradeoffParams.from_params(own)
     use_threads(p.num_threads)
     table = AccuracyTable.load(rollouts)
-    table.check_grid(grid, rollouts)
+    table.check_grid(grid, rollouts, "tradeoff", "their cells count as wrong answers")
     tables = build_tables(table, LatencyEstimator.load(estimator), grid.configs())
     train_idx, eval_idx = split_samples(len(tables.sample_ids), p.eval_fraction, seed)
     curve = json.loads(Path(importance).read_text()) if importance and Path(importance).exists() else None

@@ -54,6 +54,10 @@ def load_weights(model_class: Any, path: Path, dtype: Any) -> Any:
         kind, keys = problems[0]
         raise CheckpointError(f"{path}: config.json does not match its weights: {len(keys)} tensors {kind} (first: "
                               f"{keys[0]}); the model would run with random or dropped parts. {REBUILD}")
+    for name, weight in model.named_parameters():  # NaN weights answer without a word: every score 0
+        if weight.is_floating_point() and weight.device.type != "meta" and not bool(weight.isfinite().all()):
+            raise CheckpointError(f"{path}: weight {name} holds {int((~weight.isfinite()).sum())} NaN or infinite "
+                                  f"values of {weight.numel()}; {REBUILD}")
     return model
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from knobctl.knobs import TIER_ORDER
-from knobctl.params import ParamsError, fail
+from knobctl.params import InputError, ParamsError, fail
 
 SPEC_FILE = "knobctl.json"
 
@@ -140,7 +140,7 @@ class ModelSpec:
             return cls.from_json(json.loads(path.read_text()))
         except (KeyError, TypeError, ValueError) as exc:
             # json and from_json errors alone do not say which file of a checkpoint is at fault.
-            raise ValueError(f"{path} is not a valid knob spec ({type(exc).__name__}: {exc}); rewrite it "
+            raise InputError(f"{path} is not a valid knob spec ({type(exc).__name__}: {exc}); rewrite it "
                              f"(models/base: `dvc repro train_base`) or copy one from a preset") from exc
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from knobctl.contracts import FEATURES, ROLLOUTS, read_table
+from knobctl.contracts import FEATURES, ROLLOUTS, TableContractError, read_table
 from knobctl.execution import progress_bar
 from knobctl.io import write_parquet_atomic
 from knobctl.knobs import KnobConfig, KnobGrid, check_configs_in_grid
@@ -224,8 +224,14 @@ class AccuracyTable:
             index=False, name=None))
         s, c = len(ids), len(configs)
         if len(rows) != s * c or not (rows["sample_id"].to_numpy().reshape(s, c) == ids[:, None]).all():
-            raise ValueError(f"rollouts hold {len(rows)} rows, not {s} samples x {c} configurations in sample order; "
-                             "rebuild them with `dvc repro accuracy_table`")
+            raise TableContractError(f"rollouts hold {len(rows)} rows, not {s} samples x {c} configurations in sample "
+                                     "order (every sample of the features, each with the same configurations); "
+                                     "rebuild them with `dvc repro accuracy_table`")
+        unexplained = rows["score"].isna() & rows["error"].isna() if "error" in rows else rows["score"].isna()
+        if unexplained.any():  # a missing score is an error row's, and the error says why
+            first = rows.loc[unexplained, ["sample_id", "config"]].iloc[0].to_dict()
+            raise TableContractError(f"rollouts: {int(unexplained.sum())} rows have no score and no error (e.g. "
+                                     f"{first}); rebuild them with `dvc repro accuracy_table`")
         tiers = tuple(dict.fromkeys(k.tier for k in configs))
         return cls(
             sample_ids=ids, question_types=feats["question_type"].to_numpy(), configs=configs, tiers=tiers,
@@ -236,11 +242,17 @@ class AccuracyTable:
             vision=np.stack([np.stack(feats[f"vision_{t}"].to_numpy()) for t in tiers], axis=1).astype(np.float32),
         )
 
-    def check_grid(self, grid: KnobGrid, source: str | Path = "data/rollouts") -> None:
-        """Refuse a table built for another knob grid (every configuration must be in ``grid``; a subset is
-        fine: missing cells are fetched online)."""
+    def check_grid(self, grid: KnobGrid, source: str | Path = "data/rollouts", stage: str = "",
+                   lacking: str = "") -> None:
+        """Refuse a table built for another knob grid (every configuration must be in ``grid``). A subset is
+        allowed; with ``stage``, the configurations it lacks are named on stderr, ``lacking`` saying what that
+        stage does without them."""
         check_configs_in_grid(self.configs, grid, str(source), "Rebuild it with `dvc repro accuracy_table` or set "
                               "knobs: to the table's grid.")
+        absent = [k.label for k in grid.configs() if k not in set(self.configs)]
+        if absent and stage:
+            print(f"{stage}: {len(absent)} configurations of the knobs grid are not in {source} (first: {absent[0]}); "
+                  f"{lacking}", file=sys.stderr)
 
     @classmethod
     def load(cls, directory: str | Path = "data/rollouts") -> AccuracyTable:

@@ -10,7 +10,6 @@ measures only the samples not done yet. Only the knobs grid, the seed, ``model.b
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,11 +91,9 @@ def load_checked(inputs: ValidateInputs, grid: KnobGrid) -> tuple[Controller, Pr
         raise ValueError(f"{inputs.controller}'s probe covers {len(probe.bias)} configurations, the knobs grid "
                          f"{len(grid.configs())}; rerun train_controller (`dvc repro train_controller`)")
     val = AccuracyTable.load(inputs.rollouts)
-    val.check_grid(grid, inputs.rollouts)
-    absent = [k.label for k in grid.configs() if k not in set(val.configs)]
-    if absent:  # static and lookup choose on the val table: they can never pick what it lacks
-        print(f"validate: {len(absent)} configurations of the knobs grid are not in {inputs.rollouts} (first: "
-              f"{absent[0]}); static and lookup never choose them, the controller and the probe may", file=sys.stderr)
+    # static and lookup choose on the val table: they can never pick what it lacks
+    val.check_grid(grid, inputs.rollouts, "validate", "static and lookup never choose them, the controller and the "
+                   "probe may")
     return ctrl, probe, val
 
 
