@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
 
-    from knobctl.io import read_provenance, write_csv_atomic, write_json_atomic, write_parquet_atomic
+    from knobctl.io import output_set, read_provenance, write_csv, write_json, write_parquet
     from knobctl.latency.estimator import EstimatorParams, LatencyEstimator
     from knobctl.latency.estimator_eval import estimator_headline, evaluate
     from knobctl.latency.request import PARTS
@@ -37,17 +37,19 @@ def main(argv: list[str] | None = None) -> None:
     metrics, points = evaluate(summary, meta["tiers"], p, seed)
     final = LatencyEstimator.fit(summary[summary["repeats"] > 0], meta["tiers"], p, seed,
                                  meta={k: meta.get(k) for k in ("device", "dtype", "model", "model_hash", "git_commit")})
-    final.save(args.out)
     metrics["profile"] = {k: meta.get(k) for k in ("device", "dtype", "model", "batch_size")}
-    write_json_atomic(Path(args.out) / "evaluation.json", metrics)  # every split and part; the metrics: a headline
-    write_json_atomic(args.metrics, {"headline": estimator_headline(metrics)})
-    # One CSV per part for `dvc plots` (held-out configurations); every split's points beside the model.
-    plots = Path(args.plots)
-    for part in (*PARTS, "total_ms"):
-        sel = points[(points["split"] == "configs") & (points["part"] == part)]
-        write_csv_atomic(plots / f"{part}.csv", sel[["config", "text_tokens", "output_tokens", "measured_ms",
-                                                     "predicted_ms"]])
-    write_parquet_atomic(Path(args.out) / "holdout_points.parquet", points)
+    with output_set() as outs:  # the estimator, its metrics and plots: all of them or none
+        folder = outs.dir(Path(args.out))
+        final.write(folder)
+        write_json(folder / "evaluation.json", metrics)  # every split and part; the metrics: a headline
+        write_parquet(folder / "holdout_points.parquet", points)
+        write_json(outs.file(args.metrics), {"headline": estimator_headline(metrics)})
+        # One CSV per part for `dvc plots` (held-out configurations); every split's points beside the model.
+        plots = outs.dir(Path(args.plots))
+        for part in (*PARTS, "total_ms"):
+            sel = points[(points["split"] == "configs") & (points["part"] == part)]
+            write_csv(plots / f"{part}.csv", sel[["config", "text_tokens", "output_tokens", "measured_ms",
+                                                  "predicted_ms"]])
     cfg = metrics["configs"]
     print(f"fit_estimator: held-out configurations: total within 10% {cfg['total_ms']['within_10pct']:.1%}, "
           f"MAPE vision {cfg['vision_ms']['mape']:.1%} prefill {cfg['prefill_ms']['mape']:.1%} "

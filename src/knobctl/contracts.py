@@ -102,6 +102,14 @@ class TableContract:
                 shown = repr(example) if len(repr(example)) <= 60 else repr(example)[:57] + "..."
                 raise fail(f"column {col.name!r}: {bad} of {len(df)} rows break it (e.g. {shown}); allowed: "
                            f"{col.allowed()}")
+        knob_columns = ["config", "tier", "top_k", "num_blocks"]
+        if len(df) and set(knob_columns) <= set(df.columns):  # a label that disagrees with its knobs misleads joins
+            label = df["tier"].astype(str) + "/k" + df["top_k"].astype(str) + "/b" + df["num_blocks"].astype(str)
+            wrong = df["config"].astype(str) != label
+            if wrong.any():
+                first = df.loc[wrong, knob_columns].iloc[0].to_dict()
+                raise fail(f"column 'config': {int(wrong.sum())} of {len(df)} rows name another configuration than "
+                           f"their tier, top_k and num_blocks (e.g. {first}); allowed: '<tier>/k<top_k>/b<num_blocks>'")
         if self.key and len(df):
             dup = df.duplicated(list(self.key), keep=False)
             if dup.any():

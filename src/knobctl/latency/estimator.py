@@ -161,12 +161,17 @@ class LatencyEstimator:
         return cls(boosters=boosters, tiers={k: dict(v) for k, v in tiers.items()}, spec=spec)
 
     def save(self, directory: str | Path) -> None:
+        """The estimator as ``directory``, swapped in whole (:meth:`write` into a temporary folder)."""
         from knobctl.io import atomic_dir
 
         with atomic_dir(directory) as tmp:
-            for part, booster in self.boosters.items():
-                booster.save_model(str(tmp / f"{part}.txt"))
-            (tmp / SPEC_FILE).write_text(json.dumps({**self.spec, "tiers": self.tiers}, indent=2, default=str) + "\n")
+            self.write(tmp)
+
+    def write(self, folder: Path) -> None:
+        """The boosters and the spec into ``folder`` (a stage's staged output folder)."""
+        for part, booster in self.boosters.items():
+            booster.save_model(str(folder / f"{part}.txt"))
+        (folder / SPEC_FILE).write_text(json.dumps({**self.spec, "tiers": self.tiers}, indent=2, default=str) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> LatencyEstimator:

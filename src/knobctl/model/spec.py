@@ -88,16 +88,16 @@ class ModelSpec:
 
     def validate(self, num_layers: int) -> None:
         if set(self.tiers) - set(TIER_ORDER):
-            raise ValueError(f"{SPEC_FILE}: tiers {sorted(self.tiers)}; allowed names: {', '.join(TIER_ORDER)}")
+            raise InputError(f"{SPEC_FILE}: tiers {sorted(self.tiers)}; allowed names: {', '.join(TIER_ORDER)}")
         order = self.block_order
         if order == "first":
             return
         ranked = not isinstance(order, str) and sorted(order) == list(range(num_layers))
         if not ranked:
-            raise ValueError(f"block_order must be 'first' or a ranked list of every block 0..{num_layers - 1} "
+            raise InputError(f"block_order must be 'first' or a ranked list of every block 0..{num_layers - 1} "
                              f"exactly once, got {order!r}")
         if order[0] != 0:
-            raise ValueError(f"block_order must start with block 0, the decision block, got {list(order)}")
+            raise InputError(f"block_order must start with block 0, the decision block, got {list(order)}")
 
     @property
     def block_order_json(self) -> str | list[int]:

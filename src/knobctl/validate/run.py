@@ -135,13 +135,13 @@ def validate_controller(own: Mapping[str, Any], grid: KnobGrid, model_section: M
 
 
 def write_validation(v: Validation, out: str | Path, metrics: str | Path, plots: str | Path) -> None:
-    """data/validate (requests, baselines, summary.json), metrics/validate.json and plots/validate; the resume
-    folder is removed once they are written."""
+    """data/validate (requests, baselines, summary.json), metrics/validate.json and plots/validate, all of them or
+    none; the resume folder is removed once they are written."""
     out = Path(out)
     with output_set() as outs:  # the measurements and their summaries: all of them or none
         write_parquet(outs.file(out / "requests.parquet"), v.requests, v.meta)
         write_parquet(outs.file(out / "baselines.parquet"), v.chosen, v.meta)
         write_json(outs.file(out / "summary.json"), v.full)
         write_json(outs.file(metrics), validation_metrics(v.full))
-    write_plots(v.requests, v.chosen, v.test, Path(plots), v.full)
+        write_plots(v.requests, v.chosen, v.test, outs.dir(Path(plots)), v.full)
     v.store.clear()
