@@ -105,11 +105,10 @@ def edit_json(rel: str, change: Callable[[dict], None]) -> Mutate:
 
 
 def block_output(rel: str) -> Mutate:
-    """An output folder replaced by a plain file (for an output file: its folder), so that writing under it fails
-    (ENOTDIR or EEXIST) even for root, who ignores permissions."""
+    """The folder an output lies in replaced by a plain file, so that writing the output fails (ENOTDIR or EEXIST)
+    even for root, who ignores permissions. (An output path that is itself a stray file is simply replaced.)"""
     def go(repo: Path) -> None:
-        path = repo / rel
-        target = path if path.is_dir() else path.parent
+        target = (repo / rel).parent
         shutil.rmtree(target)
         target.write_text("not a folder\n")
     return go

@@ -44,6 +44,7 @@ from knobctl.model.images import ImageLike, Images, Visual, as_batch
 from knobctl.model.layout import LoadOptions, ModelLayout
 from knobctl.model.presets import TinyDims, full_tier_tokens
 from knobctl.model.spec import EOS, IMAGE, PAD, ModelSpec, parse_block_order
+from knobctl.params import InputError
 from knobctl.weights import check_finite
 
 #: dtype names accepted in params.yaml.
@@ -336,7 +337,7 @@ def load_runtime(
             try:  # Runtime checks it too, but could not name the file the order came from
                 spec.validate(model.config.text_config.num_hidden_layers)
             except ValueError as exc:
-                raise ValueError(f"{block_order}: {exc}; it was measured on another model: rerun "
+                raise InputError(f"{block_order}: {exc}; it was measured on another model or damaged: rerun "
                                  f"`dvc repro block_importance` on this one") from exc
     model.to(dev)
     if dtype is not None:

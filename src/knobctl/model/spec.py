@@ -75,7 +75,7 @@ class ModelSpec:
         """The most expensive tier defined, the one of the full configuration."""
         defined = [t for t in TIER_ORDER if t in self.tiers]
         if not defined:
-            raise ValueError(f"{SPEC_FILE} defines no tiers; allowed names: {', '.join(TIER_ORDER)}")
+            raise InputError(f"{SPEC_FILE} defines no tiers; allowed names: {', '.join(TIER_ORDER)}")
         return defined[-1]
 
     def blocks_for(self, num_blocks: int, num_layers: int) -> list[int]:
