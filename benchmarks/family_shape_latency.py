@@ -53,12 +53,18 @@ def tiny_config() -> Qwen3VLMoeConfig:
         image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503)
 
 
+def cap(vision, max_tokens: int) -> dict[str, int]:
+    """The processor's size for 4 to ``max_tokens`` visual tokens per image (Qwen3-VL's resize counts no frames)."""
+    per_token = (vision.patch_size * vision.spatial_merge_size) ** 2
+    return {"shortest_edge": 4 * per_token, "longest_edge": max_tokens * per_token}
+
+
 def request(config: Qwen3VLMoeConfig, max_tokens: int, device: torch.device) -> dict[str, torch.Tensor]:
     """One request as the family's processor lays it out: a word, the image's tokens between the vision
     markers, an eight-word question."""
     vision = config.vision_config
     processor = Qwen2VLImageProcessorPil(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                                         merge_size=vision.spatial_merge_size, size=FAMILY.processor_size(max_tokens),
+                                         merge_size=vision.spatial_merge_size, size=cap(vision, max_tokens),
                                          image_mean=[0.5] * 3, image_std=[0.5] * 3)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (768, 1024, 3), dtype=np.uint8))
     pixels = processor(images=[image], return_tensors="pt")

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots", default="plots/estimator")
     args = ap.parse_args(argv)
     from knobctl.contracts import PROFILE_SUMMARY, read_table
-    from knobctl.params import load_params, section, seed_of
+    from knobctl.params import InputError, load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = read_table(args.profile, PROFILE_SUMMARY)
     meta = read_provenance(args.profile)
     if "tiers" not in meta:
-        raise ValueError(f"{args.profile} has no tier table in its metadata; rerun `dvc repro profile_latency`")
+        raise InputError(f"{args.profile} has no tier table in its metadata; rerun `dvc repro profile_latency`")
 
     metrics, points = evaluate(summary, meta["tiers"], p, seed)
     final = LatencyEstimator.fit(summary[summary["repeats"] > 0], meta["tiers"], p, seed,

@@ -18,11 +18,13 @@ def split(n: int = 3) -> pd.DataFrame:
 def rollouts() -> pd.DataFrame:
     return pd.DataFrame({"sample_id": ["a", "a", "b", "b"], "config": ["low/k4/b12", "high/k8/b16"] * 2,
                          "tier": ["low", "high"] * 2, "top_k": [4, 8] * 2, "num_blocks": [12, 16] * 2,
-                         "score": [1.0, 0.0, np.nan, 1.0], "input_tokens": [10, 25] * 2, "output_tokens": [2, 2] * 2})
+                         "score": [1.0, 0.0, np.nan, 1.0], "input_tokens": [10, 25, -1, 25],
+                         "output_tokens": [2, 2, -1, 2], "error": [None, None, "DataError: x", None]})
 
 
 def summary() -> pd.DataFrame:
-    row = {"config": "low/k4/b12", "tier": "low", "top_k": 4, "num_blocks": 12, "text_tokens": 5, "output_tokens": 2}
+    row = {"config": "low/k4/b12", "tier": "low", "top_k": 4, "num_blocks": 12, "text_tokens": 5, "output_tokens": 2,
+           "repeats": 3}
     row |= {f"{p}_{s}": 1.0 for p in ("vision_ms", "prefill_ms", "decode_ms_per_token", "total_ms")
             for s in ("median", "p10", "p90")}
     return pd.DataFrame([row, row | {"text_tokens": 9}])
@@ -93,3 +95,32 @@ def test_a_writer_checks_a_frame_before_writing():
     df = rollouts().assign(score=[0.0, 2.0, 1.0, 1.0])
     with pytest.raises(TableContractError, match=r"data/rollouts/rollouts\.parquet \(rollouts table\): column 'score'"):
         ROLLOUTS.check(df, "data/rollouts/rollouts.parquet")
+
+
+def test_the_contracts_tiers_are_the_knobs():
+    from knobctl.contracts import TIERS
+    from knobctl.knobs import TIER_ORDER
+
+    assert TIERS == tuple(TIER_ORDER)
+
+
+def test_a_profile_summary_may_lack_decode_for_one_token_and_latency_for_a_cell_that_failed(tmp_path):
+    df = summary().assign(output_tokens=[1, 2])
+    df.loc[0, "decode_ms_per_token_median"] = np.nan  # one output token: no decode step
+    read_table(write(tmp_path, df), PROFILE_SUMMARY)
+    df.loc[1, "decode_ms_per_token_median"] = np.nan
+    with pytest.raises(TableContractError, match=r"decode_ms_per_token NaN only where output_tokens is 1"):
+        read_table(write(tmp_path, df), PROFILE_SUMMARY)
+    df.loc[1, ["repeats", "total_ms_median"]] = (0, np.nan)  # every repeat of the cell raised
+    read_table(write(tmp_path, df), PROFILE_SUMMARY)
+    with pytest.raises(TableContractError, match="at least one measurement that did not fail"):
+        read_table(write(tmp_path, df.assign(repeats=0)), PROFILE_SUMMARY)
+
+
+@pytest.mark.parametrize("column,value", [("total_ms_adj_median", -1.0), ("vision_ms_adj_median", np.nan),
+                                          ("prefill_ms_median", 0.0), ("tier", "huge")])
+def test_what_the_estimator_fits_is_checked_too(tmp_path, column, value):
+    df = summary().assign(total_ms_adj_median=2.0, vision_ms_adj_median=1.0)
+    df.loc[0, column] = value
+    with pytest.raises(TableContractError, match=rf"column '{column}'"):
+        read_table(write(tmp_path, df), PROFILE_SUMMARY)

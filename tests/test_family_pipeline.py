@@ -1,4 +1,4 @@
-"""`dvc repro` on a tiny random Qwen3-VL-MoE checkpoint saved to a local folder as the hub lays one out:
+"""`dvc repro` on a tiny random Qwen3-VL-MoE or InternVL (Qwen3-MoE) checkpoint saved to a local folder as the hub lays one out:
 ``model.source`` names the folder, train_base adopts it, and every later stage runs on it (accuracy near
 zero is expected; the plumbing is the point)."""
 
@@ -24,16 +24,22 @@ FAMILY = {
 }
 
 
+#: Per family: visual tokens per tier (InternVL: a tile, a 2 x 2 grid, a 3 x 3 grid, with thumbnails) and its name
+CASES = {"qwen3_vl_moe": ({"low": 4, "medium": 16, "high": 36}, "Qwen3-VL-MoE"),
+         "internvl": ({"low": 4, "medium": 20, "high": 40}, "InternVL")}
+
+
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage_on_a_hub_layout_qwen3_vl_moe_folder(tmp_path):
-    model = save_hub_checkpoint(tmp_path / "Qwen3-VL-tiny", "qwen3_vl_moe")
-    tiers = {"low": 4, "medium": 16, "high": 36}
+@pytest.mark.parametrize("family", list(CASES))
+def test_dvc_repro_runs_every_stage_on_a_hub_layout_folder(tmp_path, family):
+    model = save_hub_checkpoint(tmp_path / f"{family}-tiny", family)
+    tiers, name = CASES[family]
     overlay = {**TINY, **FAMILY, "model": {"source": str(model), "tier_tokens": tiers}}
     repo = copy_repo(tmp_path / "repo", overlay)
     run([sys.executable, "-m", "dvc", "repro"], repo)
 
     pointer = json.loads((repo / "models/base/knobctl_source.json").read_text())
-    assert pointer["source"] == str(model) and pointer["model_type"] == "qwen3_vl_moe"
+    assert pointer["source"] == str(model) and pointer["model_type"] == family
     assert not list((repo / "models/base").glob("*.safetensors"))  # recorded, not copied
     base = json.loads((repo / "metrics/base.json").read_text())
     adopted = json.loads((repo / "plots/base/train_base.json").read_text())["adopted"]
@@ -41,14 +47,14 @@ def test_dvc_repro_runs_every_stage_on_a_hub_layout_qwen3_vl_moe_folder(tmp_path
     profile = pd.read_parquet(repo / "data/profile/latency.parquet")
     assert len(profile) == 12 * 3 * 2 * 2 and profile["error"].isna().all() and (profile["total_ms"] > 0).all()
     meta = read_provenance(repo / "data/profile/summary.parquet")
-    assert [meta["tiers"][t]["visual_tokens"] for t in ("low", "medium", "high")] == [4, 16, 36]
+    assert [meta["tiers"][t]["visual_tokens"] for t in ("low", "medium", "high")] == list(tiers.values())
     rows = pd.read_parquet(repo / "data/rollouts/rollouts.parquet")
     assert len(rows) == 6 * 12 and rows["error"].isna().all() and rows["prediction"].notna().all()
     assert rows["output_tokens"].between(1, 3).all()
     # the prompt is the checkpoint's chat template around the question: the tiers differ by their visual tokens
     high = rows[rows["config"] == "high/k4/b4"]["input_tokens"].to_numpy()
     low = rows[rows["config"] == "low/k4/b4"]["input_tokens"].to_numpy()
-    assert (high - low == 36 - 4).all()
+    assert (high - low == tiers["high"] - tiers["low"]).all()
     meta = read_provenance(repo / "data/rollouts/rollouts.parquet")
     assert meta["tier_tokens"] == tiers and meta["feature_dim"] == 64
     order = json.loads((repo / "data/block_importance/importance.json").read_text())["order"]
@@ -56,4 +62,4 @@ def test_dvc_repro_runs_every_stage_on_a_hub_layout_qwen3_vl_moe_folder(tmp_path
     assert json.loads((repo / "metrics/train.json").read_text())["headline"]
     requests = pd.read_parquet(repo / "data/validate/requests.parquet")
     assert len(requests) > 0 and (requests["latency_ms"] > 0).all()
-    assert "Model family: Qwen3-VL-MoE" in (repo / "reports/summary.md").read_text()
+    assert f"Model family: {name}" in (repo / "reports/summary.md").read_text()

@@ -15,6 +15,9 @@ from transformers import (
     Glm4vImageProcessorPil,
     Glm4vMoeConfig,
     Glm4vMoeForConditionalGeneration,
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
     Qwen3VLMoeConfig,
     Qwen3VLMoeForConditionalGeneration,
@@ -35,7 +38,7 @@ from knobctl.params import InputError
 IMAGE, VIDEO, START, END = 250, 251, 252, 253
 
 
-def qwen_config(**text) -> Qwen3VLMoeConfig:
+def qwen_config(patch: int = 16, **text) -> Qwen3VLMoeConfig:
     rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 1, 1], "mrope_interleaved": True}
     return Qwen3VLMoeConfig(
         text_config={"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
@@ -44,13 +47,13 @@ def qwen_config(**text) -> Qwen3VLMoeConfig:
                      "max_position_embeddings": 512, "tie_word_embeddings": False,
                      "initializer_range": 0.2,  # large enough that top_k and skipped blocks change tokens
                      "rope_parameters": rope, **text},
-        vision_config={"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 16,
+        vision_config={"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": patch,
                        "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32,
                        "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1]},
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
 
 
-def glm_config(**text) -> Glm4vMoeConfig:
+def glm_config(patch: int = 14, **text) -> Glm4vMoeConfig:
     rope = {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]}
     return Glm4vMoeConfig(
         text_config={"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
@@ -59,28 +62,64 @@ def glm_config(**text) -> Glm4vMoeConfig:
                      "routed_scaling_factor": 1.0, "first_k_dense_replace": 1, "max_position_embeddings": 512,
                      "initializer_range": 0.2, "n_group": 1, "topk_group": 1, "rope_parameters": rope, **text},
         vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "image_size": 56,
-                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32},
+                       "patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 32},
         image_token_id=IMAGE, video_token_id=VIDEO, image_start_token_id=START, image_end_token_id=END,
         video_start_token_id=254, video_end_token_id=255)
 
 
-def image_processor(family: str, max_tokens: int):
-    """The family's image processor with the tier setting for at most ``max_tokens`` visual tokens."""
-    size = FAMILIES[family].processor_size(max_tokens)
+def internvl_config(patch: int = 14, **text) -> InternVLConfig:
+    """InternVL with a Qwen3-MoE language model: tiles of 4 x 4 ``patch``-px patches, pixel-shuffled to 2 x 2
+    visual tokens."""
+    return InternVLConfig(
+        vision_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+                       "image_size": [4 * patch, 4 * patch], "patch_size": [patch, patch]},
+        text_config={"model_type": "qwen3_moe", "vocab_size": 256, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+                     "moe_intermediate_size": 16, "num_experts": 8, "num_experts_per_tok": 4, "decoder_sparse_step": 1,
+                     "mlp_only_layers": [], "norm_topk_prob": True, "max_position_embeddings": 512,
+                     "initializer_range": 0.2, "tie_word_embeddings": False, **text},
+        image_token_id=IMAGE, downsample_ratio=0.5, vision_feature_layer=-1, vision_feature_select_strategy="default",
+        tie_word_embeddings=False)
+
+
+#: The released checkpoints' patch sizes.
+PATCH = {"qwen3_vl_moe": 16, "glm4v_moe": 14, "internvl": 14}
+#: Visual tokens per tile of the tiny InternVL (a 2 x 2 shuffle of 4 x 4 patches).
+TILE_TOKENS = 4
+
+
+def processor_size(family: str, max_tokens: int, patch: int | None = None, min_tokens: int = 4) -> dict[str, int]:
+    """The processor's size for ``min_tokens`` to ``max_tokens`` visual tokens per image, counted by hand: merge 2,
+    and GLM's resize counts a still image once per temporal patch (2)."""
+    per_token = ((patch or PATCH[family]) * 2) ** 2 * (2 if family == "glm4v_moe" else 1)
+    return {"shortest_edge": min_tokens * per_token, "longest_edge": max_tokens * per_token}
+
+
+def image_processor(family: str, max_tokens: int, patch: int | None = None):
+    """The family's image processor with the tier setting for at most ``max_tokens`` visual tokens (InternVL: a
+    grid of ``max_tokens / 4 - 1`` tiles with its thumbnail, counted by hand)."""
+    if family == "internvl":
+        side = 4 * (patch or PATCH[family])
+        tiles = max_tokens // TILE_TOKENS
+        return GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=True, min_patches=1,
+                                        max_patches=1 if tiles <= 2 else tiles - 1, image_mean=[0.5] * 3,
+                                        image_std=[0.5] * 3)
+    size, patch = processor_size(family, max_tokens, patch), patch or PATCH[family]
     if family == "qwen3_vl_moe":
-        return Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, size=size,
+        return Qwen2VLImageProcessorPil(patch_size=patch, temporal_patch_size=2, merge_size=2, size=size,
                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    return Glm4vImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2, size=size)
+    return Glm4vImageProcessorPil(patch_size=patch, temporal_patch_size=2, merge_size=2, size=size)
 
 
 BUILD = {"qwen3_vl_moe": (qwen_config, Qwen3VLMoeForConditionalGeneration),
-         "glm4v_moe": (glm_config, Glm4vMoeForConditionalGeneration)}
+         "glm4v_moe": (glm_config, Glm4vMoeForConditionalGeneration),
+         "internvl": (internvl_config, InternVLForConditionalGeneration)}
 
 
-def tiny(family: str, seed: int = 0, **text) -> nn.Module:
+def tiny(family: str, seed: int = 0, patch: int | None = None, **text) -> nn.Module:
     make_config, model_class = BUILD[family]
     torch.manual_seed(seed)
-    model = model_class(make_config(**text)).eval()
+    model = model_class(make_config(patch or PATCH[family], **text)).eval()
     model.set_experts_implementation("eager")
     return model
 
@@ -93,10 +132,32 @@ def inputs_for(family: str, max_tokens: int = 64, image: Image.Image | None = No
     """Prompt ids by hand (a word, the image's tokens between its start and end markers, three words) and
     the image processor's pixels: what the family's processor would give, without its tokenizer."""
     pixels = image_processor(family, max_tokens)(images=[image or picture()], return_tensors="pt")
+    if family == "internvl":  # 1-D positions: no token types
+        n = int(pixels.pop("num_patches").sum()) * TILE_TOKENS
+        ids = torch.tensor([[5, START] + [IMAGE] * n + [END, 1, 2, 3]])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **pixels}
     n = int(pixels["image_grid_thw"].prod(-1).sum()) // 4  # merge 2 x 2
     ids = torch.tensor([[5, START] + [IMAGE] * n + [END, 1, 2, 3]])
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == IMAGE).int(),
             **pixels}
+
+
+def regrown(model: nn.Module, inputs: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The prompt and the tokens generated after it, for a forward without a cache. A generated token may be the
+    image token's id: M-RoPE families mark only the prompt's image slots by token type; InternVL, which counts
+    image tokens by id, gets the prompt's embeddings with the image features in place and the answer's after."""
+    if "mm_token_type_ids" in inputs:
+        kinds = torch.zeros_like(ids, dtype=inputs["mm_token_type_ids"].dtype)
+        kinds[:, : inputs["input_ids"].shape[1]] = inputs["mm_token_type_ids"]
+        return {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": kinds}
+    prompt = inputs["input_ids"]
+    feats = model.model.get_image_features(inputs["pixel_values"], vision_feature_layer=-1,
+                                           vision_feature_select_strategy="default").pooler_output  # [tiles, t, H]
+    embeds = model.get_input_embeddings()(ids)  # [1, L, H]
+    slots = torch.zeros_like(ids, dtype=torch.bool)
+    slots[:, : prompt.shape[1]] = prompt == IMAGE
+    embeds = embeds.masked_scatter(slots[..., None], feats.reshape(-1, feats.shape[-1]))
+    return {"inputs_embeds": embeds, "attention_mask": torch.ones_like(ids)}
 
 
 class Work:
@@ -118,7 +179,7 @@ class Work:
         return {i: e / t for i, (t, e) in sorted(self.experts.items())}
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe"])
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe", "internvl"])
 def test_experts_per_token_follow_top_k_after_the_decision_block(family):
     model, inputs = tiny(family), inputs_for(family)
     work = Work(model)
@@ -133,7 +194,7 @@ def test_experts_per_token_follow_top_k_after_the_decision_block(family):
     assert all(layer.mlp.gate.top_k == 4 for layer in decoder(model).layers if hasattr(layer.mlp, "gate"))
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe"])
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "glm4v_moe", "internvl"])
 @pytest.mark.parametrize(("blocks", "top_k"), [([0, 1, 3], 2), ([0, 2], 4)])
 def test_skipped_blocks_never_run_and_cached_decoding_equals_recomputation(family, blocks, top_k):
     model, inputs = tiny(family, seed=1), inputs_for(family)
@@ -142,12 +203,11 @@ def test_skipped_blocks_never_run_and_cached_decoding_equals_recomputation(famil
     with torch.no_grad(), knobs_applied(model, FAMILIES[family], blocks, top_k):
         cached = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
         calls = dict(work.calls)
-        ids, kinds, recomputed = inputs["input_ids"], inputs["mm_token_type_ids"], []
+        ids, recomputed = inputs["input_ids"], []
         for _ in range(steps):  # the whole prompt and answer again at every step, no cache
-            logits = model(**{**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids),
-                              "mm_token_type_ids": kinds}, use_cache=False).logits
+            logits = model(**regrown(model, inputs, ids), use_cache=False).logits
             token = logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
-            ids, kinds = torch.cat([ids, token], 1), torch.cat([kinds, torch.zeros_like(token, dtype=kinds.dtype)], 1)
+            ids = torch.cat([ids, token], 1)
             recomputed.append(int(token))
         full = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
     assert calls == {b: steps for b in blocks}  # prefill + 4 decode steps, on the kept blocks only
@@ -208,8 +268,6 @@ def test_the_tier_setting_bounds_the_visual_tokens_that_enter_the_language_model
             tiny(family)(**inputs)
     assert counts[0] < counts[1] < counts[2] and counts[2] > 0.7 * 256
     assert dict(FAMILIES[family].tier_tokens) == {"low": 256, "medium": 576, "high": 1280}
-    with pytest.raises(ValueError, match="knobctl.json"):
-        FAMILIES["llava"].processor_size(16)
 
 
 def test_group_limited_routers_bound_top_k():

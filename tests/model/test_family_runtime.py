@@ -5,7 +5,6 @@ against the family's stock processor and generate."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -21,19 +20,20 @@ from knobctl.io import checkpoint_hash
 from knobctl.knobs import KnobConfig
 from knobctl.model.checkpoint import CheckpointError, write_source
 from knobctl.model.decoding import continue_greedy, generate, prefill, visual_extras
-from knobctl.model.families import FAMILIES, UnsupportedModel, knobs_applied
+from knobctl.model.families import UnsupportedModel, knobs_applied
 from knobctl.model.family_layout import FamilyLayout
 from knobctl.model.runtime import load_runtime
 from knobctl.model.timing import answer_fixed
 from knobctl.table.rollouts import rollout_batch
-from tests.model.test_families import IMAGE, image_processor, picture, tiny
+from tests.model.test_families import IMAGE, TILE_TOKENS, image_processor, picture, tiny
 
 #: Visual tokens per tier of the tests (the family defaults, 256 / 576 / 1280, are slow on a CPU).
 TIERS = {"low": 4, "medium": 16, "high": 36}
 MARKERS = {"qwen3_vl_moe": ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
                             "<|im_end|>"],
            "glm4v_moe": ["<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|user|>",
-                         "<|assistant|>"]}
+                         "<|assistant|>"],
+           "internvl": ["<IMG_CONTEXT>", "<video>", "<img>", "</img>", "<|im_start|>", "<|im_end|>"]}
 TEMPLATES = {
     "qwen3_vl_moe": ("{% for m in messages %}<|im_start|>{{ m.role }} {% for c in m.content %}{% if c.type == 'image' %}"
                      "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c.text }}{% endif %}{% endfor %}"
@@ -41,8 +41,13 @@ TEMPLATES = {
     "glm4v_moe": ("{% for m in messages %}<|user|> {% for c in m.content %}{% if c.type == 'image' %}"
                   "<|begin_of_image|><|image|><|end_of_image|>{% else %}{{ c.text }}{% endif %}{% endfor %}"
                   "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"),
+    # InternVL's template holds the context token once; its processor adds <img> and </img> around the copies
+    "internvl": ("{% for m in messages %}<|im_start|>{{ m.role }} {% for c in m.content %}{% if c.type == 'image' %}"
+                 "<IMG_CONTEXT> {% else %}{{ c.text }}{% endif %}{% endfor %}<|im_end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"),
 }
-EOS = {"qwen3_vl_moe": "<|im_end|>", "glm4v_moe": "<|user|>"}  # GLM-4.5V's turn ends where the user's starts
+# GLM-4.5V's turn ends where the user's starts
+EOS = {"qwen3_vl_moe": "<|im_end|>", "glm4v_moe": "<|user|>", "internvl": "<|im_end|>"}
 QUESTIONS = ["w3 w7 w9", "w12 w5", "w40 w41 w42 w43"]
 
 
@@ -71,7 +76,7 @@ def save_hub_checkpoint(path: Path, family: str, seed: int = 3, **text) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["qwen3_vl_moe", "glm4v_moe"])
+@pytest.fixture(scope="module", params=["qwen3_vl_moe", "glm4v_moe", "internvl"])
 def checkpoint(request, tmp_path_factory) -> Path:
     return save_hub_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
 
@@ -89,10 +94,10 @@ class ImageOnlyProcessor(Qwen3VLProcessor):
                          chat_template=chat_template)
 
 
-def stock_inputs(family: str, tokenizer, question: str, tokens: int, image) -> dict[str, torch.Tensor]:
-    """The request as the family's processor lays it out, at an exact budget of ``tokens`` visual tokens."""
-    processor = image_processor(family, tokens)
-    processor.size = FAMILIES[family].processor_size(tokens, min_tokens=math.isqrt(tokens) ** 2)
+def stock_inputs(family: str, tokenizer, question: str, tokens: int, image, processor=None) -> dict[str, torch.Tensor]:
+    """The request as the family's processor lays it out: ``processor`` as it is, or the checkpoint's (4 visual
+    tokens or more) capped at ``tokens``."""
+    processor = processor or image_processor(family, tokens)
     text = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "image"},
                                                                        {"type": "text", "text": question}]}],
                                          tokenize=False, add_generation_prompt=True)
@@ -101,15 +106,20 @@ def stock_inputs(family: str, tokenizer, question: str, tokens: int, image) -> d
                                                                                   return_tensors="pt")
     pixels = processor(images=[image], return_tensors="pt")
     placeholder = MARKERS[family][0]
-    n = int(pixels["image_grid_thw"].prod(-1).sum()) // 4
+    if family == "internvl":  # InternVLProcessor's expansion, without its video processor (torchvision)
+        n = int(pixels.pop("num_patches").sum()) * TILE_TOKENS
+        ids = tokenizer(text.replace(placeholder, f"<img>{placeholder * n}</img>"), add_special_tokens=False,
+                        return_tensors="pt")["input_ids"]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **pixels}
+    n = int(pixels["image_grid_thw"].prod(-1).sum()) // 4  # merge 2 x 2
     ids = tokenizer(text.replace(placeholder, placeholder * n), add_special_tokens=False,
                     return_tensors="pt")["input_ids"]
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == IMAGE).int(),
             **pixels}
 
 
-def stock_answer(rt, family: str, question: str, tokens: int, steps: int) -> str:
-    x = stock_inputs(family, rt.tokenizer, question, tokens, picture())
+def stock_answer(rt, family: str, question: str, tokens: int, steps: int, image=None, processor=None) -> str:
+    x = stock_inputs(family, rt.tokenizer, question, tokens, picture() if image is None else image, processor)
     out = rt.model.generate(**x, max_new_tokens=steps, do_sample=False)
     return rt.tokenizer.decode(out[0, x["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
@@ -131,6 +141,8 @@ def test_a_hub_checkpoint_answers_as_the_stock_processor_and_generate_do(checkpo
 
 def test_the_tier_sets_the_visual_tokens_that_enter_the_language_model(checkpoint):
     rt = load_runtime(checkpoint, device="cpu", tier_tokens=TIERS)
+    if rt.family.model_type == "internvl":
+        pytest.skip("InternVL's tiers are tiles: tests/model/test_internvl.py")
     square = torch.from_numpy(np.array(picture(rt.image_size, rt.image_size)))[None]  # [1, S, S, 3]
     for tier, budget in TIERS.items():
         visual = rt.encode_images(square, tier)
@@ -213,8 +225,8 @@ def test_unsupported_and_remote_code_folders_are_refused_before_building(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
     with pytest.raises(CheckpointError, match="remote code"):
         load_runtime(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "internvl"}))
-    with pytest.raises(UnsupportedModel, match="'internvl' is not a supported.*qwen3_vl_moe"):
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mllama"}))
+    with pytest.raises(UnsupportedModel, match="'mllama' is not a supported.*qwen3_vl_moe"):
         load_runtime(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))  # no weights next to it
     with pytest.raises(CheckpointError, match="model.safetensors"):

@@ -4,8 +4,8 @@ scheduled case on the chosen executor and summarises the rows; :func:`write_prof
 The run's resume folder is keyed by what determines the rows, not by where they run (the executor's keys stay
 out, :data:`knobctl.cluster.EXECUTOR_KEYS`): a run stopped under one executor resumes under the other, and the
 rows' device names must still agree (:meth:`knobctl.latency.profile_run.ProfilePlan.resume`). Beside the
-``profile_latency`` section only the knobs grid, the seed and ``model.tier_tokens`` are read (dvc.yaml lists the
-same); a standalone profile of a preset needs no ``model`` section at all.
+``profile_latency`` section only the knobs grid, the seed, ``model.tier_tokens`` and ``model.decode`` are read
+(dvc.yaml lists the same); a standalone profile of a preset needs no ``model`` section at all.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from knobctl.model.presets import ModelParams
 from knobctl.parts import PartStore
 
 #: The keys of the ``model`` section a profile reads (dvc.yaml lists the same).
-MODEL_KEYS = ("tier_tokens",)
+MODEL_KEYS = ("tier_tokens", "decode")
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,14 @@ class Profile:
                 f"decode {cv['decode_ms_per_token']:.1%}; drift-corrected total {adj['total_ms']:.1%}")
 
 
-def _executor(p: ProfileParams, grid: KnobGrid, tier_tokens: Mapping[str, int] | None, seed: int) -> Any:
+def _executor(p: ProfileParams, grid: KnobGrid, tier_tokens: Mapping[str, int] | None, seed: int,
+              decode: str) -> Any:
     """Where the rounds run: Ray workers (``executor: ray``) or this process on a runtime loaded here."""
     if p.executor == "ray":
         from knobctl.latency.ray_profiler import RayProfiler
 
-        return RayProfiler(p, grid, tier_tokens, seed)
-    return LocalProfiler(load_profiled_runtime(p, tier_tokens), grid, p, seed)
+        return RayProfiler(p, grid, tier_tokens, seed, decode)
+    return LocalProfiler(load_profiled_runtime(p, tier_tokens, decode), grid, p, seed)
 
 
 def profile_latency(own: Mapping[str, Any], grid: KnobGrid, model_section: Mapping[str, Any] | None, seed: int,
@@ -68,14 +69,14 @@ def profile_latency(own: Mapping[str, Any], grid: KnobGrid, model_section: Mappi
     ``own`` is the ``profile_latency`` section (overrides applied); of ``model_section`` only :data:`MODEL_KEYS`
     are read."""
     p = ProfileParams.from_params(own)
-    tier_tokens = ModelParams.from_params({k: v for k, v in (model_section or {}).items() if k in MODEL_KEYS}
-                                          ).tier_tokens
-    with _executor(p, grid, tier_tokens, seed) as executor:
+    options = ModelParams.from_params({k: v for k, v in (model_section or {}).items() if k in MODEL_KEYS})
+    with _executor(p, grid, options.tier_tokens, seed, options.decode) as executor:
         info = executor.describe()
         model_hash = checkpoint_hash(p.source)
         run_key = params_hash({"profile": {k: v for k, v in p.__dict__.items() if k not in EXECUTOR_KEYS},
                                "knobs": [k.label for k in grid.configs()], "seed": seed, "model": model_hash,
-                               "tiers": info["tiers"], "columns": ROW_COLUMNS})
+                               "tiers": info["tiers"], "columns": ROW_COLUMNS,
+                               **({"decode": options.decode} if options.decode != "eager" else {})})
         store = PartStore(Path(cache) / run_key, flush_every=p.flush_every, columns=ROW_COLUMNS)
         start = time.perf_counter()
         rows = with_speed(executor.run(store))
@@ -83,7 +84,8 @@ def profile_latency(own: Mapping[str, Any], grid: KnobGrid, model_section: Mappi
     wall = time.perf_counter() - start
     meta = provenance(own, device=info["device"], device_type=info["device_type"], dtype=p.dtype,
                       model=p.source, model_hash=model_hash, batch_size=p.batch_size, seed=seed,
-                      experts_implementation=info["experts_implementation"], num_threads=info["num_threads"],
+                      experts_implementation=info["experts_implementation"], decode=options.decode,
+                      num_threads=info["num_threads"],
                       tiers=info["tiers"], rounds=p.rounds, warmup_rounds=p.warmup_rounds, executor=p.executor,
                       workers=info["workers"])
     cv, adj = median_cv(summary), median_cv(summary, "adj_cv")

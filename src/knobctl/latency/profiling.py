@@ -217,9 +217,11 @@ def release_memory(device: torch.device | None) -> None:
         torch.cuda.empty_cache()
 
 
-def load_profiled_runtime(p: ProfileParams, tier_tokens: Mapping[str, int] | None = None) -> Runtime:
+def load_profiled_runtime(p: ProfileParams, tier_tokens: Mapping[str, int] | None = None,
+                          decode: str = "eager") -> Runtime:
     """The runtime exactly as the profile measures it: source, device, dtype, experts kernel, threads
-    (``tier_tokens``: an HF family's visual tokens per tier, params' ``model.tier_tokens``)."""
+    (``tier_tokens``: an HF family's visual tokens per tier, params' ``model.tier_tokens``; ``decode``: the decode
+    path, ``model.decode``)."""
     use_threads(p.num_threads)
     return load_runtime(p.source, device=p.device, dtype=p.torch_dtype, experts_implementation=p.experts_implementation,
-                        tier_tokens=tier_tokens)
+                        tier_tokens=tier_tokens, decode=decode)

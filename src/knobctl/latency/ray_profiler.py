@@ -42,16 +42,16 @@ class ProfileWorker(RayWorker):
     own error), measuring whole rounds (wrapped by ``ray.remote`` at run time: importing this never needs Ray)."""
 
     def __init__(self, p: ProfileParams, grid: KnobGrid, tier_tokens: Mapping[str, int] | None, seed: int,
-                 index: int):
-        self.args = (p, grid, tier_tokens, seed, index)
+                 index: int, decode: str = "eager"):
+        self.args = (p, grid, tier_tokens, seed, index, decode)
         self._local: LocalProfiler | None = None
 
     def _profiler(self) -> LocalProfiler:
         if self._local is None:
             from knobctl.latency.profiling import load_profiled_runtime
 
-            p, grid, tier_tokens, seed, index = self.args
-            self._local = LocalProfiler(load_profiled_runtime(p, tier_tokens), grid, p, seed, worker=index)
+            p, grid, tier_tokens, seed, index, decode = self.args
+            self._local = LocalProfiler(load_profiled_runtime(p, tier_tokens, decode), grid, p, seed, worker=index)
         return self._local
 
     def describe(self) -> dict[str, Any]:
@@ -77,10 +77,11 @@ class RayProfiler(PoolExecutor):
     for the run, or a cluster joined); the same methods as :class:`knobctl.latency.profile_run.LocalProfiler`.
     No more workers start than there are rounds."""
 
-    def __init__(self, p: ProfileParams, grid: KnobGrid, tier_tokens: Mapping[str, int] | None, seed: int):
+    def __init__(self, p: ProfileParams, grid: KnobGrid, tier_tokens: Mapping[str, int] | None, seed: int,
+                 decode: str = "eager"):
         self.plan = ProfilePlan.of(grid.configs(), p, seed)
         worker_p = replace(p, num_threads=p.ray.worker_threads(p.num_threads))
-        self.pool = RayPool(ProfileWorker, lambda i: (worker_p, grid, tier_tokens, seed, i), p.ray,
+        self.pool = RayPool(ProfileWorker, lambda i: (worker_p, grid, tier_tokens, seed, i, decode), p.ray,
                             "profile_latency.ray", limit=p.rounds)
         self.device: str | None = None  # the workers' one device name, once described
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from knobctl.model import family_layout, llava_layout
+from knobctl.model import family_layout, internvl_layout, llava_layout
 from knobctl.model.checkpoint import check_checkpoint, resolve_source
 from knobctl.model.families import FAMILIES, Family
 from knobctl.model.layout import Loaded, LoadOptions
@@ -29,6 +29,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "knobctl": Backend(load_folder=llava_layout.load_folder, build_preset=llava_layout.build_preset),
     "hub": Backend(load_folder=family_layout.load_folder, build_preset=family_layout.build_preset),
+    "internvl": Backend(load_folder=internvl_layout.load_folder, build_preset=internvl_layout.build_preset),
 }
 
 
@@ -47,7 +48,7 @@ def load_source(source: str | Path, options: LoadOptions) -> Loaded:
 
 def model_sources() -> str:
     """What a model source may be, in one sentence for ``--help``: the text of ``params.MODEL_SOURCES``."""
-    hub = [f"{f.short_name} ({f.model_type})" for f in FAMILIES.values() if f.backend == "hub"]
+    hub = [f"{f.short_name} ({f.model_type})" for f in FAMILIES.values() if f.backend != "knobctl"]
     families = hub[0] if len(hub) == 1 else f"{', '.join(hub[:-1])} or {hub[-1]}"
     return ("a checkpoint folder: knobctl's own format (models/base), a " + families + " folder as downloaded from "
             "the hub, or a folder train_base recorded for model.source; or a preset: " + ", ".join(PRESETS)

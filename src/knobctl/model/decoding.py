@@ -1,6 +1,10 @@
 """Running the language model by hand: prefill, greedy decoding with a KV cache, cache forks,
 teacher-forced answer logits.
 
+Decoding continues a prompt's cache with HF's dynamic cache here (the eager path); a runtime loaded with another
+``model.decode`` continues it through a static cache, compiled or replayed as a CUDA graph
+(:mod:`knobctl.model.static_decode`), with the same greedy loop around the step.
+
 Every place that calls the language model directly (answers, rollouts, the controller's
 features, the two-stage flow, base training, block importance) goes through :func:`prefill`,
 so the call's arguments (embeddings, left-padding mask, positions, cache) are spelled out once.
@@ -30,12 +34,27 @@ CACHE_KEYWORD = ("cache" if tuple(int(x) for x in transformers.__version__.split
                  else "past_key_values")
 
 
+#: One greedy step: the last token [B] in, the next position's logits [B, V] out (the step keeps its own cache).
+StepFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class DecodePath(Protocol):
+    """A decode path other than eager (:mod:`knobctl.model.static_decode`), held by the runtime."""
+
+    def steps(self, rt: Decodable, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor,
+              max_new_tokens: int) -> StepFn:
+        """The step continuing ``cache`` (the prompt's keys and values, ``mask``/``pos`` its [(3,) B, L]) for up to
+        ``max_new_tokens - 1`` tokens under the knobs now applied, leaving ``cache`` as it was."""
+        ...
+
+
 class Decodable(Protocol):
     """What decoding uses of a runtime (:class:`knobctl.model.runtime.Runtime`), named here so that the runtime,
     which decodes with these functions, is not imported back."""
 
     model: nn.Module
     ids: dict[str, int]
+    decoder: DecodePath | None  # model.decode: how a cached prompt is continued (None: eager, HF's dynamic cache)
 
     @property
     def lm(self) -> nn.Module: ...
@@ -129,30 +148,68 @@ def continue_greedy(rt: Decodable, token: torch.Tensor, cache: DynamicCache | No
 
     Without a cache, ``embeds`` [B, L, H] (the prompt's) and its :func:`visual_extras` are given and
     each step reruns the whole sequence: the way to decode when block 0 does not run
-    (:func:`cache_sets_mask`). ``pos`` may be M-RoPE's [3, B, L]: every axis advances by one per token."""
-    lm, head = rt.lm, rt.model.lm_head
+    (:func:`cache_sets_mask`). ``pos`` may be M-RoPE's [3, B, L]: every axis advances by one per token.
+    With a cache, the runtime's decode path (``rt.decoder``, ``model.decode``) takes the steps where it can; it
+    reads ``cache`` and never changes it, so a :func:`fork_cache` continues as well."""
     if cache is None and embeds is None:
         raise ValueError("continue_greedy needs a cache or the prompt's embeddings")
     if cache is not None and not cache_sets_mask(cache):
         raise ValueError("this cache's first layer is empty (block 0 did not run), so HF would build a wrong decode "
                          "mask; decode without a cache (generate does so by itself)")
+    if cache is not None and not any(layer is rt.all_layers[0] for layer in rt.lm.layers):
+        raise ValueError("block 0 does not run, so no decode path can continue a cache: HF reads the query's position "
+                         "from the first cache layer, which would not advance; decode without a cache (generate "
+                         "does so by itself)")
+    if cache is None:
+        step = recompute_step(rt, embeds, mask, pos, extras)
+    elif rt.decoder is not None:
+        step = rt.decoder.steps(rt, cache, mask, pos, max_new_tokens)
+    else:
+        step = cached_step(rt, cache, mask, pos)
+    return greedy_loop(rt, token, step, max_new_tokens, min_new_tokens)
+
+
+def cached_step(rt: Decodable, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> StepFn:
+    """The eager step: one token through the language model, growing ``cache`` (HF's dynamic cache)."""
+    lm, head = rt.lm, rt.model.lm_head
+    state = {"mask": mask, "pos": pos}
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        mask = state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(token.shape[0], 1)], dim=1)  # [B, L + t]
+        pos = state["pos"] = state["pos"][..., -1:] + 1  # [(3,) B, 1]
+        hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
+                    use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state  # [B, 1, H]
+        return head(hidden[:, -1])  # [B, V]
+    return step
+
+
+def recompute_step(rt: Decodable, embeds: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                   extras: Mapping[str, Any] | None) -> StepFn:
+    """The step without a cache: the whole sequence so far reruns for every token."""
+    lm, head = rt.lm, rt.model.lm_head
+    state = {"embeds": embeds, "mask": mask, "pos": pos}
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(token.shape[0], 1)], dim=1)  # [B, L + t]
+        state["embeds"] = torch.cat([state["embeds"], lm.embed_tokens(token[:, None])], dim=1)  # [B, L + t, H]
+        state["pos"] = torch.cat([state["pos"], state["pos"][..., -1:] + 1], dim=-1)  # [(3,) B, L + t]
+        hidden = prefill(rt, {"inputs_embeds": state["embeds"], "attention_mask": state["mask"],
+                              "position_ids": state["pos"], **(extras or {})})  # [B, L + t, H]
+        return head(hidden[:, -1])  # [B, V]
+    return step
+
+
+def greedy_loop(rt: Decodable, token: torch.Tensor, step: StepFn, max_new_tokens: int,
+                min_new_tokens: int = 0) -> torch.Tensor:
+    """[B, <= max_new_tokens] greedy ids from the first token [B] on, one ``step`` per further token; EOS is
+    banned before ``min_new_tokens`` and a finished row continues with PAD."""
     eos = rt.ids[EOS]
-    done = token == eos
+    done = token == eos  # [B]
     out = [token]
-    for step in range(1, max_new_tokens):
+    for i in range(1, max_new_tokens):
         if bool(done.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [B, L + step]
-        if cache is None:
-            embeds = torch.cat([embeds, lm.embed_tokens(token[:, None])], dim=1)  # [B, L + step, H]
-            pos = torch.cat([pos, pos[..., -1:] + 1], dim=-1)  # [(3,) B, L + step]
-            hidden = prefill(rt, {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos,
-                                  **(extras or {})})
-        else:
-            pos = pos[..., -1:] + 1  # [(3,) B, 1]
-            hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
-                        use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state  # [B, 1, H]
-        token = next_token(rt, head(hidden[:, -1]), ban_eos=step < min_new_tokens)
+        token = next_token(rt, step(token), ban_eos=i < min_new_tokens)  # [B]
         token = torch.where(done, torch.full_like(token, rt.ids[PAD]), token)
         done = done | (token == eos)
         out.append(token)

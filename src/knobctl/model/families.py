@@ -17,7 +17,9 @@ module takes k from the shape of the router's output, so setting the router is e
   Qwen3-VL's DeepStack adds visual features after the first executed layers *by loop position*;
   with blocks skipped, :func:`knobs_applied` has a stock forward place feature j after original
   layer j instead (:mod:`knobctl.model.deepstack`), so skipping never shifts a feature onto a later layer.
-* ``tier``: the family's processor setting that bounds visual tokens per image (:attr:`Family.tier_setting`).
+* ``tier``: a cap on the visual tokens per image, through the family's processor setting that bounds them
+  (:attr:`Family.tier_setting`). The high tier is the checkpoint's own processor setting, so the full
+  configuration is the model as released; lower tiers lower the cap (:mod:`knobctl.model.family_layout`).
 
 A directory is classified from its ``config.json`` alone (:func:`family_of`), before any weights
 are built: a family that is not supported is an error naming the supported ones.
@@ -53,9 +55,11 @@ class Family:
     experts_keys: tuple[str, ...]  # text config keys that may hold the routed experts per MoE layer (first found)
     renormalises: str  # what the router does with the kept experts' weights
     tier_setting: str  # the processor setting a tier maps to
-    pixels_per_token: int  # image pixels per visual token at that setting
-    # Visual tokens per image at each tier (params will override them); a tier caps the tokens, a small
-    # image gets fewer. Qwen3-VL's own processor default allows 16,384.
+    # Whether the processor's pixel budget counts a still image once per temporal patch (GLM-4.5V's resize
+    # does; Qwen3-VL's does not): pixels per visual token are then temporal_patch x (patch x merge)^2.
+    budget_counts_frames: bool = False
+    # Caps on visual tokens per image of the lower tiers of a checkpoint (the high tier is its own
+    # processor's cap), and all three of a random-weight shape preset; params' model.tier_tokens replaces them.
     tier_tokens: tuple[tuple[str, int], ...] = (("low", 256), ("medium", 576), ("high", 1280))
     deepstack: bool = False  # visual features added after the first layers by loop position
     keep_first_block: bool = True  # the KV cache reads the sequence length from layer 0's slot
@@ -63,7 +67,8 @@ class Family:
     image_processor_class: str = ""  # its PIL image processor (the stock processors need torchvision)
     image_markers: tuple[str, str, str] = ("", "", "")  # image start, the placeholder token, image end
     # How its checkpoints load and lay out a request (knobctl.model.backends.BACKENDS): "hub", a folder as the
-    # hub lays it out (knobctl.model.family_layout), or "knobctl", knobctl's own format (knobctl.model.llava_layout)
+    # hub lays it out (knobctl.model.family_layout), "internvl", the same with InternVL's tiles
+    # (knobctl.model.internvl_layout), or "knobctl", knobctl's own format (knobctl.model.llava_layout)
     backend: str = "hub"
     short_name: str = ""  # the family in a few words, for --help (params.MODEL_SOURCES)
 
@@ -74,37 +79,39 @@ class Family:
         text = self.text_config(config)
         return int(next((text[k] for k in self.experts_keys if text.get(k)), 0))
 
-    def processor_size(self, max_tokens: int, min_tokens: int = 4) -> dict[str, int]:
-        """The image processor's ``size`` for between ``min_tokens`` and ``max_tokens`` visual tokens per image."""
-        if not self.pixels_per_token:
-            raise ValueError(f"{self.name} sets its tiers in knobctl.json, not through a processor setting")
-        return {"shortest_edge": min_tokens * self.pixels_per_token, "longest_edge": max_tokens * self.pixels_per_token}
 
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family(model_type="llava", name="Llava + OLMoE (knobctl's own format: the tiny default, molmoe-1b-shape)",
            text_model_types=("olmoe",), experts_keys=("num_experts",),
            renormalises="only with norm_topk_prob (OLMoE: false, so the MoE output shrinks as top_k falls)",
-           tier_setting="knobctl.json tiers (image size, crops, pooling)", pixels_per_token=0,
+           tier_setting="knobctl.json tiers (image size, crops, pooling)",
            keep_first_block=False,  # knobctl's own decode loop keeps no per-layer cache slots
            backend="knobctl", short_name="Llava + OLMoE"),
     Family(model_type="qwen3_vl_moe", name="Qwen3-VL-MoE (e.g. Qwen3-VL-30B-A3B)", text_model_types=("qwen3_vl_moe_text",),
            # the hub's config.json says num_experts; transformers 5 saves it as num_local_experts
            experts_keys=("num_experts", "num_local_experts"),
            renormalises="always (softmax over all experts, then the kept weights sum to 1)",
-           tier_setting="image processor size.longest_edge (max pixels per image)", pixels_per_token=32 * 32,
-           deepstack=True, model_class="Qwen3VLMoeForConditionalGeneration",
+           tier_setting="image processor size.longest_edge (max pixels per image)", deepstack=True, model_class="Qwen3VLMoeForConditionalGeneration",
            image_processor_class="Qwen2VLImageProcessorPil",
            image_markers=("<|vision_start|>", "<|image_pad|>", "<|vision_end|>"), short_name="Qwen3-VL-MoE"),
     Family(model_type="glm4v_moe", name="GLM-4.5V (glm4v_moe)", text_model_types=("glm4v_moe_text",),
            experts_keys=("n_routed_experts",),
            renormalises="with norm_topk_prob (GLM-4.5V: true), then times routed_scaling_factor; one shared "
                         "expert always runs",
-           # GLM's resize counts a still image twice (temporal patch 2): 2 x 28 x 28 pixels per token
            tier_setting="image processor size.longest_edge (twice the max pixels per image)",
-           pixels_per_token=2 * 28 * 28,  # block 0 is dense (first_k_dense_replace): it has no router
+           budget_counts_frames=True,  # block 0 is dense (first_k_dense_replace): it has no router
            model_class="Glm4vMoeForConditionalGeneration", image_processor_class="Glm4vImageProcessorPil",
            image_markers=("<|begin_of_image|>", "<|image|>", "<|end_of_image|>"), short_name="GLM-4.5V"),
+    Family(model_type="internvl", name="InternVL with a Qwen3-MoE language model (e.g. InternVL3.5-30B-A3B)",
+           text_model_types=("qwen3_moe",), experts_keys=("num_experts", "num_local_experts"),
+           renormalises="with norm_topk_prob (Qwen3-30B-A3B: true)",
+           tier_setting="image processor max_patches (448-px tiles per image, 256 visual tokens each, and a "
+                        "thumbnail)",
+           # one tile; a 2 x 2 grid and its thumbnail; the high tier is the checkpoint's own max_patches
+           tier_tokens=(("low", 256), ("medium", 1280), ("high", 2560)),
+           model_class="InternVLForConditionalGeneration", image_processor_class="GotOcr2ImageProcessorPil",
+           image_markers=("<img>", "<IMG_CONTEXT>", "</img>"), backend="internvl", short_name="InternVL"),
 )}
 
 

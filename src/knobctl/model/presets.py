@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import CLIPVisionConfig, LlavaConfig, OlmoeConfig, Qwen3VLMoeConfig
+from transformers import CLIPVisionConfig, InternVLConfig, LlavaConfig, OlmoeConfig, Qwen3VLMoeConfig
 
 from knobctl.knobs import TIER_ORDER
 from knobctl.model.spec import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, ModelSpec, TierSpec
@@ -69,6 +69,9 @@ class TinyDims:
 
 
 EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
+#: How decoding continues a prompt's cache (``model.decode``, :mod:`knobctl.model.static_decode`): HF's dynamic cache,
+#: a static cache, its step under torch.compile, its step replayed as a CUDA graph (CUDA only).
+DECODE_PATHS = ("eager", "static", "compiled", "graph")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,9 @@ class ModelParams:
     source: str | None = None
     block_order: str | tuple[int, ...] | None = "first"
     experts_implementation: str = "grouped_mm"
+    # eager: measured faster or as fast as every path that needs no compile on the default's CPU, and compiling
+    # one step per configuration costs more than it saves there (docs/LOG.md, "Decode paths (issue 33)")
+    decode: str = "eager"
     dims: TinyDims = field(default_factory=TinyDims)
     # Visual tokens per image at each tier for a checkpoint of an HF family (None: the family's defaults,
     # knobctl.model.families); knobctl's own format sets its tiers in knobctl.json and ignores this.
@@ -103,6 +109,7 @@ class ModelParams:
         # build() checks the form; a path is not read here: train_base parses this section
         # before the block_importance stage has written the file, and never applies the order.
         require_choice(self.experts_implementation, "model.experts_implementation", EXPERTS_IMPLEMENTATIONS)
+        require_choice(self.decode, "model.decode", DECODE_PATHS)
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> ModelParams:
@@ -224,6 +231,26 @@ def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
         tie_word_embeddings=False)
 
 
+def internvl3_5_30b_a3b_shape_config() -> InternVLConfig:
+    """InternVL3.5-30B-A3B's published dimensions: InternViT-300M (24 layers, 448-px tiles of 14-px patches, 256
+    visual tokens per tile after the pixel shuffle) and Qwen3-30B-A3B (48 layers, 128 experts, 8 active; about
+    30.5 B parameters, 3.3 B active per token), for random-weight latency. The image and end-of-turn ids are the
+    Qwen tokenizer's; which ids a prompt holds does not change latency. The preset ``internvl3.5-30b-a3b-shape``."""
+    config = InternVLConfig(
+        vision_config={"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                       "intermediate_size": 4096, "image_size": [448, 448], "patch_size": [14, 14],
+                       "layer_scale_init_value": 0.1, "use_qk_norm": False},
+        text_config={"model_type": "qwen3_moe", "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144,
+                     "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                     "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+                     "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True,
+                     "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+        image_token_id=151671, downsample_ratio=0.5, projector_hidden_act="gelu", vision_feature_layer=-1,
+        vision_feature_select_strategy="default", tie_word_embeddings=False)
+    config.image_start_token_id, config.image_end_token_id = 151669, 151670  # <img>, </img>: the word tokenizer's
+    return config
+
+
 def full_tier_tokens(config: LlavaConfig, spec: ModelSpec) -> int:
     """Visual tokens per image (per view, for a tier of crops) at the full tier: HF's ``image_seq_length``.
 
@@ -254,7 +281,7 @@ class Preset:
     """A named model with random weights, built by the backend of its format
     (:data:`knobctl.model.backends.BACKENDS`, keyed like :attr:`knobctl.model.families.Family.backend`)."""
 
-    backend: str  # "knobctl" (knobctl's own format) or "hub" (an HF family as the hub lays it out)
+    backend: str  # "knobctl" (knobctl's own format), or "hub" / "internvl" (an HF family as the hub lays it out)
     # knobctl: (vocab_size, dims) -> (LlavaConfig, ModelSpec); hub: () -> the family's config at its published shape
     make: Callable[..., Any]
     eos: tuple[str, int] = ("", 0)  # hub: the end-of-turn token of its word tokenizer and the id the config gives it
@@ -265,6 +292,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("knobctl", _tiny),
     "molmoe-1b-shape": Preset("knobctl", _molmoe_1b_shape),
     "qwen3-vl-30b-a3b-shape": Preset("hub", qwen3_vl_30b_a3b_shape_config, ("<|im_end|>", 151645)),
+    "internvl3.5-30b-a3b-shape": Preset("internvl", internvl3_5_30b_a3b_shape_config, ("<|im_end|>", 151645)),
 }
 
 

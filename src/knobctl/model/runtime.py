@@ -44,6 +44,7 @@ from knobctl.model.images import ImageLike, Images, Visual, as_batch
 from knobctl.model.layout import LoadOptions, ModelLayout
 from knobctl.model.presets import TinyDims, full_tier_tokens
 from knobctl.model.spec import EOS, IMAGE, PAD, ModelSpec, parse_block_order
+from knobctl.model.static_decode import DEFAULT_DECODE, StaticDecoder, decoder_for
 from knobctl.params import InputError
 from knobctl.weights import check_finite
 
@@ -67,6 +68,8 @@ class Runtime:
     spec: ModelSpec
     source: str
     layout: ModelLayout  # the backend: tiers, vision path, prompt, positions and token ids
+    # model.decode: the path continuing a prompt's cache (knobctl.model.static_decode); None: eager
+    decoder: StaticDecoder | None = None
 
     def __post_init__(self) -> None:
         self.spec.validate(self.num_layers)
@@ -307,6 +310,7 @@ def load_runtime(
     dims: TinyDims | None = None,
     experts_implementation: str | None = None,
     tier_tokens: Mapping[str, int] | None = None,
+    decode: str = DEFAULT_DECODE,
 ) -> Runtime:
     """Load a preset (random weights) or a local checkpoint directory; never a hub download.
 
@@ -322,11 +326,15 @@ def load_runtime(
 
     A folder of a supported HF family (config.json's ``model_type``: qwen3_vl_moe, glm4v_moe) loads as it
     comes from the hub, with its own tokenizer, chat template and image processor (``local_files_only``,
-    no remote code, safetensors only); ``tier_tokens`` overrides the family's visual tokens per tier
-    (:attr:`knobctl.model.families.Family.tier_tokens`). knobctl's own format sets its tiers in knobctl.json.
+    no remote code, safetensors only): its high tier is its own processor's cap and ``tier_tokens``
+    replaces the caps on visual tokens per tier (:func:`knobctl.model.family_layout.tier_caps`). knobctl's own
+    format sets its tiers in knobctl.json.
     A folder holding only train_base's ``knobctl_source.json`` (``model.source``) loads the folder it names.
+    ``decode`` (``model.decode``) picks how decoding continues a prompt's cache: eager, static, compiled or
+    graph (CUDA only) (:mod:`knobctl.model.static_decode`).
     """
     dev = resolve_device(device)
+    decoder = decoder_for(decode, dev)  # a path the device cannot run is refused before any weights load
     options = LoadOptions(source=str(source), device=dev, dtype=dtype, vocab=vocab, dims=dims,
                           tier_tokens=tier_tokens)
     loaded = load_source(source, options)
@@ -345,7 +353,8 @@ def load_runtime(
     if experts_implementation is not None:
         model.model.language_model.set_experts_implementation(experts_implementation)
     model.eval()
-    return Runtime(model=model, spec=spec, source=str(source), layout=loaded.layout)
+    return Runtime(model=model, spec=spec, source=str(source), layout=loaded.layout,
+                   decoder=decoder)
 
 
 def save_runtime(rt: Runtime, directory: str | Path, extra_files: dict[str, Any] | None = None) -> None:

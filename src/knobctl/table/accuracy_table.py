@@ -198,6 +198,23 @@ def merge_parts(plan: PartPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
     return rows, feats
 
 
+def _vectors(feats: pd.DataFrame, tiers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The language [S, D] and vision [S, T, D] features as float32 arrays; a missing tier column or vectors of
+    unequal lengths are a named error, not numpy's."""
+    columns = ["language", *(f"vision_{t}" for t in tiers)]
+    absent = [name for name in columns if name not in feats]
+    if absent:
+        raise TableContractError(f"features: columns {absent} are missing (the rollouts' tiers need them); rebuild "
+                                 "them with `dvc repro accuracy_table`")
+    lengths = {name: set(feats[name].map(len)) for name in columns}
+    if len(set().union(*lengths.values())) != 1:
+        raise TableContractError(f"features: vectors of unequal lengths {lengths}; every one has the same length; "
+                                 "rebuild them with `dvc repro accuracy_table`")
+    language = np.stack(feats["language"].to_numpy()).astype(np.float32)
+    vision = np.stack([np.stack(feats[f"vision_{t}"].to_numpy()) for t in tiers], axis=1).astype(np.float32)
+    return language, vision
+
+
 @dataclass(frozen=True)
 class AccuracyTable:
     """The merged table as dense arrays, for tensor lookups in controller training.
@@ -218,28 +235,46 @@ class AccuracyTable:
 
     @classmethod
     def from_frames(cls, rows: pd.DataFrame, feats: pd.DataFrame) -> AccuracyTable:
+        """The dense arrays of a table's rows and features, without the samples that failed (every row of theirs
+        an error row, their features NaN): no configuration answered them, so no choice can be learnt from them.
+        The table's summary counts them as wrong answers."""
         ids = feats["sample_id"].to_numpy()
+        if len(ids) == 0 or len(rows) == 0:
+            raise TableContractError("the accuracy table has no rows; rebuild it with `dvc repro accuracy_table`")
         first = rows[rows["sample_id"] == ids[0]]
         configs = tuple(KnobConfig(t, int(k), int(b)) for t, k, b in first[["tier", "top_k", "num_blocks"]].itertuples(
             index=False, name=None))
         s, c = len(ids), len(configs)
-        if len(rows) != s * c or not (rows["sample_id"].to_numpy().reshape(s, c) == ids[:, None]).all():
+        labels = np.array([k.label for k in configs], dtype=object)
+        if len(rows) != s * c or not (rows["sample_id"].to_numpy().reshape(s, c) == ids[:, None]).all() or not (
+                rows["config"].to_numpy().reshape(s, c) == labels[None, :]).all():
             raise TableContractError(f"rollouts hold {len(rows)} rows, not {s} samples x {c} configurations in sample "
-                                     "order (every sample of the features, each with the same configurations); "
-                                     "rebuild them with `dvc repro accuracy_table`")
+                                     "order (every sample of the features, each with the same configurations in the "
+                                     "same order); rebuild them with `dvc repro accuracy_table`")
         unexplained = rows["score"].isna() & rows["error"].isna() if "error" in rows else rows["score"].isna()
         if unexplained.any():  # a missing score is an error row's, and the error says why
             first = rows.loc[unexplained, ["sample_id", "config"]].iloc[0].to_dict()
             raise TableContractError(f"rollouts: {int(unexplained.sum())} rows have no score and no error (e.g. "
                                      f"{first}); rebuild them with `dvc repro accuracy_table`")
         tiers = tuple(dict.fromkeys(k.tier for k in configs))
+        language, vision = _vectors(feats, tiers)  # [S, D], [S, T, D]
+        failed = (rows["error"].notna().to_numpy().reshape(s, c).all(1) if "error" in rows
+                  else np.zeros(s, dtype=bool))  # [S]
+        blank = np.isnan(language).any(1) | np.isnan(vision).any((1, 2))  # [S]
+        if (blank & ~failed).any():
+            raise TableContractError(f"features: sample {ids[blank & ~failed][0]!r} has NaN features but answers in "
+                                     "the rollouts (NaN features belong to a sample that failed under every "
+                                     "configuration); rebuild them with `dvc repro accuracy_table`")
+        keep = ~failed
+        if not keep.any():
+            raise TableContractError(f"every one of the table's {s} samples failed (e.g. {ids[0]!r}: "
+                                     f"{rows['error'].iloc[0]}); rebuild it with `dvc repro accuracy_table`")
         return cls(
-            sample_ids=ids, question_types=feats["question_type"].to_numpy(), configs=configs, tiers=tiers,
-            scores=rows["score"].to_numpy(dtype=np.float32).reshape(s, c),
-            input_tokens=rows["input_tokens"].to_numpy().reshape(s, c),
-            output_tokens=rows["output_tokens"].to_numpy().reshape(s, c),
-            language=np.stack(feats["language"].to_numpy()).astype(np.float32),
-            vision=np.stack([np.stack(feats[f"vision_{t}"].to_numpy()) for t in tiers], axis=1).astype(np.float32),
+            sample_ids=ids[keep], question_types=feats["question_type"].to_numpy()[keep], configs=configs,
+            tiers=tiers, scores=rows["score"].to_numpy(dtype=np.float32).reshape(s, c)[keep],
+            input_tokens=rows["input_tokens"].to_numpy().reshape(s, c)[keep],
+            output_tokens=rows["output_tokens"].to_numpy().reshape(s, c)[keep],
+            language=language[keep], vision=vision[keep],
         )
 
     def check_grid(self, grid: KnobGrid, source: str | Path = "data/rollouts", stage: str = "",

@@ -3,8 +3,9 @@ merges them once all are done; :func:`write_accuracy_table` writes the table and
 
 What the run is keyed by, and what its table's metadata says, leave out where the parts ran
 (:data:`knobctl.cluster.EXECUTOR_KEYS`): a run stopped under one executor resumes under the other, and the
-table is the same bytes either way. Only the knobs grid, the seed, ``model.block_order`` and
-``model.tier_tokens`` are read beside the ``accuracy_table`` section: the keys dvc.yaml lists for the stage.
+table is the same bytes either way. Only the knobs grid, the seed, ``model.block_order``, ``model.tier_tokens`` and
+``model.decode`` (every decode path gives the same tokens) are read beside the ``accuracy_table`` section: the keys
+dvc.yaml lists for the stage.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from knobctl.cluster import EXECUTOR_KEYS
-from knobctl.contracts import FEATURES, ROLLOUTS, VQA_SPLIT, read_table
+from knobctl.contracts import FEATURES, ROLLOUTS, VQA_REQUESTS, read_table
 from knobctl.execution import use_threads
 from knobctl.io import (
     checkpoint_hash,
@@ -34,13 +35,22 @@ from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.model.features import FEATURE_DEFINITIONS
 from knobctl.model.presets import ModelParams
 from knobctl.model.runtime import DTYPES, load_runtime
-from knobctl.table.accuracy_table import LocalExecutor, PartPlan, merge_parts
+from knobctl.params import InputError
+from knobctl.table.accuracy_table import AccuracyTable, LocalExecutor, PartPlan, merge_parts
 from knobctl.table.rollouts import RolloutParams, select_configs
 from knobctl.table.summary import per_config_table, summarize, table_metrics
 from knobctl.vqa.sources import select_samples
 
 #: The keys of the ``model`` section the accuracy table reads (dvc.yaml lists the same).
-MODEL_KEYS = ("block_order", "tier_tokens")
+MODEL_KEYS = ("block_order", "tier_tokens", "decode")
+#: Keys that, when null (the model's own limits), change no row of a table the model answers in full: they stay
+#: out of its hash and metadata, so that a table built before they existed keeps its bytes.
+CAP_KEYS = ("max_image_pixels", "max_question_tokens")
+
+
+def keyed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The params that determine the rows: without the executor's keys and the caps left null."""
+    return {k: v for k, v in values.items() if k not in EXECUTOR_KEYS and not (k in CAP_KEYS and v is None)}
 
 
 @dataclass(frozen=True)
@@ -106,14 +116,14 @@ def build_accuracy_table(own: Mapping[str, Any], grid: KnobGrid, model_section: 
     p = RolloutParams.from_params(own)
     configs = tuple(select_configs(grid, p.configs))
     split_path = Path(data) / f"{p.split}.parquet"
-    samples = select_samples(read_table(split_path, VQA_SPLIT), p.num_samples, seed, p.split)
+    samples = select_samples(read_table(split_path, VQA_REQUESTS), p.num_samples, seed, p.split)
     options = ModelParams.from_params({k: model_section[k] for k in MODEL_KEYS if k in model_section})
     load = {"device": p.device, "dtype": DTYPES[p.dtype], "block_order": options.block_order,
-            "tier_tokens": options.tier_tokens}
+            "tier_tokens": options.tier_tokens, "decode": options.decode}
     with _executor(model, load, p) as executor:
         info = executor.describe(grid)
         model_hash = checkpoint_hash(model)
-        run_key = params_hash({"rollouts": {k: v for k, v in p.__dict__.items() if k not in EXECUTOR_KEYS},
+        run_key = params_hash({"rollouts": keyed(p.__dict__),
                                "configs": [k.label for k in configs], "seed": seed, "model": model_hash,
                                "data": file_hash(split_path), "block_order": info["block_order"],
                                "tiers": info["tiers"]})
@@ -125,7 +135,12 @@ def build_accuracy_table(own: Mapping[str, Any], grid: KnobGrid, model_section: 
     if plan.missing() and (shard.count > 1 or shard.merge_only):
         return done
     rows, feats = merge_parts(plan)
-    meta = provenance({k: v for k, v in own.items() if k not in EXECUTOR_KEYS}, volatile=False,
+    failed = rows["error"].notna().groupby(rows["sample_id"], sort=False).all()
+    if failed.all():
+        raise InputError(f"every one of the {len(failed)} samples failed, e.g. {failed.index[0]}: "
+                         f"{rows['error'].iloc[0]}; fix the {p.split} split or the caps (accuracy_table.max_image_pixels, "
+                         "max_question_tokens)")
+    meta = provenance(keyed(own), volatile=False,
                       device=info["device"], device_type=info["device_type"], dtype=p.dtype, model=model,
                       model_hash=model_hash, block_order=info["block_order"], seed=seed, split=p.split,
                       samples=len(samples), configs=[k.label for k in configs], tiers=info["tiers"],
@@ -142,6 +157,7 @@ def write_accuracy_table(build: TableBuild, out: str | Path, metrics: str | Path
     out = Path(out)
     ROLLOUTS.check(build.rows, out / "rollouts.parquet")  # both checked before either is written
     FEATURES.check(build.feats, out / "features.parquet")
+    AccuracyTable.from_frames(build.rows, build.feats)  # and together, as every reader reads them
     with output_set() as outs:  # a full disk while writing the last renames none
         write_parquet(outs.file(out / "rollouts.parquet"), build.rows, build.meta)
         write_parquet(outs.file(out / "features.parquet"), build.feats, build.meta)

@@ -19,9 +19,11 @@ that configurations share is done once:
 * the decision block's output of the same prefill gives the vision feature
   (:mod:`knobctl.model.features`), which no knob changes.
 
-Error policy: a batch that raises is retried one sample at a time; a sample that raises
-alone gets a row per configuration with its ``error`` (prediction null, score NaN) and NaN
-features, and the run goes on. The stage counts errors in its metrics.
+Error policy: a sample the model cannot be asked (an image that does not decode or is too large, a
+question too long: :mod:`knobctl.table.screen`) gets a row per configuration with its ``error``
+(prediction null, score NaN, lengths -1) and NaN features without running. A batch that raises is
+retried one sample at a time, and a sample that raises alone gets the same rows. The run goes on;
+the stage counts errors in its metrics.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from knobctl.model.features import language_features, vision_features
 from knobctl.model.presets import EOS
 from knobctl.model.runtime import DTYPES, Runtime
 from knobctl.params import ParamsError, build, require, require_choice, require_device, require_int
+from knobctl.table.screen import request_caps, screen
 from knobctl.vqa.metric import vqa_score
-from knobctl.vqa.sources import SPLITS, decode_images
+from knobctl.vqa.sources import SPLITS
 
 R = TypeVar("R")
 
@@ -61,6 +64,9 @@ class RolloutParams:
     device: str = "auto"
     dtype: str = "float32"
     num_threads: int = 0
+    # A larger image or longer question is that sample's error row (knobctl.table.screen); null: the model's limits.
+    max_image_pixels: int | None = None
+    max_question_tokens: int | None = None
     # Where the parts run (src/knobctl/table/ray_executor.py); neither changes a byte of the table.
     executor: str = "local"
     ray: RayParams = field(default_factory=RayParams)
@@ -74,8 +80,9 @@ class RolloutParams:
             require_int(self.num_samples, "accuracy_table.num_samples")
         for name in ("part_size", "batch_size"):
             require_int(getattr(self, name), f"accuracy_table.{name}")
-        if self.max_new_tokens is not None:
-            require_int(self.max_new_tokens, "accuracy_table.max_new_tokens")
+        for name in ("max_new_tokens", "max_image_pixels", "max_question_tokens"):
+            if getattr(self, name) is not None:
+                require_int(getattr(self, name), f"accuracy_table.{name}")
         require_int(self.num_threads, "accuracy_table.num_threads", 0)
         require_choice(self.dtype, "accuracy_table.dtype", tuple(DTYPES))
         require_device(self.device, "accuracy_table.device")
@@ -220,31 +227,53 @@ class _Decoder:
 
 def rollout_part(
     rt: Runtime, part: pd.DataFrame, configs: Sequence[KnobConfig], p: RolloutParams,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None, section: str = "accuracy_table",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows (sample-major, configurations in grid order) and features of one part of the samples."""
-    images = torch.from_numpy(decode_images(part["image"].tolist(), size=rt.image_size))
-    qids = rt.tokenizer(part["question"].tolist(), add_special_tokens=False)["input_ids"]
+    """Rows (sample-major, configurations in grid order) and features of one part of the samples. A sample whose
+    image or question the model cannot take (:mod:`knobctl.table.screen`) gets error rows without running;
+    ``section`` names the params section of the caps in them."""
+    all_qids = rt.tokenizer(part["question"].tolist(), add_special_tokens=False)["input_ids"]
     steps = p.max_new_tokens or rt.spec.max_new_tokens
+    caps = request_caps(rt, p.max_image_pixels, p.max_question_tokens, steps, section)
+    screened = screen(rt, part, all_qids, caps, section)
+    images = torch.from_numpy(screened.images)
+    asked = part if len(screened.good) == len(part) else part.iloc[screened.good]
+    qids = [all_qids[i] for i in screened.good]
     decode, eos = _Decoder(rt), rt.ids[EOS]
     tiers = list(dict.fromkeys(k.tier for k in configs))
     dim = 2 * rt.config.text_config.hidden_size
     rows: list[pd.DataFrame] = []
     feats: list[pd.DataFrame] = []
-    for start in range(0, len(part), p.batch_size):
-        stop = min(start + p.batch_size, len(part))
+    for start in range(0, len(asked), p.batch_size):
+        stop = min(start + p.batch_size, len(asked))
 
         def run(a: int, b: int, s: int = start) -> BatchResult:
             return rollout_batch(rt, images[s + a : s + b], qids[s + a : s + b], configs, steps)
 
         for offset, res, error in run_isolated(run, stop - start):
             n = len(res.language) if res is not None else 1
-            sub = part.iloc[start + offset : start + offset + n]
+            sub = asked.iloc[start + offset : start + offset + n]
             rows.append(_rows(sub, configs, res, error, decode, eos))
             feats.append(_features(sub, tiers, res, dim))
         if on_batch is not None:
             on_batch(stop - start)
-    return pd.concat(rows, ignore_index=True), pd.concat(feats, ignore_index=True)
+    if len(asked) == len(part):
+        return pd.concat(rows, ignore_index=True), pd.concat(feats, ignore_index=True)
+    for i, error in enumerate(screened.errors):
+        if error is not None:
+            rows.append(_rows(part.iloc[i : i + 1], configs, None, error, decode, eos))
+            feats.append(_features(part.iloc[i : i + 1], tiers, None, dim))
+        if on_batch is not None and error is not None:
+            on_batch(1)
+    return _in_part_order(pd.concat(rows, ignore_index=True), part), _in_part_order(pd.concat(feats, ignore_index=True),
+                                                                                    part)
+
+
+def _in_part_order(df: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+    """``df``'s rows sorted by their sample's position in ``part`` (stable: configurations keep grid order)."""
+    position = pd.Series(np.arange(len(part)), index=part["sample_id"].to_numpy())
+    order = np.argsort(position.loc[df["sample_id"].to_numpy()].to_numpy(), kind="stable")
+    return df.iloc[order].reset_index(drop=True)
 
 
 def _rows(sub: pd.DataFrame, configs: Sequence[KnobConfig], res: BatchResult | None, error: str | None,

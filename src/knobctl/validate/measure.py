@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from knobctl.contracts import VALIDATE_REQUESTS
 from knobctl.controller.policy import Controller, NumpyPolicy
 from knobctl.controller.probe import Probe, probe_choices
 from knobctl.controller.tables import CacheTables, budgets_between
@@ -94,10 +95,16 @@ class ValidateParams:
     device: str = "auto"
     num_threads: int = 1
     repeats: int = 1
+    # A larger image or longer question is that sample's error row (knobctl.table.screen); null: the model's limits.
+    max_image_pixels: int | None = None
+    max_question_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "num_budgets", "batch_size", "calibration_requests", "speed_window", "repeats"):
             require_int(getattr(self, name), f"validate.{name}")
+        for name in ("max_image_pixels", "max_question_tokens"):
+            if getattr(self, name) is not None:
+                require_int(getattr(self, name), f"validate.{name}")
         require_int(self.warmup_requests, "validate.warmup_requests", 0)
         require_int(self.num_threads, "validate.num_threads", 0)
         require(0 < self.speed_quantile <= 1, "validate.speed_quantile", self.speed_quantile,
@@ -274,7 +281,10 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
                           probe=None if probe is None else probe.predict(test.language, test.vision))
     calibration = (round(tracker.scale, 4), round(tracker.overhead_ms, 4))
     choices = PartStore(store.directory / "choices", flush_every=10**9)
-    done = set(store.read().get("sample_id", []))
+    resumed = store.read()
+    if len(resumed):  # a killed run's parts: checked before a single request is added to them
+        VALIDATE_REQUESTS.check(resumed, store.directory)
+    done = set(resumed.get("sample_id", []))
     todo = [i for i in range(n) if samples["sample_id"].iloc[i] not in done]
     with progress_bar(total=len(todo), desc="validate", unit="sample", disable=not progress) as bar:
         for c in range(0, len(todo), CHUNK):

@@ -66,7 +66,10 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
     out = ["# knobctl: validation summary", "",
            (f"{s['samples']} held-out test samples x {len(s['budgets'])} budgets, {s['requests']} requests "
             "measured one at a time on the real model, from the decoded image to the last token "
-            "(`dvc repro validate`; definitions in `src/knobctl/validate/measure.py`)."), "",
+            "(`dvc repro validate`; definitions in `src/knobctl/validate/measure.py`)."
+            + (f" {s['error_samples']} more test samples could not be asked (an image that does not decode or is "
+               "too large, a question too long): their error rows are in data/validate/requests.parquet."
+               if s.get("error_samples") else "")), "",
            "## Goals", ""]
     out += goal_rows(validate["goals"], SHOW_VALIDATE, s)
     out += ["", "## Against lookup: what per-request control buys", "",

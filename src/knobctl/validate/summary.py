@@ -89,9 +89,10 @@ def _gain(diff: np.ndarray, seed: int) -> dict[str, Any]:
 
 
 def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[float],
-              calibration: tuple[float, float]) -> dict[str, Any]:
+              calibration: tuple[float, float], error_samples: int = 0) -> dict[str, Any]:
     """Every method at every budget (accuracy, latency, violations, accuracy within budget), the run's summary and
-    each of :data:`knobctl.goals.VALIDATE_GOALS` judged on it."""
+    each of :data:`knobctl.goals.VALIDATE_GOALS` judged on it. ``error_samples``: test samples no method could be
+    asked (their error rows in the requests table), counted beside the measured ones."""
     rows = method_rows(requests, chosen)
     vs_lookup, lookup_overall = paired_gains(rows, budgets, "lookup")
     vs_random, _ = paired_gains(rows, budgets, "random")
@@ -125,7 +126,8 @@ def summarize(requests: pd.DataFrame, chosen: pd.DataFrame, budgets: Sequence[fl
     choice = [e for e in per_budget.values() if e["fit_share"] is not None and 0 < e["fit_share"] < 1
               and e["controller_vs_random"] is not None]
     summary = {
-        "samples": int(requests["sample_id"].nunique()), "budgets": list(budgets), "requests": len(requests),
+        "samples": int(requests["sample_id"].nunique()), "error_samples": error_samples, "budgets": list(budgets),
+        "requests": len(requests),
         "budgets_with_lookup": len(compared),
         "budgets_not_below_lookup_within_budget": sum(
             e["controller_vs_lookup"]["ci95"][0] >= NOT_BELOW for e in compared),
@@ -190,7 +192,7 @@ HEADLINE = ("goals_met", "goals_measured", "mean_gain_over_lookup_within_budget"
             "budgets_not_below_lookup_within_budget", "budgets_with_lookup", "budgets_above_random_where_choice",
             "budgets_with_choice", "worst_violation_rate_where_cheapest_meets", "controller_overhead_share",
             "mean_gain_over_static_within_budget", "static_to_best_measured_gap_closed",
-            "measured_over_estimated_median")
+            "measured_over_estimated_median", "error_samples")
 
 
 def validation_metrics(full: dict[str, Any]) -> dict[str, Any]:

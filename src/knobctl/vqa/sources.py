@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,24 +349,32 @@ def decode_images(blobs: list[bytes], size: int | None = None, ids: Sequence[str
     """PNG/JPEG bytes -> uint8 array [N, H, W, 3] (resized to size x size when given). An image that does not
     decode (truncated, not an image, a decompression bomb) is a :class:`DataError` naming it (``ids[i]`` or its
     position)."""
-    out = []
-    for i, blob in enumerate(blobs):
-        name = ids[i] if ids is not None else f"image {i} of {len(blobs)}"
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
-                    raise DataError(f"{name}: the image declares {im.size[0]}x{im.size[1]} pixels, more than "
-                                    f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?); {REBUILD_SPLITS}")
-                im = im.convert("RGB")
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                out.append(np.asarray(im))
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, TypeError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(f"{name}: the image does not decode ({type(exc).__name__}: {str(exc)[:200]}); "
-                            f"{REBUILD_SPLITS}") from exc
-    return np.stack(out)
+    return np.stack([decode_image(blob, size, ids[i] if ids is not None else f"image {i} of {len(blobs)}")
+                     for i, blob in enumerate(blobs)])
+
+
+def decode_image(blob: bytes, size: int | None = None, name: str = "the image", max_pixels: int | None = None,
+                 fix: str = REBUILD_SPLITS, cap: str = "a decompression bomb?") -> np.ndarray:
+    """One image's bytes -> uint8 [H, W, 3], or a :class:`DataError` naming ``name`` and saying ``fix`` (none if
+    empty); an image that declares more than ``max_pixels`` (default :data:`MAX_IMAGE_PIXELS`) is refused before
+    it is decoded, ``cap`` saying why there is a limit."""
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    tail = f"; {fix}" if fix else ""
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            if im.size[0] * im.size[1] > limit:
+                raise DataError(f"{name}: the image declares {im.size[0]}x{im.size[1]} pixels, more than "
+                                f"{limit:,} ({cap}){tail}")
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, TypeError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        # PIL names the buffer by its memory address, which would make the message differ from run to run
+        why = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))[:200]
+        raise DataError(f"{name}: the image does not decode ({type(exc).__name__}: {why}){tail}") from exc
 
 
 def select_samples(df: pd.DataFrame, num_samples: int | None, seed: int, split: str = "val",

@@ -1,0 +1,88 @@
+"""Requests the model cannot be asked, found before it runs: each becomes that sample's error row.
+
+A dataset may hold a few bad requests: an image that does not decode (not an image, cut short), one that
+declares more pixels than a decoder should allocate (a decompression bomb), a question longer than the model
+can read. Each is a property of one sample, so the accuracy table and validate record it as that sample's
+error (prediction and score null, counted in the stage's summary and metrics) and go on, as they do for a
+sample whose forward pass raises; only a split where every sample fails stops the stage.
+
+The caps come from params (``max_image_pixels``, ``max_question_tokens`` in the ``accuracy_table`` and
+``validate`` sections); null takes the model's own limits (:func:`request_caps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from knobctl.model.runtime import Runtime
+from knobctl.vqa.sources import MAX_IMAGE_PIXELS, DataError, decode_image
+
+
+@dataclass(frozen=True)
+class RequestCaps:
+    """The largest image (declared pixels) and question (tokens) a request may have, and where each came from."""
+
+    max_image_pixels: int
+    max_question_tokens: int
+    source: str  # how the question cap was set, for the error rows
+
+
+def request_caps(rt: Runtime, max_image_pixels: int | None, max_question_tokens: int | None, max_new_tokens: int,
+                 section: str) -> RequestCaps:
+    """The caps of ``section``'s params, or the model's own where they are null: for pixels the decoder's
+    decompression-bomb limit (:data:`knobctl.vqa.sources.MAX_IMAGE_PIXELS`, below PIL's own); for the question,
+    the positions the language model was built for less the longest prompt around a question (the highest
+    tier's visual and special tokens) and the answer's ``max_new_tokens``, and at most the tokenizer's
+    ``model_max_length``."""
+    pixels = MAX_IMAGE_PIXELS if max_image_pixels is None else max_image_pixels
+    if max_question_tokens is not None:
+        return RequestCaps(pixels, max_question_tokens, f"{section}.max_question_tokens")
+    limits = []
+    positions = getattr(rt.config.text_config, "max_position_embeddings", None)
+    if positions:
+        prompt = max(t["prompt_tokens"] for t in rt.tier_table().values())
+        limits.append((positions - prompt - max_new_tokens,
+                       f"the model's {positions} positions - {prompt} prompt tokens - {max_new_tokens} answer tokens"))
+    tokenizer_max = getattr(rt.tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_max, int) and tokenizer_max < 10**9:  # tokenizers without a limit store 1e30
+        limits.append((tokenizer_max, f"the tokenizer's model_max_length {tokenizer_max}"))
+    if not limits:
+        return RequestCaps(pixels, 10**9, "no limit: the model declares none")
+    cap, why = min(limits)
+    return RequestCaps(pixels, max(cap, 1), f"{why}; {section}.max_question_tokens sets another")
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A part's requests after screening: the decoded images of the samples that passed ([G, H, W, 3], in
+    order), their positions in the part, and each sample's error (None where it passed)."""
+
+    images: np.ndarray
+    good: list[int]
+    errors: list[str | None]
+
+
+def screen(rt: Runtime, part: pd.DataFrame, question_ids: Sequence[Sequence[int]], caps: RequestCaps,
+           section: str) -> Screened:
+    """Decode every image of ``part`` at the model's size and check it and the question against ``caps``."""
+    images, good, errors = [], [], []
+    for i, (blob, ids) in enumerate(zip(part["image"], question_ids)):
+        error = None
+        if len(ids) > caps.max_question_tokens:
+            error = (f"question: {len(ids):,} tokens, more than the cap of {caps.max_question_tokens:,} "
+                     f"({caps.source})")
+        else:
+            try:
+                images.append(decode_image(blob, rt.image_size, "image", caps.max_image_pixels, fix="",
+                                           cap=f"the cap of {section}.max_image_pixels"))
+            except DataError as exc:
+                error = str(exc)
+        errors.append(error)
+        if error is None:
+            good.append(i)
+    empty = np.zeros((0, rt.image_size, rt.image_size, 3), np.uint8)
+    return Screened(np.stack(images) if images else empty, good, errors)
