@@ -118,6 +118,22 @@ SUMMARY_KINDS = {c: "float" for c in SUMMARY.columns if c.endswith(STATS)} | {
     c: "int" for c in ("top_k", "num_blocks", "text_tokens", "output_tokens", "repeats", "errors")}
 
 
+def timings_ok(df: pd.DataFrame, measured: pd.Series, columns: list[str]) -> bool:
+    """The rows ``measured`` marks: at least one, each labelled by its own knobs, each timing positive and finite
+    (decode's NaN allowed for one output token); the other rows' timings null or positive and finite."""
+    ok = df[measured]
+    if ok.empty:
+        return False
+    for _, row in ok.iterrows():
+        if row["config"] != label(row["tier"], row["top_k"], row["num_blocks"]):
+            return False
+        for c in columns:
+            may_be_nan = c.startswith("decode") and row["output_tokens"] == 1
+            if not (within(row[c], 0.0, above=True) or (may_be_nan and is_null(row[c]))):
+                return False
+    return all(is_null(v) or (np.isfinite(v) and v > 0) for c in columns for v in df.loc[~measured, c])
+
+
 def summary_ok(df: pd.DataFrame) -> bool:
     """What fit_estimator and train_controller need of a profile summary: knobs and lengths as integers naming
     one cell each, its label their own; every latency statistic a number, positive and finite where the cell was
@@ -133,17 +149,7 @@ def summary_ok(df: pd.DataFrame) -> bool:
     if not ((df["top_k"] >= 1) & (df["num_blocks"] >= 1) & (df["text_tokens"] >= 0) & (df["output_tokens"] >= 1)
             & (df["repeats"] >= 0)).all() or df.duplicated(["config", "text_tokens", "output_tokens"]).any():
         return False
-    measured = df[df["repeats"] > 0]
-    if measured.empty:
-        return False
-    for _, row in measured.iterrows():
-        if row["config"] != label(row["tier"], row["top_k"], row["num_blocks"]):
-            return False
-        for c in stats:
-            may_be_nan = c.startswith("decode") and row["output_tokens"] == 1
-            if not (within(row[c], 0.0, above=True) or (may_be_nan and is_null(row[c]))):
-                return False
-    return all(is_null(v) or (np.isfinite(v) and v > 0) for c in stats for v in df.loc[df["repeats"] == 0, c])
+    return timings_ok(df, df["repeats"] > 0, stats)
 
 
 @FAST
@@ -182,17 +188,9 @@ def rows_ok(df: pd.DataFrame) -> bool:
     if not (df["config"].map(is_str).all() and df["device"].map(is_str).all()
             and df["error"].map(lambda e: is_null(e) or is_str(e)).all()):
         return False
-    ok = df[df["error"].isna()]
-    if ok.empty or df.duplicated(["round", "config", "text_tokens", "output_tokens"]).any():
+    if df.duplicated(["round", "config", "text_tokens", "output_tokens"]).any():
         return False
-    for _, row in ok.iterrows():
-        if row["config"] != label(row["tier"], row["top_k"], row["num_blocks"]):
-            return False
-        for p in PARTS:
-            if not (within(row[p], 0.0, above=True) or (p.startswith("decode") and row["output_tokens"] == 1
-                                                          and is_null(row[p]))):
-                return False
-    return all(is_null(v) or (np.isfinite(v) and v > 0) for p in PARTS for v in df.loc[df["error"].notna(), p])
+    return timings_ok(df, df["error"].isna(), list(PARTS))
 
 
 @FAST

@@ -156,8 +156,9 @@ def test_the_tier_sets_the_visual_tokens_that_enter_the_language_model(checkpoin
         rt.encode_images(square, "ultra")
 
 
-def test_cached_decoding_equals_recomputation_with_blocks_skipped(qwen):
-    rt = load_runtime(qwen, device="cpu", tier_tokens=TIERS)
+def assert_cached_decoding_equals_recomputation(rt) -> None:
+    """Under two knob settings with blocks skipped, decoding from the KV cache gives the tokens of rerunning the
+    whole sequence at every step."""
     images = torch.from_numpy(np.stack([np.array(picture(rt.image_size, rt.image_size))] * 3))
     for knobs in (KnobConfig("medium", 2, 2), KnobConfig("high", 1, 3)):
         with torch.no_grad(), rt.knobs_applied(knobs):
@@ -168,6 +169,10 @@ def test_cached_decoding_equals_recomputation_with_blocks_skipped(qwen):
             recomputed = continue_greedy(rt, first, None, inputs["attention_mask"], inputs["position_ids"], 6, 6,
                                          embeds=inputs["inputs_embeds"], extras=visual_extras(inputs))
         assert torch.equal(cached, recomputed), knobs
+
+
+def test_cached_decoding_equals_recomputation_with_blocks_skipped(qwen):
+    assert_cached_decoding_equals_recomputation(load_runtime(qwen, device="cpu", tier_tokens=TIERS))
 
 
 def test_rollouts_equal_answers_under_a_ranked_block_order_that_skips_a_deepstack_layer(qwen):

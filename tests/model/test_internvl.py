@@ -12,13 +12,12 @@ import pytest
 import torch
 
 from knobctl.knobs import KnobConfig
-from knobctl.model.decoding import continue_greedy, generate, visual_extras
 from knobctl.model.internvl_layout import InternVLLayout, max_patches_for
 from knobctl.model.presets import internvl3_5_30b_a3b_shape_config
 from knobctl.model.runtime import load_runtime
 from knobctl.table.rollouts import rollout_batch
 from tests.model.test_families import IMAGE, TILE_TOKENS, image_processor, picture
-from tests.model.test_family_runtime import QUESTIONS, save_hub_checkpoint
+from tests.model.test_family_runtime import QUESTIONS, assert_cached_decoding_equals_recomputation, save_hub_checkpoint
 
 #: A tile, a 2 x 2 grid and its thumbnail, a 3 x 3 grid and its thumbnail.
 TIERS = {"low": 4, "medium": 20, "high": 40}
@@ -53,15 +52,8 @@ def test_a_tier_caps_the_tiles_and_the_high_tier_is_the_checkpoints_own(folder):
 
 def test_cached_decoding_equals_recomputation_and_rollouts_equal_answers(folder):
     rt = load_runtime(folder, device="cpu", tier_tokens=TIERS, block_order=[0, 2, 1, 3])
+    assert_cached_decoding_equals_recomputation(rt)
     images = torch.from_numpy(np.stack([np.array(picture(rt.image_size, rt.image_size))] * 3))
-    for knobs in (KnobConfig("medium", 2, 2), KnobConfig("high", 1, 3)):
-        with torch.no_grad(), rt.knobs_applied(knobs):
-            visual = rt.encode_images(images, knobs.tier)
-            inputs = rt.embed(visual, rt.prompt_ids(QUESTIONS, visual.num_tokens))
-            cached = generate(rt, inputs, 6, min_new_tokens=6)  # [B, 6]
-            recomputed = continue_greedy(rt, cached[:, 0], None, inputs["attention_mask"], inputs["position_ids"], 6,
-                                         6, embeds=inputs["inputs_embeds"], extras=visual_extras(inputs))
-        assert torch.equal(cached, recomputed), knobs
     configs = [KnobConfig(t, k, n) for t in ("low", "high") for k in (1, 4) for n in (2, 4)]
     qids = rt.tokenizer(QUESTIONS, add_special_tokens=False)["input_ids"]
     res = rollout_batch(rt, images, qids, configs, 5)

@@ -232,9 +232,12 @@ class FamilyLayout:
         key = (tier, self.image_size)
         if key not in self._counts:
             blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
-            grid = self.pixels([blank], tier)["image_grid_thw"]
-            self._counts[key] = int(grid.prod(-1).sum()) // int(getattr(self.image_processor, "merge_size", 2)) ** 2
+            self._counts[key] = self.tokens_of(self.pixels([blank], tier))
         return self._counts[key]
+
+    def tokens_of(self, pixels: Mapping[str, torch.Tensor]) -> int:
+        """Visual tokens of the first image of a batch the processor laid out: its patch grid over the merge."""
+        return int(pixels["image_grid_thw"][0].prod()) // int(getattr(self.image_processor, "merge_size", 2)) ** 2
 
     def encode(self, model: nn.Module, images: ImageLike | Images, tier: str) -> Visual:
         """The family's vision tower and merger at a tier: one row of visual tokens per image."""

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import transformers
 from torch import nn
@@ -108,12 +107,8 @@ class InternVLLayout(FamilyLayout):
         """The processor's tiles for a batch at a tier: pixel_values [tiles, 3, S, S], num_patches [B]."""
         return self.image_processor(images=pil_images(images), max_patches=self.max_patches(tier), return_tensors="pt")
 
-    def visual_tokens(self, tier: str) -> int:
-        key = (tier, self.image_size)
-        if key not in self._counts:
-            blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
-            self._counts[key] = int(self.pixels([blank], tier)["num_patches"][0]) * self.tile_tokens
-        return self._counts[key]
+    def tokens_of(self, pixels: Mapping[str, torch.Tensor]) -> int:
+        return int(pixels["num_patches"][0]) * self.tile_tokens
 
     def encode(self, model: nn.Module, images: ImageLike | Images, tier: str) -> Visual:
         x = self.pixels(images, tier)
