@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from knobctl.contracts import PROFILE_SUMMARY, ROLLOUTS, VQA_SPLIT, TableContractError, read_table
+from knobctl.contracts import PROFILE_SUMMARY, ROLLOUTS, VQA_SPLIT, TableContractError, read_table, table_provenance
 
 
 def split(n: int = 3) -> pd.DataFrame:
@@ -124,3 +126,15 @@ def test_what_the_estimator_fits_is_checked_too(tmp_path, column, value):
     df.loc[0, column] = value
     with pytest.raises(TableContractError, match=rf"column '{column}'"):
         read_table(write(tmp_path, df), PROFILE_SUMMARY)
+
+
+@pytest.mark.parametrize(("raw", "message"), [(b"{not json", "cannot be read .*JSONDecodeError"),
+                                              (b"[1, 2]", "is a list, not a JSON object")])
+def test_a_table_whose_knobctl_metadata_is_not_a_json_object_is_named(tmp_path, raw, message):
+    path = tmp_path / "rollouts.parquet"
+    table = pa.table({"x": [1]})
+    pq.write_table(table.replace_schema_metadata({b"knobctl": b'{"model": "m"}'}), path)
+    assert table_provenance(path) == {"model": "m"}
+    pq.write_table(table.replace_schema_metadata({b"knobctl": raw}), path)
+    with pytest.raises(TableContractError, match=f"{path}: its knobctl metadata {message}"):
+        table_provenance(path)

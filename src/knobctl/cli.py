@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from knobctl.io import read_provenance
+from knobctl.contracts import table_provenance
 from knobctl.latency.request import PARTS
 from knobctl.latency.stats import summarize
 from knobctl.table.measures import config_accuracy, oracle_scores, score_matrix, scored
@@ -92,7 +92,7 @@ def show(path: str | Path, top: int = 5) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     df = pd.read_parquet(path)
-    meta = read_provenance(path)
+    meta = table_provenance(path)
     head = [f"{path}: {len(df)} rows x {df.shape[1]} columns"]
     head += [f"  {k}: {meta[k]}" for k in META_KEYS if k in meta]
     summary = latency_summary(df)

@@ -18,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from knobctl.io import read_provenance
 from knobctl.params import InputError
 
 
@@ -209,6 +211,20 @@ def read_table(path: str | Path, contract: TableContract, columns: Sequence[str]
         raise TableContractError(f"{path} ({contract.name} table) is not a readable Parquet file "
                                  f"({type(exc).__name__}: {str(exc)[:200]}); {contract.rebuild}") from exc
     return contract.check(df, path, schema)
+
+
+def table_provenance(path: str | Path) -> dict[str, Any]:
+    """A table file's knobctl metadata (:func:`knobctl.io.read_provenance`), or a named error where it is not a JSON
+    object: the readers take models and tiers from it."""
+    try:
+        meta = read_provenance(path)
+    except (ValueError, pa.ArrowException, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise TableContractError(f"{path}: its knobctl metadata cannot be read ({type(exc).__name__}: "
+                                 f"{str(exc)[:120]}); rebuild it with the stage that writes it") from exc
+    if not isinstance(meta, dict):
+        raise TableContractError(f"{path}: its knobctl metadata is a {type(meta).__name__}, not a JSON object; "
+                                 "rebuild it with the stage that writes it")
+    return meta
 
 
 #: The tiers of knobctl.knobs.TIER_ORDER (this layer cannot import it; tests/test_contracts.py holds them equal).

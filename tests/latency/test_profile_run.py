@@ -81,14 +81,29 @@ def test_interrupted_run_resumes_to_the_same_table(tmp_path):
     pd.testing.assert_frame_equal(resumed, full)
 
 
+def test_a_resumed_profile_with_a_damaged_part_is_refused_by_name(tmp_path):
+    """A part of an interrupted run whose latency turned negative (a damaged file, another tool's edit) is named at
+    the merge, not summarised into the profile."""
+    cases = cases_for(CONFIGS, [4, 8], [2])
+    store = PartStore(tmp_path, 5, ROW_COLUMNS)
+    with pytest.raises(KeyboardInterrupt):
+        profile_with(fake_measure([], stop_after=23), store, cases, rounds=3)
+    part = sorted(tmp_path.glob("part-*.parquet"))[1]
+    damaged = pd.read_parquet(part)
+    damaged.loc[0, "vision_ms"] = -1.0
+    damaged.to_parquet(part)
+    with pytest.raises(InputError, match=r"profile rows table\): column 'vision_ms': 1 of 48 rows .*-1.0.*delete .* to measure afresh"):
+        profile_with(fake_measure([]), PartStore(tmp_path, 5, ROW_COLUMNS), cases, rounds=3)
+
+
 def test_a_profile_missing_or_repeating_a_measurement_is_refused():
     cases = cases_for([KnobConfig("low", 4, 12), KnobConfig("high", 8, 16)], [3], [2])
     keys = [(r, *c.key) for r, _, c in schedule(cases, 2, seed=0)]
     rows = pd.DataFrame(keys, columns=["round", "config", "text_tokens", "output_tokens"])
     check_complete(rows, cases, 2, 0, "here")
-    with pytest.raises(RuntimeError, match=r"holds 3 rows for 4 scheduled measurements: 1 missing"):
+    with pytest.raises(InputError, match=r"holds 3 rows for 4 scheduled measurements: 1 missing"):
         check_complete(rows.iloc[1:], cases, 2, 0, "here")
-    with pytest.raises(RuntimeError, match=r"1 repeated"):
+    with pytest.raises(InputError, match=r"1 repeated"):
         check_complete(pd.concat([rows, rows.iloc[:1]]), cases, 2, 0, "here")
 
 

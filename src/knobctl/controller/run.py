@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from knobctl.contracts import PROFILE_SUMMARY, VQA_SPLIT, read_table
+from knobctl.contracts import PROFILE_SUMMARY, VQA_SPLIT, read_table, table_provenance
 from knobctl.controller.evaluation import evaluation_frame, training_detail, training_headline, training_metrics
 from knobctl.controller.policy import TRAINED_WITH
 from knobctl.controller.reward import RewardWeights
@@ -22,7 +22,7 @@ from knobctl.controller.spread import latency_spread
 from knobctl.controller.tables import CacheTables, build_tables
 from knobctl.controller.training import TrainParams, TrainResult, train_controller
 from knobctl.execution import use_threads
-from knobctl.io import output_set, read_provenance, write_csv, write_json, write_parquet
+from knobctl.io import output_set, write_csv, write_json, write_parquet
 from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import LatencyEstimator
 from knobctl.table.accuracy_table import AccuracyTable
@@ -74,7 +74,7 @@ def load_tables(inputs: TrainInputs, grid: KnobGrid) -> CacheTables:
 
 def online_cells(inputs: TrainInputs, tables: CacheTables) -> Callable[[], Any]:
     """A factory of the real model's answers for cells the table lacks, as the table's own model made them."""
-    meta = read_provenance(Path(inputs.rollouts) / "rollouts.parquet")
+    meta = table_provenance(Path(inputs.rollouts) / "rollouts.parquet")
 
     def load() -> Any:
         from knobctl.model.runtime import load_runtime

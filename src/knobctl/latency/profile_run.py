@@ -16,6 +16,7 @@ from typing import Any, Self
 import pandas as pd
 import torch
 
+from knobctl.contracts import PROFILE_ROWS, TableContractError
 from knobctl.execution import progress_bar
 from knobctl.knobs import KnobConfig, KnobGrid
 from knobctl.latency.profiling import (
@@ -68,7 +69,11 @@ class ProfilePlan:
     def finish(self, store: Any) -> pd.DataFrame:
         """Every measured row, checked complete and of one device, in schedule order."""
         store.flush()
-        rows = store.read()
+        try:  # parts an earlier run left may have been damaged since
+            rows = PROFILE_ROWS.check(store.read(), store.directory)
+        except TableContractError as exc:
+            raise InputError(f"{exc} (the parts of an interrupted run: delete {store.directory} to measure afresh)") \
+                from None
         check_complete(rows, self.cases, self.rounds, self.seed, store.directory)
         check_one_device(rows, store.directory)
         return rows.sort_values(["round", "order"], kind="stable").reset_index(drop=True)
@@ -166,7 +171,7 @@ def check_complete(rows: pd.DataFrame, cases: Sequence[Case], rounds: int, seed:
     expected = {(r, *c.key) for r, _, c in schedule(cases, rounds, seed)}
     missing, repeated = expected - set(keys), len(keys) - len(set(keys))
     if missing or repeated or set(keys) - expected:
-        raise RuntimeError(f"the profile in {where} holds {len(keys)} rows for {len(expected)} scheduled measurements: "
+        raise InputError(f"the profile in {where} holds {len(keys)} rows for {len(expected)} scheduled measurements: "
                            f"{len(missing)} missing (first: {sorted(missing)[:1]}), {repeated} repeated; delete the "
                            "folder and rerun the stage")
 

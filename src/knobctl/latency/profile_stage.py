@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from knobctl.cluster import EXECUTOR_KEYS
+from knobctl.contracts import PROFILE_ROWS, PROFILE_SUMMARY
 from knobctl.io import checkpoint_hash, output_set, params_hash, provenance, write_json, write_parquet
 from knobctl.knobs import KnobGrid
 from knobctl.latency.profile_run import LocalProfiler
@@ -104,6 +105,8 @@ def write_profile(profile: Profile, out: str | Path, metrics: str | Path) -> Non
     """data/profile (the rows, their summary, stats.json: every part's repeatability and the run's size) and
     metrics/profile.json (the headline): all of them or none. The resume folder is removed once they are."""
     out = Path(out)
+    PROFILE_ROWS.check(profile.rows, out / "latency.parquet")  # both checked before either is written
+    PROFILE_SUMMARY.check(profile.summary, out / "summary.parquet")
     with output_set() as outs:
         write_parquet(outs.file(out / "latency.parquet"), profile.rows, profile.meta)
         write_parquet(outs.file(out / "summary.parquet"), profile.summary, profile.meta)
