@@ -169,17 +169,24 @@ def continue_greedy(rt: Decodable, token: torch.Tensor, cache: DynamicCache | No
     return greedy_loop(rt, token, step, max_new_tokens, min_new_tokens)
 
 
+def decode_step(lm: nn.Module, head: nn.Module, token: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                cache: Any) -> torch.Tensor:
+    """One token [B] through the language model into ``cache``: the next position's logits [B, V]. Every decode
+    path takes this step (the static ones compile a copy of it: :mod:`knobctl.model.static_decode`)."""
+    hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
+                use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state  # [B, 1, H]
+    return head(hidden[:, -1])  # [B, V]
+
+
 def cached_step(rt: Decodable, cache: DynamicCache, mask: torch.Tensor, pos: torch.Tensor) -> StepFn:
     """The eager step: one token through the language model, growing ``cache`` (HF's dynamic cache)."""
     lm, head = rt.lm, rt.model.lm_head
     state = {"mask": mask, "pos": pos}
 
     def step(token: torch.Tensor) -> torch.Tensor:
-        mask = state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(token.shape[0], 1)], dim=1)  # [B, L + t]
-        pos = state["pos"] = state["pos"][..., -1:] + 1  # [(3,) B, 1]
-        hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
-                    use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state  # [B, 1, H]
-        return head(hidden[:, -1])  # [B, V]
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(token.shape[0], 1)], dim=1)  # [B, L + t]
+        state["pos"] = state["pos"][..., -1:] + 1  # [(3,) B, 1]
+        return decode_step(lm, head, token, state["mask"], state["pos"], cache)  # [B, V]
     return step
 
 

@@ -210,10 +210,9 @@ class FamilyLayout:
         if tier not in self.tiers:
             raise ValueError(f"tier {tier!r} is not defined for {self.source}; it has: {', '.join(self.tiers)}")
         low, high = processor_bounds(self.image_processor, self.source)
-        per_token = pixels_per_token(self.family, self.image_processor)
-        if self.tiers[tier] == high // per_token:
+        if self.tiers[tier] == own_cap(self.family, self.image_processor, self.source):
             return {"shortest_edge": low, "longest_edge": high}
-        cap = self.tiers[tier] * per_token
+        cap = self.tiers[tier] * pixels_per_token(self.family, self.image_processor)
         return {"shortest_edge": min(low, cap), "longest_edge": cap}
 
     @property

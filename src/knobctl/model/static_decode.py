@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, StaticCache
 
-from knobctl.model.decoding import CACHE_KEYWORD, Decodable, StepFn
+from knobctl.model.decoding import Decodable, StepFn, decode_step
 from knobctl.model.families import layer_routers
 from knobctl.model.presets import DECODE_PATHS, ModelParams
 from knobctl.params import InputError
@@ -57,15 +57,6 @@ CACHE_BUCKET = 64
 MAX_CACHES = 8
 #: Experts kernels whose MoE a single graph captures (HF's ``eager`` kernel loops over the experts hit).
 COMPILABLE_EXPERTS = ("grouped_mm", "batched_mm")
-
-
-def decode_step(lm: nn.Module, head: nn.Module, token: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
-                cache: StaticCache) -> torch.Tensor:
-    """One token [B] through the language model into ``cache``: the next position's logits [B, V]. The same calls
-    as the eager step; ``mask`` [B, max_len] covers the whole static cache."""
-    hidden = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=mask, position_ids=pos,
-                use_cache=True, **{CACHE_KEYWORD: cache}).last_hidden_state  # [B, 1, H]
-    return head(hidden[:, -1])  # [B, V]
 
 
 def cache_length(prompt: int, max_new_tokens: int) -> int:
