@@ -166,6 +166,9 @@ def test_repro_validates_on_the_real_model_and_writes_the_report(repo):
     ctrl = requests[requests["kind"] == "controller"]
     assert len(ctrl) == 3 * 3 and (ctrl["latency_ms"] > ctrl["controller_ms"]).all()
     assert requests["score"].between(0, 1).all() and (requests["estimated_ms"] > 0).all()
+    # deadlines follow the machine: each sample's speed is the tracker's median over the burst's, one per sample
+    assert (requests["speed"] > 0).all() and (requests.groupby("sample_id")["speed"].nunique() == 1).all()
+    assert s["calibration"]["typical"] > 0
     assert accuracy["budget_ms"].tolist() == s["budgets"] and "best_measured" in accuracy.columns
     for name in ("accuracy", "latency", "choices", "pareto"):
         assert (repo / f"plots/validate/{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -337,12 +337,14 @@ def _request_kinds(df: pd.DataFrame) -> tuple[pd.Series, str]:
 #: data/validate/requests.parquet: one row per measured request, and one row of kind ``error`` per test sample that
 #: could not be asked (an image that does not decode, an over-long question), its reason in ``request_error`` (not
 #: ``error``, which marks a table of rollouts for ``knobctl show``) and its other columns null. A fixed
-#: configuration's row has no budget; the key holds it once per (sample, configuration, repeat).
+#: configuration's row has no budget; the key holds it once per (sample, configuration, repeat). A request meets its
+#: budget when ``latency_ms`` <= ``budget_ms`` x ``speed`` (the deadline's scale, :mod:`knobctl.validate.measure`).
 VALIDATE_REQUESTS = TableContract(
     "validate requests",
     (Column("sample_id", "string"), Column("question_type", "string"),
      Column("kind", "string", choices=("controller", "fixed", "error")),
-     Column("budget_ms", "float", low=0.0, nullable=True), Column("controller_budget_ms", "float", nullable=True),
+     Column("budget_ms", "float", low=0.0, nullable=True), Column("speed", "float", low=0.0, error_ok=True),
+     Column("controller_budget_ms", "float", nullable=True),
      Column("config", "string", error_ok=True), Column("tier", "string", choices=TIERS, error_ok=True),
      Column("top_k", "float", low=1, error_ok=True), Column("num_blocks", "float", low=1, error_ok=True),
      Column("answer", "string", error_ok=True), Column("score", "float", low=0.0, high=1.0, error_ok=True),
@@ -351,4 +353,4 @@ VALIDATE_REQUESTS = TableContract(
      Column("order", "float", low=0, error_ok=True), Column("repeat", "float", low=0, error_ok=True),
      Column("request_error", "string", nullable=True)),
     key=("sample_id", "kind", "budget_ms", "config", "repeat"), rebuild="rerun `dvc repro validate`",
-    optional=("request_error",), failed=_request_error_set, rule=_request_kinds)
+    optional=("request_error", "speed"), failed=_request_error_set, rule=_request_kinds)

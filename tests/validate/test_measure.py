@@ -41,6 +41,8 @@ def test_params_are_validated():
         ValidateParams.from_params({"calibrate": "yes"})
     with pytest.raises(ValueError, match="validate.speed_quantile=1.5"):
         ValidateParams.from_params({"speed_quantile": 1.5})
+    with pytest.raises(ValueError, match="validate.budgets_follow_speed='yes': write true or false"):
+        ValidateParams.from_params({"budgets_follow_speed": "yes"})
     with pytest.raises(ValueError, match="validate.num_samples"):
         ValidateParams.from_params({"num_samples": 0})
 
@@ -57,6 +59,16 @@ def test_speed_tracker_follows_recent_requests():
     frozen = SpeedTracker([2.0], [1.0], live=False)
     frozen.observe(10.0, 20.0)
     assert frozen.scale == 2.0
+    assert slow_side.typical == 1.2  # the deadline's speed is the median, whatever the planning quantile
+
+
+def test_every_baseline_but_static_meets_the_deadline_the_speed_sets():
+    b = Baselines(TEST, VAL, budgets=[15.0], seed=0)
+    # at speed 1 a 15 ms budget fits only the low configurations; a machine running at 1.6x its burst's speed
+    # moves the deadline to 24 ms, where lookup buys high/k4/b12 and the oracle the one right configuration
+    assert b.choose(1, scale=1.0)["lookup"] == [0] and b.choose(1, scale=1.0)["oracle"] == [0]
+    at = b.choose(1, scale=1.0, speed=1.6)
+    assert at["lookup"] == [4] and at["oracle"] == [7] and at["static"] == b.choose(1, scale=1.0)["static"]
 
 
 def test_baselines_on_a_hand_made_table():

@@ -46,6 +46,18 @@ def test_summary_numbers():
                                                                 abs=1e-4)
 
 
+def test_a_deadline_is_the_budget_times_the_speed_its_sample_started_at():
+    req, chosen = validation_frames()
+    # sample a ran while the machine was 1.25x slower than in the burst: its 12 ms answer met 10 ms x 1.25
+    moved = summarize(req.assign(speed=np.where(req["sample_id"] == "a", 1.25, 1.0)), chosen, (10.0, 20.0), (1.2, 0.8))
+    at10 = moved["per_budget"]["10.00ms"]["controller"]
+    assert at10["violation_rate"] == 0.0 and at10["accuracy_within_budget"] == 0.5
+    steady = summarize(req.assign(speed=1.0), chosen, (10.0, 20.0), (1.2, 0.8))
+    assert steady["per_budget"] == summarize(req, chosen, (10.0, 20.0), (1.2, 0.8))["per_budget"]  # the budgets as is
+    assert moved["summary"]["speed_p10_p50_p90"] == [1.025, 1.125, 1.225] and steady["summary"]["speed_p10_p50_p90"] == [
+        1.0, 1.0, 1.0]
+
+
 def test_controller_against_lookup_and_random_paired_by_sample():
     req, chosen = validation_frames()
     m = summarize(req, chosen, (10.0, 20.0), (1.2, 0.8))

@@ -36,16 +36,33 @@ speed the machine had when it was profiled, and the controller adds its own time
 profile contains. On a shared machine the speed also drifts by tens of percent within
 minutes. So a :class:`SpeedTracker` starts from a burst of ``calibration_requests``
 requests (fixed configurations and the controller) and then follows every measured request:
-``scale`` = the ``speed_quantile`` quantile (default 0.9) of measured / estimated latency
+``scale`` = the ``speed_quantile`` quantile (default 0.95) of measured / estimated latency
 over the recent fixed-configuration requests, ``overhead_ms`` = the same quantile of recent
 controller times. A high quantile plans for a slow request rather than a typical one: the
 request-to-request jitter on a shared CPU is large, and planning with the median puts a
-configuration chosen at the edge of its budget over it about half the time. The controller is given
+configuration chosen at the edge of its budget over it about half the time; with the q quantile a
+configuration at the edge runs over about 1 - q of the time, so the goal of at most 5% violations
+asks for 0.95, over a window of 50 requests, whose 95th percentile is more than one request. The controller is given
 ``(budget - overhead_ms) / scale`` as its budget in the estimator's milliseconds; the
 static, random and oracle choices of a sample are made with the same current ``scale``
-(a configuration fits when ``scale`` x its estimate does). Default budgets span the
-*measured* range: the burst's ``scale`` (at the same quantile) times the estimated one. ``calibrate: false``
-uses the estimates as they are. The metrics report both numbers.
+(a configuration fits when ``scale`` x its estimate does).
+
+Default budgets span the measured range at the burst's planning speed: from where only the cheapest
+configuration fits a slow request (``scale`` x its estimate) to just above the full one.
+
+Budgets that follow the machine (``budgets_follow_speed: true``, the default). A budget is given in ms at the
+speed the machine had in the calibration burst, and each sample's requests must finish within the budget times
+``speed``: the tracker's median measured / estimated latency when the sample starts (the sample's own requests
+are not in it) over the burst's median (column ``speed`` of the requests, 1 when the machine runs as it did in
+the burst). The machine's drift then moves every deadline with it and a budget keeps the share of
+configurations that fit, from the first sample to the last; what remains is each request's jitter around the
+machine's typical speed of the moment, which the planning quantile is for. Budgets fixed in ms (``false``)
+measure the machine's drift as well as the methods: on this VM its median speed moved from 1.73x to 0.87x of
+the estimate between one run's burst and its requests. ``calibrate: false`` uses the estimates as they are
+(speed 1).
+
+Warm-up requests cycle through the grid in a seeded order (the default: every configuration once), so that
+no configuration's first call, slower by up to 1.5x on this CPU, lands in the burst or the measurements.
 """
 
 from __future__ import annotations
@@ -86,11 +103,12 @@ class ValidateParams:
     num_samples: int = 200
     budgets: tuple[float, ...] | None = None
     num_budgets: int = 8
-    warmup_requests: int = 10
+    warmup_requests: int = 75
     calibrate: bool = True
     calibration_requests: int = 60
-    speed_quantile: float = 0.9
-    speed_window: int = 25
+    speed_quantile: float = 0.95
+    budgets_follow_speed: bool = True
+    speed_window: int = 50
     batch_size: int = 50
     device: str = "auto"
     num_threads: int = 1
@@ -109,7 +127,9 @@ class ValidateParams:
         require_int(self.num_threads, "validate.num_threads", 0)
         require(0 < self.speed_quantile <= 1, "validate.speed_quantile", self.speed_quantile,
                 "give a quantile in (0, 1], e.g. 0.9")
-        require(isinstance(self.calibrate, bool), "validate.calibrate", self.calibrate, "write true or false")
+        for name in ("calibrate", "budgets_follow_speed"):
+            require(isinstance(getattr(self, name), bool), f"validate.{name}", getattr(self, name),
+                    "write true or false")
         require(self.budgets is None or (len(self.budgets) > 0 and all(b > 0 for b in self.budgets)),
                 "validate.budgets", self.budgets, "give positive numbers in ms, or null for num_budgets budgets "
                 "spread over the model's estimated latency range")
@@ -136,6 +156,11 @@ class SpeedTracker:
     @property
     def scale(self) -> float:
         return float(np.quantile(self.ratios, self.quantile))
+
+    @property
+    def typical(self) -> float:
+        """The median measured / estimated latency of the recent requests: the machine's speed now."""
+        return float(np.median(self.ratios))
 
     @property
     def overhead_ms(self) -> float:
@@ -175,8 +200,9 @@ def calibrate(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame
 
 class Baselines:
     """Each baseline's configuration (grid column) for one test sample at every budget. Static is
-    fixed per budget from ``static_scale``; random and oracle follow the current speed ``scale``
-    of :meth:`choose`: a configuration fits when ``scale`` x its estimate does."""
+    fixed per budget from ``static_scale`` (against the budget as given); the others follow the current speed
+    ``scale`` of :meth:`choose`: a configuration fits when ``scale`` x its estimate is within the budget times
+    ``speed`` (the deadline's scale; 1 for budgets fixed in ms)."""
 
     def __init__(self, test: CacheTables, val: CacheTables, budgets: Sequence[float], seed: int,
                  static_scale: float = 1.0, probe: torch.Tensor | None = None):
@@ -186,13 +212,14 @@ class Baselines:
         self.static = [best_static(self.val_acc, val.latency_ms * static_scale, b) for b in self.budgets]
         self.cheapest, self.full = smallest_index(test.configs), full_index(test.configs)
 
-    def choose(self, row: int, scale: float, overhead_ms: float = 0.0) -> dict[str, list[int]]:
+    def choose(self, row: int, scale: float, overhead_ms: float = 0.0, speed: float = 1.0) -> dict[str, list[int]]:
         """baseline -> one column per budget (-1 where the baseline has none). ``scale`` and ``overhead_ms`` are
-        the speed tracker's now: lookup plans with both, as the controller's budget does."""
+        the speed tracker's now: lookup plans with both, as the controller's budget does; ``speed`` scales every
+        budget to the sample's deadline."""
         gen = np.random.default_rng([self.seed, row])
         lat = self.test.latency_ms[row] * scale  # [C]
         out: dict[str, list[int]] = {m: [] for m in BASELINES if m != "probe" or self.probe is not None}
-        for b, static in zip(self.budgets, self.static):
+        for b, static in zip((b * speed for b in self.budgets), self.static):
             ok = torch.nonzero(lat <= b).flatten()  # [F]
             lookup = best_static(self.val_acc, self.val_latency, (b - overhead_ms) / scale)
             out["lookup"].append(self.cheapest if lookup is None else lookup)
@@ -210,11 +237,13 @@ class Baselines:
 def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFrame, images: torch.Tensor,
                  test: CacheTables, baselines: Baselines, tracker: SpeedTracker, seed: int, rows: Sequence[int],
                  max_new_tokens: int | None = None, on_sample: Any = None,
-                 repeats: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 repeats: int = 1, drift_from: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every request of the given test rows, shuffled per sample: (one row per request, one row
     per (sample, baseline, budget) naming the configuration that answers it). With ``repeats`` > 1 every
     request runs that many times (column ``repeat``), all of a sample's shuffled together, so that a noisy
-    clock averages out per sample; the baselines' choices are made once per sample.
+    clock averages out per sample; the baselines' choices are made once per sample. ``drift_from``: the burst's
+    typical speed; the sample's deadlines are then its budgets times the tracker's typical speed when it starts
+    over that (column ``speed``; module docstring). None: the budgets as they are (speed 1).
 
     ``samples`` (columns sample_id, question, answers, question_type) and ``images``
     ([S, H, W, 3] uint8, decoded before any clock starts) follow the test tables' rows."""
@@ -224,8 +253,9 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
     for i in rows:
         row = samples.iloc[i]
         image, answers = images[i : i + 1], list(row["answers"])
-        choice = baselines.choose(i, tracker.scale, tracker.overhead_ms)
-        fit = [float((test.latency_ms[i] * tracker.scale <= b).float().mean()) for b in baselines.budgets]
+        speed = tracker.typical / drift_from if drift_from else 1.0
+        choice = baselines.choose(i, tracker.scale, tracker.overhead_ms, speed)
+        fit = [float((test.latency_ms[i] * tracker.scale <= b * speed).float().mean()) for b in baselines.budgets]
         chosen += [{"sample_id": row["sample_id"], "method": m, "budget_ms": b, "config": test.configs[c].label,
                     "fit_share": f} for m, cols in choice.items() for b, c, f in zip(baselines.budgets, cols, fit)
                    if c >= 0]
@@ -236,7 +266,7 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
         for pos in order.tolist():
             kind, what, repeat = jobs[pos]
             if kind == "controller":
-                given = tracker.controller_budget(what)
+                given = tracker.controller_budget(what * speed)
                 res = answer_controlled(rt, ctrl, image, row["question"], given, max_new_tokens)
                 answer, knobs, ms, ctrl_ms, budget = res.answer, res.knobs, res.latency_ms, res.controller_ms, what
             else:
@@ -246,7 +276,7 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
             tracker.observe(ms, estimated, ctrl_ms if kind == "controller" else None)
             out.append({
                 "sample_id": row["sample_id"], "question_type": row["question_type"], "kind": kind,
-                "budget_ms": budget, "controller_budget_ms": given, "config": knobs.label, "tier": knobs.tier,
+                "budget_ms": budget, "speed": round(speed, 5), "controller_budget_ms": given, "config": knobs.label, "tier": knobs.tier,
                 "top_k": knobs.top_k, "num_blocks": knobs.num_blocks, "answer": answer,
                 "score": vqa_score(answer, answers), "latency_ms": ms, "controller_ms": ctrl_ms,
                 "estimated_ms": estimated, "rollout_score": float(test.scores[i, column[knobs]]), "order": pos,
@@ -259,15 +289,16 @@ def run_requests(rt: Runtime, ctrl: Controller | NumpyPolicy, samples: pd.DataFr
 
 def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: CacheTables, val: CacheTables,
                    p: ValidateParams, seed: int, store: PartStore, progress: bool = True,
-                   probe: Probe | None = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[float, ...], tuple[float, float]]:
+                   probe: Probe | None = None) -> tuple[pd.DataFrame, pd.DataFrame, tuple[float, ...], tuple[float, float, float]]:
     """Warm up, calibrate (or reload a killed run's calibration), then measure the samples the
     store does not hold yet, one flushed part per chunk. Returns (requests, chosen, budgets,
-    (starting scale, starting overhead_ms))."""
+    (starting scale, starting overhead_ms, starting typical speed))."""
     images = torch.from_numpy(decode_images(samples["image"].tolist(), size=rt.image_size))
     policy = NumpyPolicy.from_controller(ctrl)
     n = len(samples)
-    for i in range(p.warmup_requests):  # one-off allocations stay out of the measurements
-        answer_fixed(rt, images[i % n : i % n + 1], samples["question"].iloc[i % n], test.configs[-1])
+    warm = np.random.default_rng([seed, n]).permutation(len(test.configs))
+    for i in range(p.warmup_requests):  # one-off allocations, per configuration, stay out of the measurements
+        answer_fixed(rt, images[i % n : i % n + 1], samples["question"].iloc[i % n], test.configs[warm[i % len(warm)]])
     saved = store.directory / "calibration.json"
     if saved.exists():  # a resumed run keeps its first start's calibration, hence its budgets
         ratios, overheads = json.loads(saved.read_text())
@@ -279,7 +310,8 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     budgets = p.budgets or budgets_between(test.latency_ms, p.num_budgets, tracker.scale)
     baselines = Baselines(test, val, budgets, seed, static_scale=tracker.scale,
                           probe=None if probe is None else probe.predict(test.language, test.vision))
-    calibration = (round(tracker.scale, 4), round(tracker.overhead_ms, 4))
+    calibration = (round(tracker.scale, 4), round(tracker.overhead_ms, 4), round(tracker.typical, 4))
+    drift_from = tracker.typical if p.budgets_follow_speed and p.calibrate else None  # the burst's, fixed for the run
     choices = PartStore(store.directory / "choices", flush_every=10**9)
     resumed = store.read()
     if len(resumed):  # a killed run's parts: checked before a single request is added to them
@@ -289,7 +321,8 @@ def run_validation(rt: Runtime, ctrl: Controller, samples: pd.DataFrame, test: C
     with progress_bar(total=len(todo), desc="validate", unit="sample", disable=not progress) as bar:
         for c in range(0, len(todo), CHUNK):
             requests, chosen = run_requests(rt, policy, samples, images, test, baselines, tracker, seed,
-                                            todo[c : c + CHUNK], on_sample=bar.update, repeats=p.repeats)
+                                            todo[c : c + CHUNK], on_sample=bar.update, repeats=p.repeats,
+                                            drift_from=drift_from)
             for part, frame in ((choices, chosen), (store, requests)):  # a sample is done once its requests are
                 for record in frame.to_dict("records"):
                     part.append(record)

@@ -76,7 +76,12 @@ def render(validate: Mapping[str, Any], train: Mapping[str, Any] | None = None,
             ("Lookup takes, at every request, the best single configuration for the budget under the same live speed "
              "and overhead the controller is given; it adapts to the budget and the machine, never to the request. "
              "Accuracy within budget (a late answer scores 0), gain with its paired bootstrap 95% interval over "
-             "samples, and both methods' violation rates:"), "",
+             "samples, and both methods' violation rates."
+             + (" A budget is in ms at the calibration burst's speed, and each sample's deadline is the budget times "
+                "the machine's median speed when the sample started over the burst's (`validate.budgets_follow_speed`)"
+                f": p10 / p50 / p90 {' / '.join(f'{q:.2f}x' for q in s['speed_p10_p50_p90'])} in this run, so a "
+                "budget keeps the share of configurations that fit while the machine drifts."
+                if s.get("speed_p10_p50_p90") else "")), "",
             ("| budget (ms) | configurations fitting | controller | lookup | gain (points) | 95% interval | "
              "controller viol | lookup viol | random | gain over random |"), "| " + " | ".join(["---"] * 10) + " |"]
     for e in validate["per_budget"].values():
