@@ -111,6 +111,19 @@ def poison_weights(rel: str) -> Mutate:
     return go
 
 
+def copy_file(src: str, dst: str) -> Mutate:
+    return lambda repo: shutil.copyfile(repo / src, repo / dst)
+
+
+def rehashed(folder: str) -> Mutate:
+    """The artifact folder's manifest written again over its files as they now are: what the loader's own checks
+    see behind the manifest."""
+    def go(repo: Path) -> None:
+        from tests.conftest import rehash
+        rehash(repo / folder)
+    return go
+
+
 def both(*steps: Mutate) -> Mutate:
     def go(repo: Path) -> None:
         for step in steps:
@@ -306,6 +319,9 @@ def artifact_cases() -> list[Case]:
             Case(stage, "estimator: empty LightGBM model", replace_bytes(f"{est}/decode_ms_per_token.txt", b"")),
             Case(stage, "estimator: estimator.json not JSON", replace_bytes(f"{est}/estimator.json", b"{\"features\":")),
             Case(stage, "estimator: a model file missing", delete(f"{est}/vision_ms.txt")),
+            # the same number of features: LightGBM predicts with it, and without the manifest the stage ran on
+            Case(stage, "estimator: a whole model file of another part",
+                 copy_file(f"{est}/decode_ms_per_token.txt", f"{est}/vision_ms.txt")),
         ]
     cases += [
         Case("validate", "controller: truncated weights", truncate(f"{ctl}/controller.safetensors")),
@@ -315,6 +331,11 @@ def artifact_cases() -> list[Case]:
              edit_json(f"{ctl}/controller.json", lambda d: d.__setitem__("hidden", int(d.get("hidden", 8)) * 2))),
         Case("validate", "controller: probe weights truncated", truncate(f"{ctl}/probe.safetensors")),
         Case("validate", "controller: folder missing", delete(ctl)),
+        Case("validate", "controller: manifest missing", delete(f"{ctl}/manifest.json")),
+        Case("validate", "controller: NaN weights, the manifest rewritten over them",
+             both(poison_weights(f"{ctl}/controller.safetensors"), rehashed(ctl))),
+        Case("validate", "estimator: truncated LightGBM model, the manifest rewritten over it",
+             both(truncate(f"{est}/prefill_ms.txt", 0.3), rehashed(est))),
     ]
     for stage in ("profile_latency", "accuracy_table"):
         cases += [

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.controller.policy import Controller, NumpyPolicy
+from knobctl.controller.numpy_policy import NumpyPolicy
+from knobctl.controller.policy import Controller
 from knobctl.controller.two_stage import answer_controlled
 from knobctl.model.runtime import load_runtime
 from knobctl.model.timing import answer_fixed

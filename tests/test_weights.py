@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from knobctl.controller.policy import Controller
 from knobctl.params import InputError
-from knobctl.weights import NonFiniteWeights, check_finite
+from knobctl.weights import MANIFEST, ArtifactMismatch, NonFiniteWeights, check_finite
+from tests.conftest import rehash
 from tests.controller.test_policy import CFG
 
 
@@ -41,5 +44,27 @@ def test_a_diverged_controller_is_not_saved_over_the_previous_one(tmp_path):
 def test_a_damaged_controller_is_named_on_load(tmp_path, damage, message):
     Controller(CFG).save(tmp_path / "ctrl")
     damage(tmp_path / "ctrl")
+    with pytest.raises(ArtifactMismatch, match=rf"is not the file {MANIFEST} names.*dvc repro train_controller"):
+        Controller.load(tmp_path / "ctrl")  # the manifest sees it first, before anything is parsed
+    rehash(tmp_path / "ctrl")  # a manifest written over the damage: the loader's own checks still name it
     with pytest.raises(InputError, match=rf"{message}.*dvc repro train_controller"):
         Controller.load(tmp_path / "ctrl")
+
+
+def test_a_controller_folder_must_match_its_manifest(tmp_path):
+    folder = tmp_path / "ctrl"
+    Controller(CFG).save(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert set(manifest["files"]) == {"controller.json", "controller.safetensors"}
+    assert manifest["grid"] == {"tiers": list(CFG.tiers), "top_k": list(CFG.top_k), "num_blocks": list(CFG.num_blocks)}
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "grid": {**manifest["grid"], "top_k": [4]}}))
+    with pytest.raises(ArtifactMismatch, match="another grid than its manifest records"):
+        Controller.load(folder)
+    (folder / "controller.json").unlink()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match="controller.json not found"):
+        Controller.load(folder)
+    Controller(CFG).save(folder)
+    (folder / MANIFEST).unlink()
+    with pytest.raises(ArtifactMismatch, match=f"has no {MANIFEST}.*dvc repro train_controller"):
+        Controller.load(folder)

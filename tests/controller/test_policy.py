@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from knobctl.controller.policy import Controller, ControllerConfig, NumpyPolicy
+from knobctl.controller.numpy_policy import NumpyPolicy
+from knobctl.controller.policy import Controller, ControllerConfig
 from knobctl.knobs import KnobGrid
+from tests.conftest import rehash
 
 CFG = ControllerConfig(language_dim=6, vision_dim=4, tiers=("low", "medium", "high"), top_k=(4, 8),
                        num_blocks=(12, 14, 16), budget_low_ms=0.0, budget_high_ms=50.0, hidden=16, budget_frequencies=2)
@@ -68,7 +70,7 @@ def test_save_and_load_round_trip(tmp_path, activation):
     ctrl = make(3, activation)
     ctrl.set_normalisers(torch.randn(20, 6), torch.randn(20, 3, 4))
     ctrl.save(tmp_path / "c")
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["controller.json", "controller.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["controller.json", "controller.safetensors", "manifest.json"]
     back = Controller.load(tmp_path / "c")
     lang, vis, budget = torch.randn(5, 6), torch.randn(5, 3, 4), torch.full((5,), 40.0)
     assert back.config == ctrl.config and back.config.activation == activation
@@ -83,6 +85,7 @@ def test_a_config_saved_before_the_activation_option_loads_as_gelu(tmp_path):
     data = json.loads(path.read_text())
     del data["activation"]
     path.write_text(json.dumps(data))
+    rehash(tmp_path / "c")
     back = Controller.load(tmp_path / "c")
     lang, budget = torch.randn(5, 6) * 3, torch.full((5,), 40.0)
     assert back.config.activation == "gelu"

@@ -12,6 +12,8 @@ from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import EstimatorParams, LatencyEstimator
 from knobctl.latency.estimator_eval import evaluate, holdout_configs, make_splits
 from knobctl.latency.request import request_ms
+from knobctl.weights import ArtifactMismatch
+from tests.conftest import rehash
 
 TIERS = {"low": {"visual_tokens": 1, "num_images": 1, "image_size": 16, "prompt_tokens": 3},
          "medium": {"visual_tokens": 4, "num_images": 1, "image_size": 32, "prompt_tokens": 6},
@@ -91,7 +93,7 @@ def test_predictions_never_fall_when_work_grows():
 def test_save_load_round_trip_and_dense_table(fitted, tmp_path):
     fitted.save(tmp_path / "est")
     files = sorted(p.name for p in (tmp_path / "est").iterdir())
-    assert files == ["decode_ms_per_token.txt", "estimator.json", "prefill_ms.txt", "vision_ms.txt"]
+    assert files == ["decode_ms_per_token.txt", "estimator.json", "manifest.json", "prefill_ms.txt", "vision_ms.txt"]
     loaded = LatencyEstimator.load(tmp_path / "est")
     configs = GRID.configs()
     table = loaded.dense_table(configs, [3, 10, 20], [1, 2, 8])  # [C, T, O]
@@ -164,9 +166,26 @@ def test_a_damaged_estimator_is_named_not_aborted(fitted, tmp_path, damage, mess
 
     fitted.save(tmp_path / "est")
     damage(tmp_path / "est")
+    if message is not None:  # the manifest names the damaged file before LightGBM parses anything
+        with pytest.raises(ArtifactMismatch, match=r"(is missing|is not the file manifest\.json names).*fit_estimator"):
+            LatencyEstimator.load(tmp_path / "est")
+        rehash(tmp_path / "est")  # and behind it, the loader's own checks
     if message is None:
         assert LatencyEstimator.load(tmp_path / "est").predict_total("high", 8, 16, 5, 2).shape == (1,)
         return
     with pytest.raises(EstimatorError, match=rf"{tmp_path / 'est'}/{message}.*dvc repro fit_estimator"
                        if "estimator.json" not in message else message):
+        LatencyEstimator.load(tmp_path / "est")
+
+
+def test_an_estimator_fitted_on_other_features_is_refused(fitted, tmp_path):
+    import json
+
+    fitted.save(tmp_path / "est")
+    path = tmp_path / "est" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["features"]["prefill_ms"] == ["input_tokens", "visual_tokens", "top_k", "num_blocks", "batch_size"]
+    manifest["features"]["prefill_ms"] = manifest["features"]["prefill_ms"][:-1]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactMismatch, match="fitted on other features.*dvc repro fit_estimator"):
         LatencyEstimator.load(tmp_path / "est")

@@ -52,7 +52,12 @@ import torch.nn.functional as F
 
 from knobctl.controller.policy import Controller
 
-PAIR_WEIGHTS = ("sign", "margin")
+#: ``train_controller.pair_weight`` -> each ranked pair's weight from the reward gaps r_i - r_j [B, G, G]: ``sign``
+#: weighs every pair where i beats j alike, ``margin`` by how much it wins (zero where it does not).
+PAIR_WEIGHTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sign": lambda gap: (gap > 0).to(gap.dtype),
+    "margin": lambda gap: gap.clamp(min=0),
+}
 
 
 def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor, weight: str = "sign") -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,15 +65,19 @@ def pairwise_loss(rewards: torch.Tensor, logp: torch.Tensor, weight: str = "sign
 
     ``weight="margin"`` multiplies each pair's term by r_i - r_j and divides by their sum."""
     gap = rewards[:, :, None] - rewards[:, None, :]  # [B, G, G]: r_i - r_j
-    better = gap > 0  # [B, G, G]
     margin = logp[:, :, None] - logp[:, None, :]  # [B, G, G]: logp_i - logp_j
-    pairs = better.sum()
-    w = better.to(logp.dtype) if weight == "sign" else gap.clamp(min=0)  # [B, G, G]
+    pairs = (gap > 0).sum()
+    w = PAIR_WEIGHTS[weight](gap).to(logp.dtype)  # [B, G, G]
     loss = (F.softplus(-margin) * w).sum() / w.sum().clamp(min=1e-12)  # -log sigmoid(x) = softplus(-x)
     return loss, pairs
 
 
-ADVANTAGE_SCALES = ("std", "none")
+#: ``train_controller.advantage_scale`` -> (rewards [B, G], r - group mean [B, G], eps) -> the advantages: ``std``
+#: divides by the group's reward std (GRPO), ``none`` keeps r - mean (Dr. GRPO).
+ADVANTAGE_SCALES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "std": lambda rewards, centred, eps: centred / (rewards.std(1, keepdim=True, unbiased=False) + eps),
+    "none": lambda rewards, centred, eps: centred,
+}
 
 
 def grpo_loss(rewards: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, entropy_coef: float = 0.0,
@@ -76,10 +85,7 @@ def grpo_loss(rewards: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, 
     """Group-relative advantages [B, G] times log-probs, minus ``entropy_coef`` * mean entropy.
     ``scale="std"`` divides each group's advantages by its reward std; ``"none"`` keeps r - mean."""
     mean = rewards.mean(1, keepdim=True)  # [B, 1]
-    centred = rewards - mean  # [B, G]
-    if scale == "std":
-        centred = centred / (rewards.std(1, keepdim=True, unbiased=False) + eps)  # [B, G]
-    advantage = centred.detach()  # [B, G]
+    advantage = ADVANTAGE_SCALES[scale](rewards, rewards - mean, eps).detach()  # [B, G]
     return -(advantage * logp).mean() - entropy_coef * entropy.mean()
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from knobctl.controller.spread import expected_overshoot, violation_probability
+from knobctl.controller.spread import draw_latency, expected_overshoot, violation_probability
 from knobctl.params import check_keys, convert, require
 
 MAX_WEIGHT = 1e3  # |weight| bound: the terms are about 0..1, so 1e3 already drowns every other term
@@ -227,3 +227,32 @@ def combine(w: RewardWeights, t: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def reward(w: RewardWeights, accuracy: torch.Tensor, latency_ms: torch.Tensor, budget_ms: torch.Tensor,
            complexity: torch.Tensor) -> torch.Tensor:
     return combine(w, reward_terms(accuracy, latency_ms, budget_ms, complexity))
+
+
+#: How training prices a sampled configuration's latency (``train_controller.latency_sampling``): each takes
+#: (weights, accuracy, estimated latency, budget, complexity, spread, generator), all [B, G] but the budget [B, 1]
+#: and the spread [B, G, 2], and returns (the reward [B, G], the latency it saw [B, G], which the curves' violation
+#: rate reads). ``spread``: one draw from the configuration's profiled spread; ``expected``: the reward's
+#: expectation over that spread in closed form (the latency it saw is the estimate); ``median``: the estimate.
+LatencyPricing = Callable[[RewardWeights, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                           torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _drawn(w: RewardWeights, acc: torch.Tensor, lat: torch.Tensor, budget: torch.Tensor, complexity: torch.Tensor,
+           spread: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    lat = draw_latency(lat, spread, gen)  # [B, G]
+    return reward(w, acc, lat, budget, complexity), lat
+
+
+def _expected(w: RewardWeights, acc: torch.Tensor, lat: torch.Tensor, budget: torch.Tensor, complexity: torch.Tensor,
+              spread: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return combine(w, expected_reward_terms(acc, lat, budget, complexity, spread)), lat
+
+
+def _estimate(w: RewardWeights, acc: torch.Tensor, lat: torch.Tensor, budget: torch.Tensor, complexity: torch.Tensor,
+              spread: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return reward(w, acc, lat, budget, complexity), lat
+
+
+LATENCY_PRICING: Mapping[str, LatencyPricing] = MappingProxyType(
+    {"spread": _drawn, "expected": _expected, "median": _estimate})

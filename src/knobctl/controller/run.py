@@ -27,6 +27,7 @@ from knobctl.knobs import KnobGrid
 from knobctl.latency.estimator import LatencyEstimator
 from knobctl.table.accuracy_table import AccuracyTable
 from knobctl.table.measures import signed
+from knobctl.weights import write_manifest
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def write_training(t: Training, out: str | Path, metrics: str | Path, plots: str
         write_json(folder / TRAINED_WITH, {"reward": t.weights.as_params(), "seed": t.seed,
                                           "train_controller": asdict(t.params)})
         write_parquet(folder / "refresh_log.parquet", r.refresh_log)
+        write_manifest(folder, r.controller.manifest_facts())  # last: it hashes every file above
         write_json(outs.file(metrics), training_metrics(r.summary, r.evaluation, h))
         write_json(outs.file(Path(plots) / "training.json"),
                    training_detail(r.summary, r.evaluation, t.weights.as_params(), h))

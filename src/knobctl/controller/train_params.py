@@ -8,6 +8,7 @@ from typing import Any
 
 from knobctl.controller.losses import ADVANTAGE_SCALES, LOSSES, PAIR_WEIGHTS
 from knobctl.controller.policy import ACTIVATIONS
+from knobctl.controller.reward import LATENCY_PRICING
 from knobctl.params import build, require, require_choice, require_int
 
 
@@ -25,7 +26,7 @@ class RefreshParams:
                 "it must be in (0, 1]")
 
 
-LATENCY_SAMPLING = ("spread", "expected", "median")
+LATENCY_SAMPLING = tuple(LATENCY_PRICING)
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,7 @@ from knobctl.controller.losses import (
 )
 from knobctl.controller.policy import Controller, ControllerConfig
 from knobctl.controller.probe import Probe, probe_choices
-from knobctl.controller.reward import RewardWeights, combine, expected_reward_terms, reward
-from knobctl.controller.spread import draw_latency
+from knobctl.controller.reward import LATENCY_PRICING, RewardWeights
 from knobctl.controller.tables import CacheTables, budgets_between
 from knobctl.controller.train_params import RefreshParams, TrainParams
 from knobctl.execution import progress_bar
@@ -149,6 +148,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
     zero_groups = torch.zeros((), dtype=torch.long)
     step_tables = _StepTables(tables, ctrl, predicted, p)
     group_loss = LOSSES[p.loss]
+    price = LATENCY_PRICING[p.latency_sampling]
     entropy = "policy" if group_loss.entropy_bonus and p.entropy_coef > 0 else "none"
     pair_shape = (len(ctrl.config.top_k), len(ctrl.config.num_blocks))
     start = time.perf_counter()
@@ -163,12 +163,7 @@ def train_controller(tables: CacheTables, p: TrainParams, weights: RewardWeights
         if not step_tables.complete or (refresh is not None and step % refresh.every == 0):
             _fill_online(online, step_tables, idx, acts.config, cells, step, refresh, gen)
         acc, lat, complexity, spread = step_tables.cells(cells, acts.config)  # [B, G] each, spread [B, G, 2]
-        if p.latency_sampling == "expected":
-            r = combine(weights, expected_reward_terms(acc, lat, budget[:, None], complexity, spread))  # [B, G]
-        else:
-            if p.latency_sampling == "spread":
-                lat = draw_latency(lat, spread, gen)  # [B, G]
-            r = reward(weights, acc, lat, budget[:, None], complexity)  # [B, G]
+        r, lat = price(weights, acc, lat, budget[:, None], complexity, spread, gen)  # [B, G] each
         loss = group_loss.fn(r, acts, p)
         opt.zero_grad(set_to_none=True)
         loss.backward()

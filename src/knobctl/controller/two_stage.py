@@ -15,7 +15,7 @@ For a request (image, question, budget):
 Step 3 and 4 together compute exactly the prefill that :meth:`Runtime.answer` runs with the
 chosen knobs (the decision block always runs at the model's top-k), split at the decision
 block; nothing runs twice. The controller's overhead is the two features and the two
-small networks' decisions, which run in numpy (:class:`knobctl.controller.policy.NumpyPolicy`).
+small networks' decisions, which run in numpy (:class:`knobctl.controller.numpy_policy.NumpyPolicy`).
 
 Timing starts from the decoded image (a ``[1, H, W, 3]`` uint8 tensor) and the question
 string, the same starting point as the latency profile the estimator is fitted on, and ends
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from knobctl.controller.policy import Controller, NumpyPolicy
+from knobctl.controller.numpy_policy import NumpyPolicy
+from knobctl.controller.policy import Controller
 from knobctl.knobs import KnobConfig
 from knobctl.model.decoding import continue_greedy, new_cache, next_token, prefill
 from knobctl.model.families import DECISION_BLOCK

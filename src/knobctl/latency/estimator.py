@@ -33,6 +33,7 @@ import pandas as pd
 from knobctl.knobs import KnobConfig
 from knobctl.latency.request import PARTS, request_ms
 from knobctl.params import InputError, build, require, require_choice, require_int
+from knobctl.weights import ArtifactMismatch, check_manifest, write_manifest
 
 REBUILD = "rebuild it with `dvc repro fit_estimator`"
 
@@ -172,6 +173,7 @@ class LatencyEstimator:
         for part, booster in self.boosters.items():
             booster.save_model(str(folder / f"{part}.txt"))
         (folder / SPEC_FILE).write_text(json.dumps({**self.spec, "tiers": self.tiers}, indent=2, default=str) + "\n")
+        write_manifest(folder, {"features": {part: list(FEATURES[part]) for part in self.boosters}})
 
     @classmethod
     def load(cls, directory: str | Path) -> LatencyEstimator:
@@ -179,6 +181,10 @@ class LatencyEstimator:
         spec_path = directory / SPEC_FILE
         if not spec_path.is_file():
             raise FileNotFoundError(f"{spec_path} not found; run `dvc repro fit_estimator` to build the estimator")
+        facts = check_manifest(directory, REBUILD)  # before LightGBM parses a file: it aborts on a truncated one
+        if facts.get("features") != {part: list(FEATURES[part]) for part in PARTS}:
+            raise ArtifactMismatch(f"{directory} was fitted on other features ({facts.get('features')}) than this "
+                                   f"version prices ({dict(FEATURES)}); {REBUILD}")
         try:
             spec = json.loads(spec_path.read_text())
             tiers = spec.pop("tiers")

@@ -78,7 +78,8 @@ import pandas as pd
 import torch
 
 from knobctl.contracts import VALIDATE_REQUESTS
-from knobctl.controller.policy import Controller, NumpyPolicy
+from knobctl.controller.numpy_policy import NumpyPolicy
+from knobctl.controller.policy import Controller
 from knobctl.controller.probe import Probe, probe_choices
 from knobctl.controller.tables import CacheTables, budgets_between
 from knobctl.controller.two_stage import answer_controlled
