@@ -217,6 +217,8 @@ VQA_USERS = {"accuracy_table": "data/vqa/val.parquet", "eval_base": "data/vqa/te
 
 #: The stages that cap each request and make a bad one that sample's error row (benchmarks/bad_request_cases.py).
 CAPPED = ("accuracy_table", "validate")
+#: ... and every stage that leaves a bad request out and counts it (eval_base: at the model's own caps).
+SCREENED = (*CAPPED, "eval_base")
 
 
 def vqa_cases() -> list[Case]:
@@ -236,7 +238,7 @@ def vqa_cases() -> list[Case]:
             ("undecodable images", rewrite_table(rel, set_cell("image", b"not an image", EVERY)), False),
             ("truncated images", rewrite_table(rel, lambda d: set_cell("image", d["image"].iloc[0][:40], EVERY)(d)), False),
             ("decompression-bomb images", rewrite_table(rel, set_cell("image", png_bomb(), EVERY)), False),
-            # eval_base refuses the split; accuracy_table and validate make such questions error rows
+            # one such question is that sample's error (SCREENED); a split of nothing else is refused
             ("100k-character question", rewrite_table(rel, set_cell("question", "what " * 20_000)), False),
             ("100k-character questions", rewrite_table(rel, set_cell("question", "what " * 20_000, EVERY)), False),
             ("an extra column", rewrite_table(rel, lambda d: d.assign(note="x")), True),
@@ -244,7 +246,7 @@ def vqa_cases() -> list[Case]:
         if stage != "accuracy_table":  # one stage is enough for the less likely damages
             damages = [d for d in damages if d[0] not in ("text, not parquet", "null question", "an extra column")]
         # a stage that caps questions itself refuses a split only where every question is too long
-        skip = "100k-character question" if stage in CAPPED else "100k-character questions"
+        skip = "100k-character question" if stage in SCREENED else "100k-character questions"
         damages = [d for d in damages if d[0] != skip]
         cases += [Case(stage, f"{split} split: {what}", mutate, legal) for what, mutate, legal in damages]
     return cases

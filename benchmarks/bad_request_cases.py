@@ -1,6 +1,7 @@
 """The probe set's bad requests (benchmarks/bad_inputs.py runs them): a bad image or an over-long question is that
-sample's error row in accuracy_table and validate, counted in the stage's metrics; where every sample a stage
-selects is bad (benchmarks/bad_input_cases.py damages every row), or a cap is below every image, it stops by name."""
+sample's error row in accuracy_table and validate, and left out of eval_base's figures, counted in the stage's
+metrics; where every sample a stage selects is bad (benchmarks/bad_input_cases.py damages every row), or a cap is
+below every image, it stops by name."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from benchmarks.bad_input_cases import CAPPED, VQA_USERS, Case, Mutate, png_bomb, rewrite_table, set_param
+from benchmarks.bad_input_cases import CAPPED, SCREENED, VQA_USERS, Case, Mutate, png_bomb, rewrite_table, set_param
 
 
 def error_rows_counted(table: str, metrics: str, column: str, kind_column: str | None = None
@@ -33,8 +34,19 @@ def error_rows_counted(table: str, metrics: str, column: str, kind_column: str |
     return check
 
 
-#: Where the stages that ask every selected sample record a bad one (an error row, counted in the metrics).
-ERROR_ROWS = {"accuracy_table": error_rows_counted("data/rollouts/rollouts.parquet", "metrics/accuracy_table.json",
+def left_out_counted(metrics: str) -> Callable[[Path], str | None]:
+    """The run's correct result where a stage leaves bad samples out: the headline counts some, and some others
+    were answered."""
+    def check(repo: Path) -> str | None:
+        head = json.loads((repo / metrics).read_text())["headline"]
+        if not head.get("error_samples") or not head.get("questions"):
+            return f"{metrics}: error_samples {head.get('error_samples')}, questions {head.get('questions')}"
+        return None
+    return check
+
+
+#: Where the stages that ask every selected sample record a bad one (an error row or a count in the metrics).
+ERROR_ROWS = {"eval_base": left_out_counted("metrics/base_test.json"),"accuracy_table": error_rows_counted("data/rollouts/rollouts.parquet", "metrics/accuracy_table.json",
                                                   "error"),
               "validate": error_rows_counted("data/validate/requests.parquet", "metrics/validate.json",
                                             "request_error", "kind")}
@@ -49,7 +61,9 @@ def all_selected_but_one(rel: str, stage: str, column: str, value: Callable[[pd.
         params = yaml.safe_load((repo / "params.yaml").read_text())
 
         def change(d: pd.DataFrame) -> pd.DataFrame:
-            picked = select_samples(d.assign(position=range(len(d))), params[stage]["num_samples"], params["seed"])
+            key = "max_samples" if stage == "eval_base" else "num_samples"
+            wanted = params[stage][key] if params[stage][key] is None else min(params[stage][key], len(d))
+            picked = select_samples(d.assign(position=range(len(d))), wanted, params["seed"])
             d = d.copy()
             d[column] = d[column].astype(object)
             bad = value(d)
@@ -64,7 +78,7 @@ def bad_request_cases() -> list[Case]:
     """A bad image or an over-long question is that sample's error row in accuracy_table and validate; where every
     sample is bad (bad_input_cases.py's split cases damage every row), the stage stops by name."""
     cases: list[Case] = []
-    for stage in CAPPED:
+    for stage in SCREENED:
         counted = ERROR_ROWS[stage]
         rel = VQA_USERS[stage]
         split = Path(rel).stem
@@ -75,6 +89,8 @@ def bad_request_cases() -> list[Case]:
         cases += [Case(stage, f"{split} split: {what} in all selected samples but one",
                        all_selected_but_one(rel, stage, column, value), legal=True, check=counted)
                   for what, column, value in damages]
+        if stage not in CAPPED:  # no caps of its own in params
+            continue
         cases += [Case(stage, f"params {stage}.max_image_pixels: 100 (every image above it)",
                        set_param(stage, "max_image_pixels", 100)),
                   Case(stage, f"params {stage}.max_question_tokens: 0", set_param(stage, "max_question_tokens", 0)),

@@ -15,10 +15,10 @@ from PIL import Image
 from benchmarks.bad_input_cases import png_bomb
 from knobctl.contracts import FEATURES, ROLLOUTS, VALIDATE_REQUESTS, TableContractError
 from knobctl.knobs import KnobGrid
+from knobctl.model.screen import request_caps
 from knobctl.params import InputError, ParamsError
 from knobctl.table.accuracy_table import AccuracyTable
 from knobctl.table.rollouts import RolloutParams, rollout_part
-from knobctl.table.screen import request_caps
 from knobctl.table.summary import summarize
 from knobctl.validate.measure import ValidateParams
 from knobctl.validate.run import failed_samples
@@ -148,3 +148,24 @@ def test_the_fit_estimator_stage_names_a_profile_without_its_tier_table(tmp_path
                                          r"profile_latency`"):
         stage.main(["--profile", str(path), "--out", str(tmp_path / "est"), "--metrics", str(tmp_path / "m.json"),
                     "--plots", str(tmp_path / "plots")])
+
+
+def test_eval_base_and_block_importance_leave_out_what_the_model_cannot_take_and_count_it(rt, frame):
+    from knobctl.base.evaluation import evaluate
+    from knobctl.base.importance import ImportanceParams, importance_samples
+    from knobctl.knobs import KnobConfig
+    from knobctl.model.screen import askable
+
+    picked = askable(rt, damaged(frame), "eval_base")
+    # the 300x200 image is under the model's own pixel cap (only accuracy_table and validate set a lower one)
+    assert picked.errors["sample_id"].tolist() == frame["sample_id"].iloc[[1, 2, 3, 5]].tolist()
+    assert picked.errors["error"].str.startswith(("image:", "question:")).all()
+    assert picked.asked["sample_id"].tolist() == frame["sample_id"].iloc[[0, 4, 6]].tolist()
+    full = KnobConfig("high", 8, 16)
+    clean = evaluate(rt, frame.iloc[[0, 4, 6]].reset_index(drop=True), [full], batch_size=3)
+    assert evaluate(rt, picked.asked, [full], batch_size=3) == clean  # the others answered as if alone
+    assert askable(rt, frame, "eval_base").errors.empty
+    with pytest.raises(InputError, match="every one of the 2 samples eval_base selected failed, e.g. .*image"):
+        askable(rt, damaged(frame).iloc[[1, 2]], "eval_base")
+    chosen = importance_samples(rt, damaged(frame), ImportanceParams(num_samples=4), seed=0)
+    assert len(chosen.asked) + len(chosen.errors) == 4

@@ -36,6 +36,7 @@ from knobctl.model.decoding import generate, teacher_forced
 from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.presets import EOS
 from knobctl.model.runtime import Runtime
+from knobctl.model.screen import Askable, askable
 from knobctl.params import build, require, require_choice, require_device, require_int
 from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import decode_images, select_samples
@@ -223,11 +224,18 @@ def curve_point(n: int, dropped: Sequence[int], full: Figures, f: Figures, first
             "first_loglik": rounded(first.loglik, 6), "first_loglik_drop": rounded(full.loglik - first.loglik, 6)}
 
 
-def measure_importance(rt: Runtime, df: pd.DataFrame, grid: KnobGrid, params: ImportanceParams,
+def importance_samples(rt: Runtime, df: pd.DataFrame, params: ImportanceParams, seed: int) -> Askable:
+    """The split's seeded ``num_samples``, less those the model cannot be asked (an undecodable image, a question
+    over its positions): those are counted, as the accuracy table's error rows are."""
+    return askable(rt, select_samples(df, params.num_samples, seed, params.split, key="block_importance.num_samples"),
+                   "block_importance")
+
+
+def measure_importance(rt: Runtime, samples: pd.DataFrame, grid: KnobGrid, params: ImportanceParams,
                        seed: int) -> dict[str, Any]:
-    """Per-block figures, the order, its cumulative curve and the halves' agreement (module docstring)."""
+    """Per-block figures, the order, its cumulative curve and the halves' agreement (module docstring), on
+    ``samples`` (:func:`importance_samples`)."""
     rt.validate_grid(grid)
-    samples = select_samples(df, params.num_samples, seed, params.split, key="block_importance.num_samples")
     tier, top_k, layers = grid.full.tier, grid.full.top_k, rt.num_layers
     measure = Measurer(rt, encode(rt, samples, tier, params.batch_size), top_k)
     everything = list(range(layers))
@@ -289,10 +297,10 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+def metrics(result: Mapping[str, Any], error_samples: int = 0) -> dict[str, Any]:
     """metrics/block_importance.json: the headline (the run's size, its ranking and every count's cost are in the
-    result file)."""
-    return {"headline": headline(result)}
+    result file) and the selected samples the model could not be asked."""
+    return {"headline": {**headline(result), "error_samples": error_samples}}
 
 
 def summary_line(result: Mapping[str, Any], wall_s: float) -> str:

@@ -20,7 +20,7 @@ that configurations share is done once:
   (:mod:`knobctl.model.features`), which no knob changes.
 
 Error policy: a sample the model cannot be asked (an image that does not decode or is too large, a
-question too long: :mod:`knobctl.table.screen`) gets a row per configuration with its ``error``
+question too long: :mod:`knobctl.model.screen`) gets a row per configuration with its ``error``
 (prediction null, score NaN, lengths -1) and NaN features without running. A batch that raises is
 retried one sample at a time, and a sample that raises alone gets the same rows. The run goes on;
 the stage counts errors in its metrics.
@@ -43,8 +43,8 @@ from knobctl.model.families import DECISION_BLOCK
 from knobctl.model.features import language_features, vision_features
 from knobctl.model.presets import EOS
 from knobctl.model.runtime import DTYPES, Runtime
+from knobctl.model.screen import request_caps, screen
 from knobctl.params import ParamsError, build, require, require_choice, require_device, require_int
-from knobctl.table.screen import request_caps, screen
 from knobctl.vqa.metric import vqa_score
 from knobctl.vqa.sources import SPLITS
 
@@ -64,7 +64,7 @@ class RolloutParams:
     device: str = "auto"
     dtype: str = "float32"
     num_threads: int = 0
-    # A larger image or longer question is that sample's error row (knobctl.table.screen); null: the model's limits.
+    # A larger image or longer question is that sample's error row (knobctl.model.screen); null: the model's limits.
     max_image_pixels: int | None = None
     max_question_tokens: int | None = None
     # Where the parts run (src/knobctl/table/ray_executor.py); neither changes a byte of the table.
@@ -230,7 +230,7 @@ def rollout_part(
     on_batch: Callable[[int], None] | None = None, section: str = "accuracy_table",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows (sample-major, configurations in grid order) and features of one part of the samples. A sample whose
-    image or question the model cannot take (:mod:`knobctl.table.screen`) gets error rows without running;
+    image or question the model cannot take (:mod:`knobctl.model.screen`) gets error rows without running;
     ``section`` names the params section of the caps in them."""
     all_qids = rt.tokenizer(part["question"].tolist(), add_special_tokens=False)["input_ids"]
     steps = p.max_new_tokens or rt.spec.max_new_tokens

@@ -114,7 +114,7 @@ class ValidateParams:
     device: str = "auto"
     num_threads: int = 1
     repeats: int = 1
-    # A larger image or longer question is that sample's error row (knobctl.table.screen); null: the model's limits.
+    # A larger image or longer question is that sample's error row (knobctl.model.screen); null: the model's limits.
     max_image_pixels: int | None = None
     max_question_tokens: int | None = None
 

@@ -4,10 +4,11 @@ A dataset may hold a few bad requests: an image that does not decode (not an ima
 declares more pixels than a decoder should allocate (a decompression bomb), a question longer than the model
 can read. Each is a property of one sample, so the accuracy table and validate record it as that sample's
 error (prediction and score null, counted in the stage's summary and metrics) and go on, as they do for a
-sample whose forward pass raises; only a split where every sample fails stops the stage.
+sample whose forward pass raises; eval_base and block_importance leave it out of their figures and count it
+(:func:`askable`). Only a split where every sample fails stops the stage.
 
 The caps come from params (``max_image_pixels``, ``max_question_tokens`` in the ``accuracy_table`` and
-``validate`` sections); null takes the model's own limits (:func:`request_caps`).
+``validate`` sections); null, and the stages without those keys, take the model's own limits (:func:`request_caps`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from knobctl.model.runtime import Runtime
+from knobctl.params import InputError
 from knobctl.vqa.sources import MAX_IMAGE_PIXELS, DataError, decode_image
 
 
@@ -86,3 +88,30 @@ def screen(rt: Runtime, part: pd.DataFrame, question_ids: Sequence[Sequence[int]
             good.append(i)
     empty = np.zeros((0, rt.image_size, rt.image_size, 3), np.uint8)
     return Screened(np.stack(images) if images else empty, good, errors)
+
+
+@dataclass(frozen=True)
+class Askable:
+    """The samples a model can be asked (the input's rows, in order) and one row per sample it cannot:
+    sample_id, question_type and the reason."""
+
+    asked: pd.DataFrame
+    errors: pd.DataFrame
+
+
+def askable(rt: Runtime, samples: pd.DataFrame, section: str) -> Askable:
+    """``samples`` screened at the model's own caps (:func:`request_caps`, the answer at its ``max_new_tokens``);
+    an :class:`~knobctl.params.InputError` when none can be asked, naming the first reason."""
+    qids = rt.tokenizer(samples["question"].tolist(), add_special_tokens=False)["input_ids"]
+    caps = request_caps(rt, None, None, rt.spec.max_new_tokens, section)
+    errors = screen(rt, samples, qids, caps, section).errors
+    failed = [i for i, e in enumerate(errors) if e is not None]
+    rows = samples.iloc[failed]
+    table = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "question_type": rows["question_type"].to_numpy(),
+                          "error": [errors[i] for i in failed]})
+    if failed and len(failed) == len(samples):
+        raise InputError(f"every one of the {len(samples)} samples {section} selected failed, e.g. "
+                         f"{table['sample_id'].iloc[0]}: {table['error'].iloc[0]}; fix the split "
+                         "(`dvc repro prepare_data`)")
+    asked = samples if not failed else samples.drop(index=samples.index[failed]).reset_index(drop=True)
+    return Askable(asked, table)
