@@ -55,6 +55,15 @@ def read(path, contract: TableContract) -> pd.DataFrame | None:
         return None
 
 
+def judged(df: pd.DataFrame, path, contract: TableContract, oracle) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """``df`` written to ``path`` and read back through ``contract``: (the reader's result or None, the table as
+    written), once the reader accepted exactly what ``oracle`` (the table as written -> valid?) accepts."""
+    path = write(df, path)
+    got, back = read(path, contract), pd.read_parquet(path)
+    assert (got is not None) == oracle(back), f"accepted={got is not None} for\n{back.T}"
+    return got, back
+
+
 def columns_ok(df: pd.DataFrame, needed) -> bool:
     return len(df) > 0 and set(needed) <= set(df.columns)
 
@@ -84,9 +93,7 @@ def split_ok(df: pd.DataFrame, max_len: int | None) -> bool:
 @FAST
 @given(df=mutated(SPLIT, SPLIT_KINDS))
 def test_a_split_reader_returns_a_valid_split_or_names_the_damage(tmp_path, contract, max_len, df):
-    path = write(df, tmp_path / "split.parquet")
-    got, back = read(path, contract), pd.read_parquet(path)
-    assert (got is not None) == split_ok(back, max_len), f"accepted={got is not None} for\n{back}"
+    got, back = judged(df, tmp_path / "split.parquet", contract, lambda t: split_ok(t, max_len))
     if got is not None:
         pd.testing.assert_frame_equal(got, back)
 
@@ -155,9 +162,7 @@ def summary_ok(df: pd.DataFrame) -> bool:
 @FAST
 @given(df=mutated(SUMMARY, SUMMARY_KINDS))
 def test_the_profile_summary_reader_and_its_first_users_never_take_a_damaged_summary(tmp_path, df):
-    path = write(df, tmp_path / "summary.parquet")
-    got, back = read(path, PROFILE_SUMMARY), pd.read_parquet(path)
-    assert (got is not None) == summary_ok(back), f"accepted={got is not None} for\n{back.T}"
+    got, _ = judged(df, tmp_path / "summary.parquet", PROFILE_SUMMARY, summary_ok)
     if got is not None:  # what the stages do first with it: the estimator's splits and features, the spread
         make_splits(feature_frame(got, TIER_TABLE), EstimatorParams(), seed=0)
         spread = latency_spread(got, CONFIGS).numpy()
@@ -196,9 +201,7 @@ def rows_ok(df: pd.DataFrame) -> bool:
 @FAST
 @given(df=mutated(ROWS, ROWS_KINDS))
 def test_the_profile_rows_reader_names_every_damage(tmp_path, df):
-    path = write(df, tmp_path / "latency.parquet")
-    got, back = read(path, PROFILE_ROWS), pd.read_parquet(path)
-    assert (got is not None) == rows_ok(back), f"accepted={got is not None} for\n{back.T}"
+    judged(df, tmp_path / "latency.parquet", PROFILE_ROWS, rows_ok)
 
 
 # --- validate's requests ---------------------------------------------------------------------------------------
@@ -258,9 +261,7 @@ def requests_ok(df: pd.DataFrame) -> bool:
 @FAST
 @given(df=mutated(REQUESTS, REQUESTS_KINDS))
 def test_the_requests_reader_names_every_damage(tmp_path, df):
-    path = write(df, tmp_path / "requests.parquet")
-    got, back = read(path, VALIDATE_REQUESTS), pd.read_parquet(path)
-    assert (got is not None) == requests_ok(back), f"accepted={got is not None} for\n{back.T}"
+    judged(df, tmp_path / "requests.parquet", VALIDATE_REQUESTS, requests_ok)
 
 
 # --- the properties can fail -----------------------------------------------------------------------------------

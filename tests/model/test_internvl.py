@@ -18,6 +18,7 @@ from knobctl.model.runtime import load_runtime
 from knobctl.table.rollouts import rollout_batch
 from tests.model.test_families import IMAGE, TILE_TOKENS, image_processor, picture
 from tests.model.test_family_runtime import QUESTIONS, assert_cached_decoding_equals_recomputation, save_hub_checkpoint
+from tests.model.test_presets import shape_parameters
 
 #: A tile, a 2 x 2 grid and its thumbnail, a 3 x 3 grid and its thumbnail.
 TIERS = {"low": 4, "medium": 20, "high": 40}
@@ -75,15 +76,9 @@ def test_internvl3_5_30b_a3b_shape_has_the_published_parameter_counts():
     """Qwen3-30B-A3B: 30.5 B parameters and 3.3 B active per token (8 of 128 experts); InternViT-300M."""
     from transformers import InternVLForConditionalGeneration
 
-    config = internvl3_5_30b_a3b_shape_config()
-    with torch.device("meta"):
-        model = InternVLForConditionalGeneration(config)
-    sizes = {name: p.numel() for name, p in model.named_parameters()}
-    vision = sum(n for name, n in sizes.items() if name.startswith("model.vision_tower."))
-    projector = sum(n for name, n in sizes.items() if name.startswith("model.multi_modal_projector."))
-    experts = sum(n for name, n in sizes.items() if ".mlp.experts." in name)
-    text = sum(sizes.values()) - vision - projector
-    active = text - experts + experts * 8 / 128
+    n = shape_parameters(InternVLForConditionalGeneration, internvl3_5_30b_a3b_shape_config(),
+                         {"vision": "model.vision_tower.", "projector": "model.multi_modal_projector."}, 8, 128)
+    text, active, vision = n["text"], n["active"], n["vision"]
     assert abs(text / 30.5e9 - 1) < 0.01 and abs(active / 3.3e9 - 1) < 0.03, (text, active)
     assert abs(vision / 0.3e9 - 1) < 0.05
 

@@ -133,18 +133,27 @@ def test_a_block_order_file_of_another_model_is_named(tmp_path):
         make_runtime(block_order=str(path))
 
 
+def shape_parameters(model_class, config, parts: dict[str, str], top_k: int, experts: int) -> dict[str, float]:
+    """A shape preset's parameter counts, built on the meta device: each of ``parts`` (name -> parameter-name
+    prefix, outside the language model), ``text`` (everything else) and ``active`` (text with ``top_k`` of its
+    ``experts`` routed experts per token)."""
+    with torch.device("meta"):
+        model = model_class(config)
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    out = {part: sum(n for name, n in sizes.items() if name.startswith(prefix)) for part, prefix in parts.items()}
+    routed = sum(n for name, n in sizes.items() if ".mlp.experts." in name)
+    out["text"] = sum(sizes.values()) - sum(out.values())
+    out["active"] = out["text"] - routed + routed * top_k / experts
+    return out
+
+
 def test_qwen3_vl_30b_a3b_shape_has_the_published_parameter_counts():
     """30.5 B parameters in the language model and 3.3 B active per token (8 of 128 experts), as published."""
     from transformers import Qwen3VLMoeForConditionalGeneration
 
     config = qwen3_vl_30b_a3b_shape_config()
-    with torch.device("meta"):
-        model = Qwen3VLMoeForConditionalGeneration(config)
-    sizes = {name: p.numel() for name, p in model.named_parameters()}
-    vision = sum(n for name, n in sizes.items() if name.startswith("model.visual."))
-    experts = sum(n for name, n in sizes.items() if ".mlp.experts." in name)
-    text = sum(sizes.values()) - vision
-    active = text - experts + experts * 8 / 128
+    n = shape_parameters(Qwen3VLMoeForConditionalGeneration, config, {"vision": "model.visual."}, 8, 128)
+    text, active, vision = n["text"], n["active"], n["vision"]
     assert abs(text / 30.5e9 - 1) < 0.01 and abs(active / 3.3e9 - 1) < 0.03, (text, active)
     assert 0.4e9 < vision < 0.7e9
     assert family_of(json.loads(config.to_json_string())).deepstack
