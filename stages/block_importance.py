@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     df = read_table(Path(args.data) / f"{p.split}.parquet", VQA_REQUESTS)
     start = time.perf_counter()
     picked = importance_samples(rt, df, p, seed)  # an image or question the model cannot take: counted, not run
-    result = measure_importance(rt, picked.asked, grid, p, seed)
+    result = measure_importance(rt, picked.asked, grid, p, seed, picked.images)
     wall = time.perf_counter() - start
     # No timestamp or commit: the same params give the same file, so a stage reading the order
     # does not rerun for nothing.

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     test = read_table(Path(args.data) / "test.parquet", VQA_REQUESTS)
     test = select_samples(test, None if own.max_samples is None else min(own.max_samples, len(test)), seed, "test")
     picked = askable(rt, test, "eval_base")  # an image or question the model cannot take is counted, not run
-    results = evaluate(rt, picked.asked, grid.corners(), batch_size=own.batch_size, desc="test corners")
+    results = evaluate(rt, picked.asked, grid.corners(), batch_size=own.batch_size, desc="test corners",
+                       images=picked.images)
     metrics = {"headline": {**corner_headline(results, grid.full, grid.smallest), "questions": len(picked.asked),
                             "error_samples": len(picked.errors)}}
     write_json_atomic(args.metrics, metrics)

@@ -164,6 +164,7 @@ def test_eval_base_and_block_importance_leave_out_what_the_model_cannot_take_and
     full = KnobConfig("high", 8, 16)
     clean = evaluate(rt, frame.iloc[[0, 4, 6]].reset_index(drop=True), [full], batch_size=3)
     assert evaluate(rt, picked.asked, [full], batch_size=3) == clean  # the others answered as if alone
+    assert evaluate(rt, picked.asked, [full], batch_size=3, images=picked.images) == clean  # decoded once
     assert askable(rt, frame, "eval_base").errors.empty
     with pytest.raises(InputError, match="every one of the 2 samples eval_base selected failed, e.g. .*image"):
         askable(rt, damaged(frame).iloc[[1, 2]], "eval_base")

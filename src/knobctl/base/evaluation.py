@@ -40,10 +40,14 @@ class EvalParams:
 
 
 def evaluate(
-    rt: Runtime, df: pd.DataFrame, configs: Sequence[KnobConfig], batch_size: int = 256, desc: str = "eval"
+    rt: Runtime, df: pd.DataFrame, configs: Sequence[KnobConfig], batch_size: int = 256, desc: str = "eval",
+    images: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """VQA accuracy of each configuration overall and per question type."""
-    images = torch.from_numpy(decode_images(df["image"].tolist(), size=rt.image_size))
+    """VQA accuracy of each configuration overall and per question type. ``images``: ``df``'s images already
+    decoded at the model's size (:class:`knobctl.model.screen.Askable`), else they are decoded here."""
+    if images is None:
+        images = decode_images(df["image"].tolist(), size=rt.image_size)
+    images = torch.from_numpy(images)
     questions = df["question"].tolist()
     results: dict[str, Any] = {}
     for cfg in progress_bar(configs, desc=desc, unit="config"):

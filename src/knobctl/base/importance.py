@@ -118,10 +118,12 @@ def reference_answer(answers: Sequence[str]) -> str:
 
 
 @torch.inference_mode()
-def encode(rt: Runtime, df: pd.DataFrame, tier: str, batch_size: int) -> list[Batch]:
-    """The samples in batches, their images through the vision tower at ``tier``."""
-    size = rt.image_size
-    images = torch.from_numpy(decode_images(df["image"].tolist(), size=size))  # [N, S, S, 3] uint8
+def encode(rt: Runtime, df: pd.DataFrame, tier: str, batch_size: int, images: np.ndarray | None = None) -> list[Batch]:
+    """The samples in batches, their images (``images`` if already decoded at the model's size) through the vision
+    tower at ``tier``."""
+    if images is None:
+        images = decode_images(df["image"].tolist(), size=rt.image_size)
+    images = torch.from_numpy(images)  # [N, S, S, 3] uint8
     tok = rt.tokenizer
     questions = tok(df["question"].tolist(), add_special_tokens=False)["input_ids"]
     refs = tok([reference_answer(a) for a in df["answers"]], add_special_tokens=False)["input_ids"]
@@ -232,12 +234,12 @@ def importance_samples(rt: Runtime, df: pd.DataFrame, params: ImportanceParams, 
 
 
 def measure_importance(rt: Runtime, samples: pd.DataFrame, grid: KnobGrid, params: ImportanceParams,
-                       seed: int) -> dict[str, Any]:
+                       seed: int, images: np.ndarray | None = None) -> dict[str, Any]:
     """Per-block figures, the order, its cumulative curve and the halves' agreement (module docstring), on
-    ``samples`` (:func:`importance_samples`)."""
+    ``samples`` and their decoded ``images`` (both :func:`importance_samples`'; None: decoded here)."""
     rt.validate_grid(grid)
     tier, top_k, layers = grid.full.tier, grid.full.top_k, rt.num_layers
-    measure = Measurer(rt, encode(rt, samples, tier, params.batch_size), top_k)
+    measure = Measurer(rt, encode(rt, samples, tier, params.batch_size, images), top_k)
     everything = list(range(layers))
     # An HF family's KV cache cannot run without block 0 (knobctl.model.families): its cost is not measured there.
     droppable = [b for b in everything if b != DECISION_BLOCK or not rt.family.keep_first_block]

@@ -63,6 +63,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "prefill_ms": ("input_tokens", "visual_tokens", "top_k", "num_blocks", "batch_size"),
     "decode_ms_per_token": ("context_tokens", "top_k", "num_blocks", "batch_size"),
 }
+
+
+def feature_names() -> dict[str, list[str]]:
+    """Each part's feature names, as an estimator folder's manifest records them."""
+    return {part: list(FEATURES[part]) for part in PARTS}
 SPEC_FILE = "estimator.json"
 
 
@@ -173,7 +178,7 @@ class LatencyEstimator:
         for part, booster in self.boosters.items():
             booster.save_model(str(folder / f"{part}.txt"))
         (folder / SPEC_FILE).write_text(json.dumps({**self.spec, "tiers": self.tiers}, indent=2, default=str) + "\n")
-        write_manifest(folder, {"features": {part: list(FEATURES[part]) for part in self.boosters}})
+        write_manifest(folder, {"features": feature_names()})
 
     @classmethod
     def load(cls, directory: str | Path) -> LatencyEstimator:
@@ -182,9 +187,9 @@ class LatencyEstimator:
         if not spec_path.is_file():
             raise FileNotFoundError(f"{spec_path} not found; run `dvc repro fit_estimator` to build the estimator")
         facts = check_manifest(directory, REBUILD)  # before LightGBM parses a file: it aborts on a truncated one
-        if facts.get("features") != {part: list(FEATURES[part]) for part in PARTS}:
+        if facts.get("features") != feature_names():
             raise ArtifactMismatch(f"{directory} was fitted on other features ({facts.get('features')}) than this "
-                                   f"version prices ({dict(FEATURES)}); {REBUILD}")
+                                   f"version prices ({feature_names()}); {REBUILD}")
         try:
             spec = json.loads(spec_path.read_text())
             tiers = spec.pop("tiers")

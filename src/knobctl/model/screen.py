@@ -92,10 +92,12 @@ def screen(rt: Runtime, part: pd.DataFrame, question_ids: Sequence[Sequence[int]
 
 @dataclass(frozen=True)
 class Askable:
-    """The samples a model can be asked (the input's rows, in order) and one row per sample it cannot:
-    sample_id, question_type and the reason."""
+    """The samples a model can be asked (the input's rows, in order), their images decoded at the model's size
+    ([N, S, S, 3] uint8, as :func:`knobctl.vqa.sources.decode_images` gives them), and one row per sample it
+    cannot: sample_id, question_type and the reason."""
 
     asked: pd.DataFrame
+    images: np.ndarray
     errors: pd.DataFrame
 
 
@@ -104,7 +106,8 @@ def askable(rt: Runtime, samples: pd.DataFrame, section: str) -> Askable:
     an :class:`~knobctl.params.InputError` when none can be asked, naming the first reason."""
     qids = rt.tokenizer(samples["question"].tolist(), add_special_tokens=False)["input_ids"]
     caps = request_caps(rt, None, None, rt.spec.max_new_tokens, section)
-    errors = screen(rt, samples, qids, caps, section).errors
+    screened = screen(rt, samples, qids, caps, section)
+    errors = screened.errors
     failed = [i for i, e in enumerate(errors) if e is not None]
     rows = samples.iloc[failed]
     table = pd.DataFrame({"sample_id": rows["sample_id"].to_numpy(), "question_type": rows["question_type"].to_numpy(),
@@ -114,4 +117,4 @@ def askable(rt: Runtime, samples: pd.DataFrame, section: str) -> Askable:
                          f"{table['sample_id'].iloc[0]}: {table['error'].iloc[0]}; fix the split "
                          "(`dvc repro prepare_data`)")
     asked = samples if not failed else samples.drop(index=samples.index[failed]).reset_index(drop=True)
-    return Askable(asked, table)
+    return Askable(asked, screened.images, table)
