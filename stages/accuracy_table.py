@@ -8,20 +8,19 @@ Shard it over processes or machines that share the cache folder, then merge:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
-from knobctl.params import MODEL_SOURCES  # after the path: this checkout's library
+from knobctl.model.sources import SOURCES, source_parser  # after the path: this checkout's library
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = source_parser(__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override accuracy_table keys")
-    ap.add_argument("--model", default="models/base", help=MODEL_SOURCES)
+    ap.add_argument("--model", default="models/base", help=SOURCES)
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--out", default="data/rollouts")
     ap.add_argument("--metrics", default="metrics/accuracy_table.json")

@@ -4,22 +4,23 @@ Writes data/block_importance/importance.json, whose `order` key `model.block_ord
 `load_runtime(..., block_order=PATH)`) accepts, and metrics/block_importance.json. Runs on any
 checkpoint or preset, e.g.:
     python stages/block_importance.py --set source=/path/to/checkpoint num_samples=200
-where source is a checkpoint folder (knobctl's own format, a Qwen3-VL-MoE or GLM-4.5V folder as downloaded
-from the hub, or a folder train_base recorded for model.source) or a preset.
+where source is
+{model sources}.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
+from knobctl.model.sources import source_parser  # after the path: this checkout's library
+
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = source_parser(__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override block_importance keys (YAML values), e.g. source=models/base num_samples=100")

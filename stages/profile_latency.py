@@ -3,22 +3,22 @@
 Runs on its own too (no dvc needed), e.g. on a GPU machine:
     python stages/profile_latency.py --set source=molmoe-1b-shape dtype=bfloat16
     python stages/profile_latency.py --set source=qwen3-vl-30b-a3b-shape dtype=bfloat16
-source: a checkpoint folder (knobctl's own format, a Qwen3-VL-MoE or GLM-4.5V folder as downloaded from
-the hub, or a folder train_base recorded for model.source) or a preset: tiny, molmoe-1b-shape,
-qwen3-vl-30b-a3b-shape (true sizes, random weights). An HF family's tiers are params' model.tier_tokens.
+An HF family's tiers are params' model.tier_tokens. source is
+{model sources}.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
+from knobctl.model.sources import source_parser  # after the path: this checkout's library
+
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = source_parser(__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override profile_latency keys (YAML values), e.g. rounds=3 dtype=bfloat16")

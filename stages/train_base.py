@@ -1,20 +1,24 @@
 """Stage train_base: train the embedded default model -> models/base + metrics/base.json.
 
-With ``model.source`` (a local checkpoint folder: knobctl's own format, or a Qwen3-VL-MoE / GLM-4.5V
-folder as downloaded from the hub) nothing is trained: models/base records that folder (knobctl_source.json,
-which every later stage follows) and the metrics score it at the grid's corners on val."""
+With ``model.source`` (a local checkpoint folder, as --help lists) nothing is trained: models/base records
+that folder (knobctl_source.json, which every later stage follows) and the metrics score it at the grid's
+corners on val.
+
+model.source is
+{model sources}."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
+from knobctl.model.sources import source_parser  # after the path: this checkout's library
+
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = source_parser(__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", default="data/vqa")
     ap.add_argument("--out", default="models/base")

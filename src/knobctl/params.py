@@ -25,14 +25,6 @@ import yaml
 
 T = TypeVar("T")
 
-#: What a model source may be, for the stages' --help: the text knobctl.model.backends.model_sources() writes from
-#: the registries of families and presets. This module sits below the model layer and cannot import them, and a
-#: stage's --help must not load torch, so the text is kept here and tests/model/test_backends.py holds it equal.
-MODEL_SOURCES = ("a checkpoint folder: knobctl's own format (models/base), a Qwen3-VL-MoE (qwen3_vl_moe), GLM-4.5V "
-                 "(glm4v_moe) or InternVL (internvl) folder as downloaded from the hub, or a folder train_base recorded "
-                 "for model.source; or a preset: tiny, molmoe-1b-shape, qwen3-vl-30b-a3b-shape, "
-                 "internvl3.5-30b-a3b-shape (random weights, for latency)")
-
 #: Top-level keys of params.yaml: the shared ones, then one section per stage.
 SECTIONS = ("seed", "knobs", "model", "prepare_data", "train_base", "eval_base", "block_importance",
             "profile_latency", "fit_estimator", "accuracy_table", "tradeoff", "reward", "train_controller", "validate")

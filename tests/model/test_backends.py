@@ -1,15 +1,14 @@
 """The backend registry: every family and preset has a backend, both layouts implement the one interface, and
-the stages' --help text is the registries' own."""
+the stages' --help text names every family and preset."""
 
 from __future__ import annotations
 
-from knobctl.model.backends import BACKENDS, model_sources
+from knobctl.model.backends import BACKENDS
 from knobctl.model.families import FAMILIES
 from knobctl.model.family_layout import FamilyLayout, shape_layout
 from knobctl.model.layout import ModelLayout
 from knobctl.model.llava_layout import LlavaLayout
 from knobctl.model.presets import PRESETS
-from knobctl.params import MODEL_SOURCES
 from tests.conftest import make_runtime
 from tests.model.test_families import qwen_config
 
@@ -27,9 +26,3 @@ def test_both_layouts_implement_the_model_layout_interface():
         assert isinstance(layout, ModelLayout), type(layout).__name__
         assert [layout.visual_tokens(t) for t in layout.tiers] == sorted(layout.visual_tokens(t) for t in layout.tiers)
     assert family.tier_tokens == {"low": 4, "high": 16} and llava.tier_tokens is None
-
-
-def test_params_model_sources_is_the_registries_text():
-    """params.py sits below the model layer and cannot import its registries, so it holds their text; this
-    fails with the text to paste when a family or a preset is added."""
-    assert MODEL_SOURCES == model_sources(), f"set MODEL_SOURCES in src/knobctl/params.py to:\n{model_sources()!r}"

@@ -1,7 +1,7 @@
 """The registry :func:`knobctl.model.runtime.load_runtime` dispatches through: one :class:`Backend` per model
 format, found from a folder's family (``config.json``'s ``model_type``, :data:`knobctl.model.families.FAMILIES`)
-or a preset's entry (:data:`knobctl.model.presets.PRESETS`). :func:`model_sources` says what a source may be,
-from the same registries (``params.MODEL_SOURCES`` holds its text for the stages' ``--help``).
+or a preset's entry (:data:`knobctl.model.presets.PRESETS`); :mod:`knobctl.model.sources` says what a source may
+be, from the same registries, for the stages' ``--help``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from knobctl.model import family_layout, internvl_layout, llava_layout
 from knobctl.model.checkpoint import check_checkpoint, resolve_source
-from knobctl.model.families import FAMILIES, Family
+from knobctl.model.families import Family
 from knobctl.model.layout import Loaded, LoadOptions
 from knobctl.model.presets import PRESETS, Preset
 
@@ -44,12 +44,3 @@ def load_source(source: str | Path, options: LoadOptions) -> Loaded:
         preset = PRESETS[options.source]
         return BACKENDS[preset.backend].build_preset(options.source, preset, options)
     raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
-
-
-def model_sources() -> str:
-    """What a model source may be, in one sentence for ``--help``: the text of ``params.MODEL_SOURCES``."""
-    hub = [f"{f.short_name} ({f.model_type})" for f in FAMILIES.values() if f.backend != "knobctl"]
-    families = hub[0] if len(hub) == 1 else f"{', '.join(hub[:-1])} or {hub[-1]}"
-    return ("a checkpoint folder: knobctl's own format (models/base), a " + families + " folder as downloaded from "
-            "the hub, or a folder train_base recorded for model.source; or a preset: " + ", ".join(PRESETS)
-            + " (random weights, for latency)")

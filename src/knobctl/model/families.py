@@ -30,12 +30,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from knobctl.model.deepstack import deepstack_rerouted
 from knobctl.params import InputError
+
+if TYPE_CHECKING:  # the registry serves the stages' --help (knobctl.model.sources), which must not load torch
+    from torch import nn
 
 #: The block after which Stage 2 decides; it always runs, at the model's own top-k.
 DECISION_BLOCK = 0
@@ -70,7 +70,7 @@ class Family:
     # hub lays it out (knobctl.model.family_layout), "internvl", the same with InternVL's tiles
     # (knobctl.model.internvl_layout), or "knobctl", knobctl's own format (knobctl.model.llava_layout)
     backend: str = "hub"
-    short_name: str = ""  # the family in a few words, for --help (params.MODEL_SOURCES)
+    short_name: str = ""  # the family in a few words, for the stages' --help (model_sources)
 
     def text_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
         return config.get("text_config") or {}
@@ -175,6 +175,10 @@ def knobs_applied(model: nn.Module, family: Family, blocks: Iterable[int], top_k
     full layer list and ``routers`` its :func:`layer_routers` when the caller already holds them (the
     model's own list is swapped in the scope; a runtime called per request should not rescan every
     module each time)."""
+    from torch import nn
+
+    from knobctl.model.deepstack import deepstack_rerouted
+
     lm = decoder(model)
     full = lm.layers if all_layers is None else all_layers
     blocks = list(blocks)

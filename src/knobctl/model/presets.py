@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from transformers import CLIPVisionConfig, InternVLConfig, LlavaConfig, OlmoeConfig, Qwen3VLMoeConfig
+from typing import TYPE_CHECKING, Any
 
 from knobctl.knobs import TIER_ORDER
 from knobctl.model.spec import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, ModelSpec, TierSpec
 from knobctl.params import build, require, require_choice, require_int
+
+if TYPE_CHECKING:  # the registry serves the stages' --help (knobctl.model.sources), which must not load transformers
+    from transformers import CLIPVisionConfig, InternVLConfig, LlavaConfig, OlmoeConfig, Qwen3VLMoeConfig
 
 # --------------------------------------------------------------------------- tiny
 
@@ -133,6 +134,8 @@ TINY_TIERS: dict[str, TierSpec] = tiny_tiers()
 
 def tiny_config(vocab_size: int, dims: TinyDims = TinyDims()) -> LlavaConfig:
     """A small MoE VLM from stock HF configs: CLIP tower + OLMoE LM, all blocks MoE."""
+    from transformers import CLIPVisionConfig, OlmoeConfig
+
     vision = CLIPVisionConfig(
         hidden_size=dims.vision_hidden,
         intermediate_size=dims.vision_intermediate,
@@ -172,6 +175,8 @@ MOLMOE_TIERS: dict[str, TierSpec] = {
 
 def molmoe_1b_shape_config() -> LlavaConfig:
     """MolmoE-1B's real dimensions (CLIP ViT-L/14-336 + OLMoE-1B-7B), for latency only."""
+    from transformers import CLIPVisionConfig, OlmoeConfig
+
     vision = CLIPVisionConfig(
         hidden_size=1024,
         intermediate_size=4096,
@@ -200,6 +205,8 @@ def molmoe_1b_shape_config() -> LlavaConfig:
 
 
 def _llava(vision: CLIPVisionConfig, text: OlmoeConfig, feature_layer: int) -> LlavaConfig:
+    from transformers import LlavaConfig
+
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -216,6 +223,8 @@ def qwen3_vl_30b_a3b_shape_config() -> Qwen3VLMoeConfig:
     blocks 8/16/24), for random-weight latency: about 30.5 B parameters in the language model, 3.3 B
     active per token. Qwen3VLMoeConfig's own defaults are another model (24 layers, 60 experts).
     The preset ``qwen3-vl-30b-a3b-shape`` (:data:`PRESETS`)."""
+    from transformers import Qwen3VLMoeConfig
+
     rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}
     return Qwen3VLMoeConfig(
         text_config={"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
@@ -236,6 +245,8 @@ def internvl3_5_30b_a3b_shape_config() -> InternVLConfig:
     visual tokens per tile after the pixel shuffle) and Qwen3-30B-A3B (48 layers, 128 experts, 8 active; about
     30.5 B parameters, 3.3 B active per token), for random-weight latency. The image and end-of-turn ids are the
     Qwen tokenizer's; which ids a prompt holds does not change latency. The preset ``internvl3.5-30b-a3b-shape``."""
+    from transformers import InternVLConfig
+
     config = InternVLConfig(
         vision_config={"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
                        "intermediate_size": 4096, "image_size": [448, 448], "patch_size": [14, 14],
