@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from knobctl.controller.policy import Controller, ControllerConfig
 from knobctl.controller.two_stage import answer_controlled
+from knobctl.knobs import KnobConfig
 from knobctl.model.features import decision_states, language_features, vision_features
 from knobctl.model.timing import answer_fixed
 
@@ -56,7 +58,8 @@ def test_controlled_answer_equals_the_chosen_knobs_run_directly(tiny_rt, images)
                 assert res.answer == direct, (res.knobs, question)
                 assert tiny_rt.answer(image, [question], res.knobs)[0] == direct
                 assert res.knobs == cached_choice(tiny_rt, ctrl, image, question, budget)
-                assert 0 < res.controller_ms < res.latency_ms and res.text_tokens == len(question.split())
+                assert res.text_tokens == len(question.split())
+                assert 0.0 < res.controller_ms < res.latency_ms
                 seen.add(res.knobs)
                 if ctrl.config.fit_mask:
                     row = min(res.text_tokens, 10) - 4
@@ -102,3 +105,16 @@ def test_every_entry_point_takes_the_same_image_forms(tiny_rt, images):
         assert (res.answer, res.knobs) == (first.answer, first.knobs), name
         assert answer_fixed(tiny_rt, image, question, first.knobs)[0] == first.answer, name
         assert tiny_rt.answer(image, question, first.knobs) == [first.answer], name
+
+
+def test_where_nothing_fits_the_fastest_runs_without_features_or_decisions(tiny_rt, images, monkeypatch):
+    from knobctl.controller import two_stage
+
+    ctrl = controller(3, fit_mask=True)
+    for name in ("language_feature_one", "vision_feature_one"):
+        monkeypatch.setattr(two_stage, name, lambda *a, n=name: pytest.fail(f"{n} ran with one configuration left"))
+    res = answer_controlled(tiny_rt, ctrl, images[:1], QUESTIONS[0], 5.0)  # below every configuration's 34+ ms
+    assert res.knobs == KnobConfig("low", 2, 1)
+    assert res.answer == answer_fixed(tiny_rt, images[:1], QUESTIONS[0], res.knobs)[0]
+    with pytest.raises(pytest.fail.Exception, match="ran with one configuration left"):
+        answer_controlled(tiny_rt, ctrl, images[:1], QUESTIONS[0], 50.0)  # a real choice computes both

@@ -62,6 +62,22 @@ def test_speed_tracker_follows_recent_requests():
     assert slow_side.typical == 1.2  # the deadline's speed is the median, whatever the planning quantile
 
 
+def test_jitter_window_takes_the_tail_over_many_requests_and_the_speed_over_few():
+    burst = [1.0] * 19 + [2.0]  # one slow request in 20
+    plain = SpeedTracker(burst, window=5, quantile=0.95)
+    split = SpeedTracker(burst, window=5, quantile=0.95, jitter_window=20)
+    assert plain.scale == pytest.approx(1.8)  # the slow request is 1 of the last 5
+    assert split.scale == pytest.approx(1.05)  # 1 of 20, around a speed of 1.0 (np.quantile interpolates)
+    for _ in range(5):
+        split.observe(30.0, 20.0)  # the machine slows to 1.5x
+    assert split.typical == 1.5
+    # each ratio is taken over the median when it came: 1.0 for the first two, 1.5 after
+    assert list(split.jitter) == [1.0] * 14 + [2.0, 1.5, 1.5, 1.0, 1.0, 1.0]
+    assert split.scale == pytest.approx(1.5 * 1.525)  # sorted jitter [.., 1.5, 2.0]: 1.5 + 0.05 x 0.5
+    with pytest.raises(ValueError, match="validate.jitter_window"):
+        ValidateParams.from_params({"jitter_window": -1})
+
+
 def test_every_baseline_but_static_meets_the_deadline_the_speed_sets():
     b = Baselines(TEST, VAL, budgets=[15.0], seed=0)
     # at speed 1 a 15 ms budget fits only the low configurations; a machine running at 1.6x its burst's speed

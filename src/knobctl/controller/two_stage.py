@@ -15,7 +15,9 @@ For a request (image, question, budget):
 Step 3 and 4 together compute exactly the prefill that :meth:`Runtime.answer` runs with the
 chosen knobs (the decision block always runs at the model's top-k), split at the decision
 block; nothing runs twice. The controller's overhead is the two features and the two
-small networks' decisions, which run in numpy (:class:`knobctl.controller.numpy_policy.NumpyPolicy`).
+small networks' decisions, which run in numpy (:class:`knobctl.controller.numpy_policy.NumpyPolicy`). Where the fit
+mask leaves one configuration (where nothing fits the budget, the fastest), the request runs it without computing
+either feature or decision: there is nothing to decide, and the time would only add to a request already late.
 
 Timing starts from the decoded image (a ``[1, H, W, 3]`` uint8 tensor) and the question
 string, the same starting point as the latency profile the estimator is fitted on, and ends
@@ -67,9 +69,14 @@ def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: ImageL
     start = watch.mark()
     q_ids = rt.tokenizer([question], add_special_tokens=False)["input_ids"]
     t1 = watch.mark()  # tokenizing is every request's work, and the prefill reuses it: not the controller's
-    language = language_feature_one(rt, q_ids[0])  # [2H]
     ok = policy.feasible(len(q_ids[0]), budget)  # [T, P] what fits this question's length, or None
-    tier_index = policy.choose_tier(language, budget, None if ok is None else ok.any(-1))
+    # One configuration allowed (with the fit mask: the fastest, where nothing fits): no decision to pay for.
+    forced = None if ok is None or ok.sum() != 1 else divmod(int(ok.argmax()), ok.shape[1])
+    if forced is None:
+        language = language_feature_one(rt, q_ids[0])  # [2H]
+        tier_index = policy.choose_tier(language, budget, None if ok is None else ok.any(-1))
+    else:
+        tier_index = forced[0]
     tier = policy.config.tiers[tier_index]
     spent = watch.mark() - t1
     visual = rt.encode_images(image, tier)  # [1, T, H]
@@ -80,10 +87,12 @@ def answer_controlled(rt: Runtime, ctrl: Controller | NumpyPolicy, image: ImageL
         prefill(rt, inputs, first)
     states = outs.sequence[DECISION_BLOCK]  # [1, L, H], before any norm
     t2 = watch.mark()
-    vision = vision_feature_one(rt, states, inputs["input_ids"])  # [2H]
-    pair = policy.config.pairs[policy.choose_pair(vision, tier_index, language, budget,
-                                                  None if ok is None else ok[tier_index])]
-    knobs = KnobConfig(tier, *pair)
+    if forced is None:
+        vision = vision_feature_one(rt, states, inputs["input_ids"])  # [2H]
+        pair_index = policy.choose_pair(vision, tier_index, language, budget, None if ok is None else ok[tier_index])
+    else:
+        pair_index = forced[1]
+    knobs = KnobConfig(tier, *policy.config.pairs[pair_index])
     spent += watch.mark() - t2
     blocks = rt.spec.blocks_for(knobs.num_blocks, rt.num_layers)
     if blocks[0] != DECISION_BLOCK:
