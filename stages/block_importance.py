@@ -11,7 +11,6 @@ where source is
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
@@ -28,38 +27,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="data/block_importance/importance.json")
     ap.add_argument("--metrics", default="metrics/block_importance.json")
     args = ap.parse_args(argv)
-    from knobctl.contracts import VQA_REQUESTS, read_table
     from knobctl.params import apply_overrides, load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
     seed = seed_of(params, args.params)
     own = apply_overrides(section(params, "block_importance", args.params), args.set, "block_importance")
 
-    from knobctl.base.importance import ImportanceParams, importance_samples, measure_importance, metrics, summary_line
-    from knobctl.execution import use_threads
-    from knobctl.io import checkpoint_hash, provenance, write_json_atomic
+    from knobctl.base.importance_run import run_importance
+    from knobctl.io import write_json_atomic
     from knobctl.knobs import KnobGrid
     from knobctl.model.presets import ModelParams
-    from knobctl.model.runtime import device_name, load_runtime
 
-    grid = KnobGrid.from_params(section(params, "knobs", args.params))
-    p = ImportanceParams.from_params(own)
-    threads = use_threads(p.num_threads)
-    rt = load_runtime(p.source, device=p.device,
-                      tier_tokens=ModelParams.from_params(params.get("model") or {}).tier_tokens)
-    rt.validate_grid(grid)
-    df = read_table(Path(args.data) / f"{p.split}.parquet", VQA_REQUESTS)
-    start = time.perf_counter()
-    picked = importance_samples(rt, df, p, seed)  # an image or question the model cannot take: counted, not run
-    result = measure_importance(rt, picked.asked, grid, p, seed, picked.images)
-    wall = time.perf_counter() - start
-    # No timestamp or commit: the same params give the same file, so a stage reading the order
-    # does not rerun for nothing.
-    result["provenance"] = provenance(own, volatile=False, device=device_name(rt.device), model=p.source,
-                                      model_hash=checkpoint_hash(p.source), seed=seed, num_threads=threads)
-    write_json_atomic(args.out, result)
-    write_json_atomic(args.metrics, metrics(result, len(picked.errors)))
-    print(summary_line(result, wall))
+    run = run_importance(own, KnobGrid.from_params(section(params, "knobs", args.params)),
+                         ModelParams.from_params(params.get("model") or {}).tier_tokens, seed, args.data)
+    write_json_atomic(args.out, run.result)
+    write_json_atomic(args.metrics, run.metrics)
+    print(run.line)
 
 
 if __name__ == "__main__":

@@ -18,40 +18,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="metrics/base_test.json")
     ap.add_argument("--plots", default="plots/base/test_corners.csv")
     args = ap.parse_args(argv)
-    from knobctl.contracts import VQA_REQUESTS, read_table
     from knobctl.params import load_params, section, seed_of
 
     params = load_params(args.params)  # a bad params file fails before the library loads torch
-
-    from knobctl.base.evaluation import EvalParams, corner_frame, corner_headline, evaluate
-    from knobctl.execution import use_threads
+    from knobctl.base.evaluation import EvalParams, corners_on_test
     from knobctl.io import write_csv_atomic, write_json_atomic
     from knobctl.knobs import KnobGrid
     from knobctl.model.presets import ModelParams
-    from knobctl.model.runtime import load_runtime
-    from knobctl.model.screen import askable
-    from knobctl.vqa.sources import select_samples
 
-    grid = KnobGrid.from_params(section(params, "knobs", args.params))
-    own = EvalParams.from_params(section(params, "eval_base", args.params))
-    use_threads(own.num_threads)
-    model = ModelParams.from_params(section(params, "model", args.params))
-    rt = load_runtime(args.model, device=own.device, block_order=model.block_order, tier_tokens=model.tier_tokens)
-    rt.validate_grid(grid)
-    seed = seed_of(params, args.params)
-    test = read_table(Path(args.data) / "test.parquet", VQA_REQUESTS)
-    test = select_samples(test, None if own.max_samples is None else min(own.max_samples, len(test)), seed, "test")
-    picked = askable(rt, test, "eval_base")  # an image or question the model cannot take is counted, not run
-    results = evaluate(rt, picked.asked, grid.corners(), batch_size=own.batch_size, desc="test corners",
-                       images=picked.images)
-    metrics = {"headline": {**corner_headline(results, grid.full, grid.smallest), "questions": len(picked.asked),
-                            "error_samples": len(picked.errors)}}
-    write_json_atomic(args.metrics, metrics)
-    write_csv_atomic(args.plots, corner_frame(results))
-    h = metrics["headline"]
-    print(f"eval_base: test accuracy full {h['full_accuracy']:.3f}, smallest {h['smallest_accuracy']:.3f}, "
-          f"corners {h['corner_min']:.3f}..{h['corner_max']:.3f}"
-          + (f"; {h['error_samples']} samples the model cannot take, left out" if h["error_samples"] else ""))
+    run = corners_on_test(args.model, args.data, KnobGrid.from_params(section(params, "knobs", args.params)),
+                       EvalParams.from_params(section(params, "eval_base", args.params)),
+                       ModelParams.from_params(section(params, "model", args.params)), seed_of(params, args.params))
+    write_json_atomic(args.metrics, run.metrics)
+    write_csv_atomic(args.plots, run.corners)
+    print(run.line())
 
 
 if __name__ == "__main__":

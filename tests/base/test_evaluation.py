@@ -46,3 +46,27 @@ def test_eval_params_cap_is_checked():
     assert EvalParams().max_samples == 3000 and EvalParams(max_samples=None).max_samples is None
     with pytest.raises(ParamsError, match="eval_base.max_samples"):
         EvalParams(max_samples=0)
+
+
+def test_the_stage_run_scores_the_seeded_test_subset_at_every_corner_and_counts_what_it_cannot_ask(tmp_path):
+    from knobctl.base.evaluation import corners_on_test
+    from knobctl.model.runtime import save_runtime
+    from knobctl.vqa.sources import select_samples
+    from tests.conftest import make_runtime, vqa_frame
+
+    rt = make_runtime(seed=1)
+    save_runtime(rt, tmp_path / "model")
+    test = vqa_frame(9, seed=4)
+    test.loc[test.index[2], "image"] = b"not a png"  # this sample is counted, not run
+    test.to_parquet(tmp_path / "test.parquet")
+    own = EvalParams(batch_size=4, max_samples=8, num_threads=1)
+    run = corners_on_test(str(tmp_path / "model"), tmp_path, GRID, own, ModelParams(), seed=0)
+    chosen = select_samples(test, 8, 0, "test")
+    asked = chosen[chosen["image"] != b"not a png"]
+    h = run.metrics["headline"]
+    assert h["questions"] == len(asked) == 7 and h["error_samples"] == len(chosen) - len(asked) == 1
+    direct = evaluate(rt, asked, GRID.corners())
+    assert h["full_accuracy"] == direct[GRID.full.label]["accuracy"]
+    assert h["smallest_accuracy"] == direct[GRID.smallest.label]["accuracy"]
+    assert sorted(run.corners.query("question_type == 'all'")["config"]) == sorted(k.label for k in GRID.corners())
+    assert run.line().startswith(f"eval_base: test accuracy full {h['full_accuracy']:.3f}")

@@ -1,21 +1,26 @@
-"""VQA accuracy of a model at chosen knob configurations, overall and per question type (eval_base, train_base)."""
+"""VQA accuracy of a model at chosen knob configurations, overall and per question type (eval_base, train_base);
+:func:`corners_on_test` is the eval_base stage's run."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from knobctl.execution import progress_bar
-from knobctl.knobs import KnobConfig
-from knobctl.model.runtime import Runtime
+from knobctl.contracts import VQA_REQUESTS, read_table
+from knobctl.execution import progress_bar, use_threads
+from knobctl.knobs import KnobConfig, KnobGrid
+from knobctl.model.presets import ModelParams
+from knobctl.model.runtime import Runtime, load_runtime
+from knobctl.model.screen import askable
 from knobctl.params import build, require_device, require_int
 from knobctl.vqa.metric import vqa_score
-from knobctl.vqa.sources import decode_images
+from knobctl.vqa.sources import decode_images, select_samples
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,33 @@ def corner_frame(results: dict[str, Any]) -> pd.DataFrame:
         rows += [{"config": label, **knobs, "question_type": t, "accuracy": a, "n": None}
                  for t, a in r["per_question_type"].items()]
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class CornerRun:
+    """The eval_base stage's result: its metrics and the per-corner, per-type accuracies."""
+
+    metrics: dict[str, Any]
+    corners: pd.DataFrame  # :func:`corner_frame`
+
+    def line(self) -> str:
+        h = self.metrics["headline"]
+        return (f"eval_base: test accuracy full {h['full_accuracy']:.3f}, smallest {h['smallest_accuracy']:.3f}, "
+                f"corners {h['corner_min']:.3f}..{h['corner_max']:.3f}"
+                + (f"; {h['error_samples']} samples the model cannot take, left out" if h["error_samples"] else ""))
+
+
+def corners_on_test(source: str, data: str | Path, grid: KnobGrid, own: EvalParams, model: ModelParams, seed: int) -> CornerRun:
+    """The model at ``source`` answers a seeded subset of ``data``'s test split at the grid's corners; a sample
+    whose image or question the model cannot take is counted (``error_samples``), not run."""
+    use_threads(own.num_threads)
+    rt = load_runtime(source, device=own.device, block_order=model.block_order, tier_tokens=model.tier_tokens)
+    rt.validate_grid(grid)
+    test = read_table(Path(data) / "test.parquet", VQA_REQUESTS)
+    test = select_samples(test, None if own.max_samples is None else min(own.max_samples, len(test)), seed, "test")
+    picked = askable(rt, test, "eval_base")
+    results = evaluate(rt, picked.asked, grid.corners(), batch_size=own.batch_size, desc="test corners",
+                       images=picked.images)
+    headline = {**corner_headline(results, grid.full, grid.smallest), "questions": len(picked.asked),
+                "error_samples": len(picked.errors)}
+    return CornerRun({"headline": headline}, corner_frame(results))
