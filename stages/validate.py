@@ -11,14 +11,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's library, not an installed copy
 
-from knobctl.model.sources import SOURCES, source_parser  # after the path: this checkout's library
+from knobctl.model.sources import model_sources, source_parser  # after the path: this checkout's library
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = source_parser(__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override validate keys")
-    ap.add_argument("--model", default="models/base", help=SOURCES)
+    ap.add_argument("--model", default="models/base", help=model_sources())
     ap.add_argument("--controller", default="models/controller")
     ap.add_argument("--estimator", default="models/latency_estimator")
     ap.add_argument("--rollouts", default="data/rollouts")

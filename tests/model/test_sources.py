@@ -12,14 +12,14 @@ import pytest
 
 from knobctl.model.families import FAMILIES
 from knobctl.model.presets import PRESETS
-from knobctl.model.sources import SOURCES, source_parser
+from knobctl.model.sources import SOURCES, model_sources, source_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_writes_every_family_and_preset_where_the_placeholder_stands(capsys):
     ap = source_parser(f"Stage x.\n\nsource is\n{SOURCES}.\n")
-    ap.add_argument("--model", help=SOURCES)
+    ap.add_argument("--model", help=model_sources())
     ap.add_argument("--out", help="where it goes")
     with pytest.raises(SystemExit) as end:
         ap.parse_args(["--help"])

@@ -1,19 +1,19 @@
 """The stages' command line for a model source: ``--help`` says what a source may be, written from the registries
 of families (:data:`knobctl.model.families.FAMILIES`) and presets (:data:`knobctl.model.presets.PRESETS`), so a
-new family or preset shows there by itself. A stage's docstring and argument help write :data:`SOURCES` where the
-list goes. Both registries load without torch or transformers, which ``--help`` must not wait for.
+new family or preset shows there by itself. A stage's docstring writes :data:`SOURCES` where the list goes, and
+its ``--model`` help is :func:`model_sources`. Both registries load without torch or transformers, which a
+stage must not wait for before it checks its params.
 """
 
 from __future__ import annotations
 
 import argparse
 import textwrap
-from typing import Any
 
 from knobctl.model.families import FAMILIES
 from knobctl.model.presets import PRESETS
 
-#: Where a stage's description or argument help lists the model sources; replaced when ``--help`` prints.
+#: Where a stage's docstring lists the model sources (:func:`source_parser` fills it in).
 SOURCES = "{model sources}"
 
 
@@ -26,29 +26,9 @@ def model_sources() -> str:
             + " (random weights, for latency)")
 
 
-class _SourcesHelp(argparse.Action):
-    """``-h/--help`` that fills in :data:`SOURCES` before printing."""
-
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
-                         help="show this help message and exit")
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        text = model_sources()
-        if parser.description and SOURCES in parser.description:
-            # The description is printed raw: wrap the list to the docstring's width.
-            parser.description = parser.description.replace(SOURCES, textwrap.fill(text, 110))
-        for action in parser._actions:
-            if action.help and SOURCES in action.help:
-                action.help = action.help.replace(SOURCES, text)
-        parser.print_help()
-        parser.exit()
-
-
 def source_parser(description: str | None) -> argparse.ArgumentParser:
-    """An argument parser whose ``--help`` lists the model sources where :data:`SOURCES` stands."""
-    ap = argparse.ArgumentParser(description=description, add_help=False,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-h", "--help", action=_SourcesHelp)
-    return ap
+    """An argument parser for a stage whose docstring writes :data:`SOURCES` where the model sources go (printed
+    raw, so the list is wrapped to the docstrings' width)."""
+    if description:
+        description = description.replace(SOURCES, textwrap.fill(model_sources(), 110))
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
