@@ -68,6 +68,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
 def feature_names() -> dict[str, list[str]]:
     """Each part's feature names, as an estimator folder's manifest records them."""
     return {part: list(FEATURES[part]) for part in PARTS}
+
+
 SPEC_FILE = "estimator.json"
 
 
